@@ -1,0 +1,256 @@
+//! The backend as the engine uses it: whole operations (list everything, upload an object,
+//! read a range) over a plugin pool, with retries.
+//!
+//! Retryable errors (transient, rate-limited, and crashed or timed-out instances, which the
+//! pool replaces) are retried with exponential backoff and jitter, up to a bound. Permanent
+//! errors are returned at once. An upload is retried as a whole: the plugin contract makes a
+//! failed upload invisible, so starting over is always safe.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::plugin::pool::{Lease, PluginPool};
+use crate::plugin::{BackendError, Capabilities, ErrorKind, ObjectInfo};
+
+/// Bytes handed to the plugin per `write` call.
+const WRITE_PIECE: usize = 1 << 20;
+/// Bytes asked of the plugin per `read` call (bounded by the plugin's memory cap).
+const READ_PIECE: u64 = 8 << 20;
+/// Objects per `list` page and per `delete` call.
+const LIST_PAGE: u32 = 1000;
+const DELETE_BATCH: usize = 200;
+
+/// Attempts for transient errors, and for crashed or timed-out instances.
+const TRANSIENT_ATTEMPTS: u32 = 6;
+const CRASH_ATTEMPTS: u32 = 3;
+
+#[derive(Default)]
+pub struct Traffic {
+    pub uploaded: AtomicU64,
+    pub downloaded: AtomicU64,
+    pub uploads: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+pub struct Backend {
+    pool: Arc<PluginPool>,
+    pub traffic: Traffic,
+    /// Base delay of the exponential backoff.
+    backoff: Duration,
+}
+
+impl Backend {
+    pub fn new(pool: Arc<PluginPool>) -> Backend {
+        let backoff = std::env::var("CAIRN_RETRY_BASE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_millis(250));
+        Backend { pool, traffic: Traffic::default(), backoff }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.pool.name
+    }
+
+    pub fn caps(&self) -> &Capabilities {
+        &self.pool.caps
+    }
+
+    pub fn pool(&self) -> &Arc<PluginPool> {
+        &self.pool
+    }
+
+    /// Parallel transfers worth running: the plugin's preference, bounded by the pool.
+    pub fn concurrency(&self) -> usize {
+        (self.pool.caps.preferred_concurrency as usize).clamp(1, self.pool.concurrency())
+    }
+
+    /// Decides whether to try again after `err` on attempt `attempt` (1-based), and waits.
+    async fn should_retry(&self, attempt: u32, err: &BackendError) -> bool {
+        let limit = match err.kind {
+            ErrorKind::Trap(_) | ErrorKind::Deadline(_) => CRASH_ATTEMPTS,
+            ErrorKind::Transient(_) | ErrorKind::RateLimited { .. } => TRANSIENT_ATTEMPTS,
+            _ => return false,
+        };
+        if attempt >= limit {
+            return false;
+        }
+        let exp = self.backoff.saturating_mul(1 << (attempt - 1).min(8));
+        let mut delay = exp.min(Duration::from_secs(30));
+        if let ErrorKind::RateLimited { retry_after: Some(after), .. } = err.kind {
+            delay = delay.max(after.min(Duration::from_secs(120)));
+        }
+        // Full jitter in [delay/2, delay*3/2): many clients must not retry in lockstep.
+        let jitter = getrandom::u64().unwrap_or(0) % 1000;
+        let delay = delay.mul_f64(0.5 + jitter as f64 / 1000.0);
+        tracing::warn!("{err}; retrying in {:.1}s (attempt {}/{limit})", delay.as_secs_f64(), attempt + 1);
+        self.traffic.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+        true
+    }
+
+    async fn lease(&self) -> Result<Lease, BackendError> {
+        self.pool.lease().await
+    }
+
+    /// Runs `op` until it succeeds, fails permanently, or runs out of attempts.
+    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T, BackendError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, BackendError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if self.should_retry(attempt, &e).await => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Every complete object whose name starts with `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let (objects, next) = self
+                .retry(|| async { self.lease().await?.list(prefix, cursor.as_deref(), LIST_PAGE).await })
+                .await?;
+            out.extend(objects.into_iter().filter(|o| o.name.starts_with(prefix)));
+            match next {
+                Some(c) if cursor.as_deref() != Some(c.as_str()) => cursor = Some(c),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Size of an object, or `None` if it does not exist.
+    pub async fn stat(&self, name: &str) -> Result<Option<ObjectInfo>, BackendError> {
+        match self.retry(|| async { self.lease().await?.stat(name).await }).await {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `len` bytes from `offset`; fewer only if the object ends first.
+    pub async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        let mut out = Vec::with_capacity(len.min(1 << 30) as usize);
+        let mut lease: Option<Lease> = None;
+        while (out.len() as u64) < len {
+            let want = (len - out.len() as u64).min(READ_PIECE);
+            let at = offset + out.len() as u64;
+            let mut attempt = 1;
+            let piece = loop {
+                let l = match lease.as_mut() {
+                    Some(l) => l,
+                    None => lease.insert(self.lease().await?),
+                };
+                match l.read(name, at, want).await {
+                    Ok(p) => break p,
+                    Err(e) => {
+                        lease = None;
+                        if !self.should_retry(attempt, &e).await {
+                            return Err(e);
+                        }
+                        attempt += 1;
+                    }
+                }
+            };
+            let n = piece.len() as u64;
+            self.traffic.downloaded.fetch_add(n, Ordering::Relaxed);
+            out.extend_from_slice(&piece);
+            if n < want {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole object.
+    pub async fn read_all(&self, name: &str) -> Result<Vec<u8>, BackendError> {
+        let info = self.stat(name).await?.ok_or_else(|| BackendError {
+            plugin: self.pool.name.clone(),
+            call: "stat",
+            object: Some(name.to_string()),
+            kind: ErrorKind::NotFound("no such object".into()),
+        })?;
+        self.read(name, 0, info.size).await
+    }
+
+    /// Uploads `data` as `name`.
+    pub async fn upload_bytes(&self, name: &str, data: &[u8], if_absent: bool) -> Result<(), BackendError> {
+        self.upload(name, data.len() as u64, if_absent, &mut std::io::Cursor::new(data)).await
+    }
+
+    /// Uploads the file at `path` (of `size` bytes) as `name`.
+    pub async fn upload_file(&self, name: &str, path: &Path, size: u64) -> Result<(), BackendError> {
+        let mut file = std::fs::File::open(path).map_err(|e| self.local_error(name, path, e))?;
+        self.upload(name, size, false, &mut file).await
+    }
+
+    fn local_error(&self, name: &str, path: &Path, e: std::io::Error) -> BackendError {
+        BackendError {
+            plugin: self.pool.name.clone(),
+            call: "upload",
+            object: Some(name.to_string()),
+            kind: ErrorKind::Other(format!("cannot read local file {}: {e}", path.display())),
+        }
+    }
+
+    async fn upload<R: Read + Seek + Send>(&self, name: &str, size: u64, if_absent: bool, src: &mut R) -> Result<(), BackendError> {
+        // A Mutex only to lend the source to one attempt at a time inside `retry`.
+        let src = tokio::sync::Mutex::new(src);
+        self.retry(|| async { self.upload_once(name, size, if_absent, &mut **src.lock().await).await }).await?;
+        self.traffic.uploads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn upload_once<R: Read + Seek + Send>(&self, name: &str, size: u64, if_absent: bool, src: &mut R) -> Result<(), BackendError> {
+        src.seek(SeekFrom::Start(0)).map_err(|e| self.local_error(name, Path::new("(source)"), e))?;
+        let mut lease = self.lease().await?;
+        let upload = lease.start_upload(name, size, if_absent).await?;
+        let mut buf = vec![0u8; WRITE_PIECE.min(size as usize).max(1)];
+        let mut sent = 0u64;
+        let result = async {
+            while sent < size {
+                let want = ((size - sent) as usize).min(buf.len());
+                src.read_exact(&mut buf[..want]).map_err(|e| self.local_error(name, Path::new("(source)"), e))?;
+                lease.write(upload, name, &buf[..want]).await?;
+                sent += want as u64;
+                self.traffic.uploaded.fetch_add(want as u64, Ordering::Relaxed);
+            }
+            lease.finish(upload, name).await
+        }
+        .await;
+        if result.is_err() {
+            // Best effort: the contract already keeps a failed upload invisible.
+            let _ = lease.abort(upload, name).await;
+        }
+        lease.drop_upload(upload).await;
+        result
+    }
+
+    /// Deletes objects; missing ones are not an error.
+    pub async fn delete(&self, names: &[String]) -> Result<(), BackendError> {
+        for batch in names.chunks(DELETE_BATCH) {
+            self.retry(|| async { self.lease().await?.delete(batch).await }).await?;
+        }
+        Ok(())
+    }
+
+    /// Unfinished uploads (id, intended name, size) below `prefix`.
+    pub async fn list_incomplete(&self, prefix: &str) -> Result<Vec<(String, String, u64)>, BackendError> {
+        self.retry(|| async { self.lease().await?.list_incomplete(prefix).await }).await
+    }
+
+    pub async fn abort_incomplete(&self, id: &str) -> Result<(), BackendError> {
+        self.retry(|| async { self.lease().await?.abort_incomplete(id).await }).await
+    }
+}

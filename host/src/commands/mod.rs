@@ -1,0 +1,43 @@
+//! The command-line commands. Each parses nothing itself (clap does that in `cli`), opens
+//! what it needs, and prints a human summary, or JSON with `--json`.
+
+pub mod backup;
+pub mod init;
+pub mod ls;
+pub mod restore;
+pub mod snapshots;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::config::Config;
+
+/// What every command gets.
+pub struct Ctx {
+    pub config_path: Option<PathBuf>,
+    pub json: bool,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Ctx {
+    pub fn config(&self) -> Result<Config> {
+        Config::locate(self.config_path.as_deref())
+    }
+
+    pub fn print_json(&self, value: &serde_json::Value) {
+        println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialise"));
+    }
+}
+
+/// Bytes for humans: 1.5 GiB.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}

@@ -1,0 +1,65 @@
+//! `cairn restore SNAPSHOT --target DIR [--include PATH]...`
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::{Ctx, human_bytes};
+use crate::engine::restore::{self, Settings};
+use crate::engine::snapshots;
+use crate::error::Exit;
+use crate::progress::Progress;
+use crate::repo::{Access, Repository};
+
+pub fn run(ctx: &Ctx, spec: &str, target: PathBuf, includes: Vec<PathBuf>) -> Result<()> {
+    let config = ctx.config()?;
+    let repo = ctx.rt.block_on(Repository::open(&config, Access::Read))?;
+    let (id, snap) = snapshots::find(&repo.journal, spec)?;
+    let settings = Settings { target: std::path::absolute(&target)?, includes, threads: config.threads() };
+    let mut progress = Progress::new("restoring", !ctx.json);
+    let started = std::time::Instant::now();
+    let result = restore::run(&repo, ctx.rt.handle(), &snap.tree, &settings, &progress.counters);
+    progress.finish();
+    let out = result?;
+    let secs = started.elapsed().as_secs_f64();
+    for w in &out.warnings {
+        tracing::warn!("{w}");
+    }
+    if ctx.json {
+        ctx.print_json(&json!({
+            "snapshot": id.hex(),
+            "target": settings.target,
+            "files": out.files,
+            "dirs": out.dirs,
+            "symlinks": out.symlinks,
+            "bytes": out.bytes,
+            "failed": out.failed.iter().map(|(p, r)| json!({"path": p, "reason": r})).collect::<Vec<_>>(),
+            "warnings": out.warnings,
+            "seconds": secs,
+        }));
+    } else {
+        println!(
+            "restored snapshot {} to {}: {} files, {} folders, {} in {:.1}s",
+            id.short(),
+            settings.target.display(),
+            out.files,
+            out.dirs,
+            human_bytes(out.bytes),
+            secs
+        );
+        for (path, reason) in &out.failed {
+            eprintln!("not restored: {path}: {reason}");
+        }
+    }
+    if !out.failed.is_empty() {
+        let (first, why) = &out.failed[0];
+        return Err(Exit::problems(format!(
+            "{} file(s) could not be restored because their data failed verification or is missing, \
+             e.g. {first} ({why}); no unverified bytes were written",
+            out.failed.len()
+        ))
+        .into());
+    }
+    Ok(())
+}

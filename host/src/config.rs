@@ -1,0 +1,410 @@
+//! The config file: what to back up, where to, and how.
+//!
+//! Found at `--config FILE`, else `$CAIRN_CONFIG`, else `./cairn.toml`. Unknown keys are
+//! errors (a typo must not silently disable an exclude). Relative paths are relative to the
+//! folder holding the config file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+
+/// Default target size of a pack file.
+pub const DEFAULT_PACK_SIZE: u64 = 16 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub repository: RepositoryConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Where the config was read from (not part of the file).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// `fs` (built in), or the name of an installed plugin, or a path to a `.wasm` component.
+    pub backend: String,
+    /// Options for the backend, checked against what the plugin declares.
+    #[serde(default)]
+    pub options: BTreeMap<String, OptionValue>,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// A shell command whose standard output (first line) is the password.
+    pub password_command: Option<String>,
+    /// A file whose first line is the password.
+    pub password_file: Option<PathBuf>,
+    /// What the backend's sandbox may reach.
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// An option value: a literal, or a secret fetched at run time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OptionValue {
+    String(String),
+    Integer(i64),
+    Bool(bool),
+    Env { env: String },
+    Command { command: String },
+}
+
+/// The sandbox of a backend plugin. Nothing outside it is reachable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Folders the plugin may read and write (preopened at the same path).
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+    /// `scheme://host:port` entries the plugin may send HTTP requests to.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Whether the host forwards delete calls (false: an append-only repository).
+    #[serde(default = "yes")]
+    pub delete: bool,
+    /// Linear memory cap of one plugin instance, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Deadline of one plugin call, in seconds.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_secs: u64,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Grants {
+            dirs: Vec::new(),
+            hosts: Vec::new(),
+            delete: true,
+            memory_mib: default_memory_mib(),
+            call_timeout_secs: default_call_timeout(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_memory_mib() -> u64 {
+    256
+}
+fn default_call_timeout() -> u64 {
+    120
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Files and folders to back up (absolute, or relative to the config file).
+    #[serde(default)]
+    pub sources: Vec<PathBuf>,
+    /// Glob patterns; a pattern without `/` matches a name at any depth.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Tags recorded in every snapshot.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Target pack size, e.g. "16MiB" (between 1 MiB and 1 GiB).
+    pub pack_size: Option<String>,
+    /// zstd level 1-19, or 0 for no compression. Default 3.
+    pub compression: Option<i32>,
+    /// Worker threads for chunking, hashing, compression and encryption (default: cores).
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Journal, lock and temporary packs. Default `$XDG_STATE_HOME/cairn`.
+    pub dir: Option<PathBuf>,
+    /// Compiled plugins. Default `$XDG_CACHE_HOME/cairn`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Finds and loads the config: `explicit`, else `$CAIRN_CONFIG`, else `./cairn.toml`.
+    pub fn locate(explicit: Option<&Path>) -> Result<Config> {
+        let (path, how) = match explicit {
+            Some(p) => (p.to_path_buf(), "given with --config"),
+            None => match std::env::var_os("CAIRN_CONFIG") {
+                Some(p) if !p.is_empty() => (PathBuf::from(p), "named by $CAIRN_CONFIG"),
+                _ => (PathBuf::from("cairn.toml"), "the default"),
+            },
+        };
+        if !path.exists() {
+            bail!(
+                "config file {} ({how}) does not exist; pass --config FILE or set CAIRN_CONFIG",
+                path.display()
+            );
+        }
+        Config::load(&path)
+    }
+
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut config = Config::parse(&text).map_err(|e| anyhow!("config {}: {e}", path.display()))?;
+        config.path = std::path::absolute(path)?;
+        config.resolve_paths();
+        config.validate().map_err(|e| anyhow!("config {}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Parses TOML text, with a one-line error that gives the line and column.
+    pub fn parse(text: &str) -> std::result::Result<Config, String> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            let place = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+                format!("line {line}, column {col}: ")
+            });
+            format!("{}{}", place.unwrap_or_default(), e.message().trim().replace('\n', " "))
+        })
+    }
+
+    fn base_dir(&self) -> PathBuf {
+        self.path.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+
+    fn resolve_paths(&mut self) {
+        let base = self.base_dir();
+        let fix = |p: &mut PathBuf| *p = resolve_path(&base, p);
+        self.backup.sources.iter_mut().for_each(fix);
+        self.repository.grants.dirs.iter_mut().for_each(fix);
+        if let Some(d) = self.state.dir.as_mut() {
+            fix(d);
+        }
+        if let Some(d) = self.state.cache_dir.as_mut() {
+            fix(d);
+        }
+        if let Some(d) = self.repository.password_file.as_mut() {
+            fix(d);
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let pw = [
+            self.repository.password_env.is_some(),
+            self.repository.password_command.is_some(),
+            self.repository.password_file.is_some(),
+        ];
+        if pw.iter().filter(|x| **x).count() > 1 {
+            bail!("[repository] sets more than one of password_env, password_command, password_file; keep one");
+        }
+        self.pack_size()?;
+        if let Some(level) = self.backup.compression
+            && !(0..=19).contains(&level)
+        {
+            bail!("[backup] compression must be between 0 (off) and 19, not {level}");
+        }
+        if self.repository.grants.memory_mib < 16 {
+            bail!("[repository.grants] memory_mib must be at least 16");
+        }
+        if self.repository.grants.call_timeout_secs == 0 {
+            bail!("[repository.grants] call_timeout_secs must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn pack_size(&self) -> Result<u64> {
+        match &self.backup.pack_size {
+            None => Ok(DEFAULT_PACK_SIZE),
+            Some(text) => {
+                let size = parse_size(text)
+                    .ok_or_else(|| anyhow!("[backup] pack_size {text:?} is not a size like \"16MiB\""))?;
+                if !(1 << 20..=1 << 30).contains(&size) {
+                    bail!("[backup] pack_size must be between 1MiB and 1GiB, not {text}");
+                }
+                Ok(size)
+            }
+        }
+    }
+
+    pub fn compression_level(&self) -> i32 {
+        self.backup.compression.unwrap_or(3)
+    }
+
+    pub fn threads(&self) -> usize {
+        self.backup.threads.filter(|n| *n > 0).unwrap_or_else(|| {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        })
+    }
+
+    /// The state folder: journal, lock, temporary packs.
+    pub fn state_dir(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.state.dir {
+            return Ok(d.clone());
+        }
+        xdg_dir("XDG_STATE_HOME", ".local/state").map(|d| d.join("cairn"))
+    }
+
+    /// The cache folder: compiled plugin components.
+    pub fn cache_dir(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.state.cache_dir {
+            return Ok(d.clone());
+        }
+        if let Some(d) = std::env::var_os("CAIRN_CACHE_DIR").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(d));
+        }
+        xdg_dir("XDG_CACHE_HOME", ".cache").map(|d| d.join("cairn"))
+    }
+
+    /// The repository password, from the configured source.
+    pub fn password(&self) -> Result<String> {
+        let r = &self.repository;
+        let pw = if let Some(var) = &r.password_env {
+            std::env::var(var).map_err(|_| {
+                anyhow!("the password variable ${var} (repository.password_env) is not set")
+            })?
+        } else if let Some(cmd) = &r.password_command {
+            run_secret_command(cmd).context("repository.password_command")?
+        } else if let Some(file) = &r.password_file {
+            let text = std::fs::read_to_string(file).with_context(|| {
+                format!("cannot read repository.password_file {}", file.display())
+            })?;
+            text.lines().next().unwrap_or("").to_string()
+        } else {
+            bail!(
+                "no password source: set repository.password_env, password_command or password_file in {}",
+                self.path.display()
+            );
+        };
+        if pw.is_empty() {
+            bail!("the repository password is empty");
+        }
+        Ok(pw)
+    }
+}
+
+/// Runs `sh -c CMD` and returns the first line of its output.
+pub fn run_secret_command(cmd: &str) -> Result<String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("command {cmd:?} failed with {}", out.status);
+    }
+    let text = String::from_utf8(out.stdout).map_err(|_| anyhow!("command {cmd:?} printed non-UTF-8 output"))?;
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+fn xdg_dir(var: &str, fallback: &str) -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os(var).filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| anyhow!("neither ${var} nor $HOME is set; set [state] dir in the config"))?;
+    Ok(PathBuf::from(home).join(fallback))
+}
+
+/// Expands a leading `~/` and makes relative paths relative to `base`.
+pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
+    if let Ok(rest) = p.strip_prefix("~")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+/// Parses sizes like `16MiB`, `16M`, `512KiB`, `1GiB`, `1048576`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    Some((num * mult as f64) as u64)
+}
+
+impl OptionValue {
+    /// The value as the plugin will see it; secrets are fetched here.
+    pub fn resolve(&self, name: &str) -> Result<String> {
+        match self {
+            OptionValue::String(s) => Ok(s.clone()),
+            OptionValue::Integer(i) => Ok(i.to_string()),
+            OptionValue::Bool(b) => Ok(b.to_string()),
+            OptionValue::Env { env } => std::env::var(env).map_err(|_| {
+                anyhow!("option `{name}` comes from ${env}, which is not set")
+            }),
+            OptionValue::Command { command } => {
+                run_secret_command(command).with_context(|| format!("option `{name}`"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(
+            r#"
+            [repository]
+            backend = "fs"
+            options = { path = "/srv/backup/repo" }
+            password_env = "CAIRN_PASSWORD"
+
+            [backup]
+            sources = ["/home/me/Documents"]
+            exclude = ["*.tmp", "**/node_modules"]
+
+            [state]
+            dir = "/var/lib/cairn"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.repository.backend, "fs");
+        assert_eq!(c.backup.exclude.len(), 2);
+        assert_eq!(c.state.dir.as_deref(), Some(Path::new("/var/lib/cairn")));
+        assert!(matches!(c.repository.options["path"], OptionValue::String(ref s) if s == "/srv/backup/repo"));
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = Config::parse("[repository]\nbackend = \"fs\"\nsorces = 1\n").unwrap_err();
+        assert!(e.starts_with("line 3, column 1:"), "{e}");
+        assert!(e.contains("sorces"), "{e}");
+        let e = Config::parse("[repository\n").unwrap_err();
+        assert!(e.starts_with("line 1"), "{e}");
+    }
+
+    #[test]
+    fn option_values_may_come_from_env() {
+        let c = Config::parse(
+            "[repository]\nbackend = \"x\"\noptions = { key = { env = \"CAIRN_TEST_NOPE_123\" }, n = 3 }\n",
+        )
+        .unwrap();
+        let err = c.repository.options["key"].resolve("key").unwrap_err().to_string();
+        assert!(err.contains("CAIRN_TEST_NOPE_123"), "{err}");
+        assert_eq!(c.repository.options["n"].resolve("n").unwrap(), "3");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("lots"), None);
+    }
+}

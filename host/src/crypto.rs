@@ -1,0 +1,195 @@
+//! Keys and authenticated encryption.
+//!
+//! A repository has one random master key: 32 bytes for XChaCha20-Poly1305 and 32 bytes
+//! keying blake3 for blob ids (so ids reveal nothing about content to the backend). The
+//! master key is stored wrapped by a key derived from the password with argon2id, in a key
+//! file under `keys/`. Every sealed message is `nonce (24) || ciphertext || tag (16)` with a
+//! random nonce; the associated data binds it to its role (and, for blobs, to its id).
+
+use anyhow::{Result, anyhow, bail};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::Id;
+
+pub const NONCE_LEN: usize = 24;
+pub const TAG_LEN: usize = 16;
+/// Bytes a sealed message adds to its plaintext.
+pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// The sealed data did not authenticate: wrong key, or the bytes were changed.
+#[derive(Debug, thiserror::Error)]
+#[error("authentication failed (the data was altered, truncated, or belongs elsewhere)")]
+pub struct AuthError;
+
+pub struct MasterKey {
+    cipher: XChaCha20Poly1305,
+    id_key: [u8; 32],
+    raw: [u8; 64],
+}
+
+impl MasterKey {
+    pub fn generate() -> MasterKey {
+        let mut raw = [0u8; 64];
+        getrandom::fill(&mut raw).expect("system random source");
+        MasterKey::from_raw(raw)
+    }
+
+    fn from_raw(raw: [u8; 64]) -> MasterKey {
+        let cipher = XChaCha20Poly1305::new(&Key::try_from(&raw[..32]).unwrap());
+        let id_key: [u8; 32] = raw[32..].try_into().unwrap();
+        MasterKey { cipher, id_key, raw }
+    }
+
+    /// The id of a blob: blake3 keyed with the repository's id key.
+    pub fn blob_id(&self, plaintext: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    /// A keyed hasher for data that arrives in pieces.
+    pub fn id_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.id_key)
+    }
+
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+        self.seal_append(aad, plaintext, &mut out);
+        out
+    }
+
+    /// Appends `nonce || ciphertext || tag` to `out`.
+    pub fn seal_append(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).expect("system random source");
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&XNonce::from(nonce), aad, (&mut out[start..]).into())
+            .expect("message within XChaCha20-Poly1305 limits");
+        out.extend_from_slice(&tag);
+    }
+
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
+        if sealed.len() < OVERHEAD {
+            return Err(AuthError);
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut buf = ct.to_vec();
+        self.cipher
+            .decrypt_inout_detached(
+                &XNonce::try_from(nonce).unwrap(),
+                aad,
+                buf.as_mut_slice().into(),
+                &Tag::try_from(tag).unwrap(),
+            )
+            .map_err(|_| AuthError)?;
+        Ok(buf)
+    }
+}
+
+/// argon2id cost of newly created keys: 64 MiB, 3 passes, 1 lane (~0.2 s here).
+const KDF_MEMORY_KIB: u32 = 64 * 1024;
+const KDF_ITERATIONS: u32 = 3;
+const KDF_PARALLELISM: u32 = 1;
+const KEY_AAD: &[u8] = b"cairn key v1";
+
+/// A key file (`keys/<id>`): the master key wrapped by a password-derived key. JSON, so a
+/// user can see which KDF and parameters it uses.
+#[derive(Serialize, Deserialize)]
+pub struct KeyFile {
+    pub version: u32,
+    pub kdf: String,
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    pub salt: String,
+    pub wrapped: String,
+    pub created: String,
+    pub hostname: String,
+}
+
+impl KeyFile {
+    pub fn create(master: &MasterKey, password: &str, hostname: &str) -> Result<KeyFile> {
+        let mut salt = [0u8; 32];
+        getrandom::fill(&mut salt)?;
+        let wrap = derive(password, &salt, KDF_MEMORY_KIB, KDF_ITERATIONS, KDF_PARALLELISM)?;
+        Ok(KeyFile {
+            version: 1,
+            kdf: "argon2id".into(),
+            memory_kib: KDF_MEMORY_KIB,
+            iterations: KDF_ITERATIONS,
+            parallelism: KDF_PARALLELISM,
+            salt: hex::encode(salt),
+            wrapped: hex::encode(wrap.seal(KEY_AAD, &master.raw)),
+            created: jiff::Timestamp::now().to_string(),
+            hostname: hostname.to_string(),
+        })
+    }
+
+    /// Unwraps the master key; `Ok(None)` means the password does not open this key.
+    pub fn unlock(&self, password: &str) -> Result<Option<MasterKey>> {
+        if self.version != 1 || self.kdf != "argon2id" {
+            bail!("unsupported key file (version {}, kdf {})", self.version, self.kdf);
+        }
+        // Bound the costs a (possibly forged) key file can make us pay.
+        if self.memory_kib > 4 << 20 || self.iterations > 100 || self.parallelism > 64 {
+            bail!("key file asks for unreasonable KDF costs");
+        }
+        let salt = hex::decode(&self.salt).map_err(|_| anyhow!("key file salt is not hex"))?;
+        let wrapped = hex::decode(&self.wrapped).map_err(|_| anyhow!("key file key is not hex"))?;
+        let wrap = derive(password, &salt, self.memory_kib, self.iterations, self.parallelism)?;
+        match wrap.open(KEY_AAD, &wrapped) {
+            Ok(raw) => {
+                let raw: [u8; 64] = raw.try_into().map_err(|_| anyhow!("key file holds a key of the wrong size"))?;
+                Ok(Some(MasterKey::from_raw(raw)))
+            }
+            Err(AuthError) => Ok(None),
+        }
+    }
+}
+
+/// The key-wrapping key: argon2id(password, salt), used as an XChaCha20-Poly1305 key.
+fn derive(password: &str, salt: &[u8], m: u32, t: u32, p: u32) -> Result<MasterKey> {
+    let params = argon2::Params::new(m, t, p, Some(32)).map_err(|e| anyhow!("argon2 parameters: {e}"))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = [0u8; 64];
+    argon
+        .hash_password_into(password.as_bytes(), salt, &mut out[..32])
+        .map_err(|e| anyhow!("argon2: {e}"))?;
+    Ok(MasterKey::from_raw(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let k = MasterKey::generate();
+        let sealed = k.seal(b"aad", b"hello world");
+        assert_eq!(sealed.len(), 11 + OVERHEAD);
+        assert_eq!(k.open(b"aad", &sealed).unwrap(), b"hello world");
+        assert!(k.open(b"other", &sealed).is_err());
+        let mut bad = sealed.clone();
+        bad[30] ^= 1;
+        assert!(k.open(b"aad", &bad).is_err());
+        assert!(k.open(b"aad", &sealed[..sealed.len() - 1]).is_err());
+        let other = MasterKey::generate();
+        assert!(other.open(b"aad", &sealed).is_err());
+    }
+
+    #[test]
+    fn key_file_unlocks_only_with_its_password() {
+        let k = MasterKey::generate();
+        let f = KeyFile::create(&k, "secret", "host").unwrap();
+        let json = serde_json::to_string(&f).unwrap();
+        let f: KeyFile = serde_json::from_str(&json).unwrap();
+        assert!(f.unlock("wrong").unwrap().is_none());
+        let back = f.unlock("secret").unwrap().unwrap();
+        assert_eq!(back.blob_id(b"x"), k.blob_id(b"x"));
+    }
+}

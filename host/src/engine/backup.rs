@@ -1,0 +1,480 @@
+//! A backup run.
+//!
+//! Threads:
+//! - the walker visits the sources in order; files the file cache knows unchanged are
+//!   settled at once, others become jobs for the workers;
+//! - workers (one per core) read, chunk, hash, deduplicate, compress and encrypt files and
+//!   append new blobs to the shared data packer;
+//! - the assembler (the calling thread) receives the walk in order, waits for each file's
+//!   chunk list, and builds directory trees bottom-up, storing new ones in the tree packer;
+//! - the uploader (async, several transfers at once) uploads finished packs.
+//!
+//! All queues are bounded, so memory does not grow with the size of the source. After the
+//! walk: the last packs are uploaded, an index object lists the new packs, the file cache
+//! rows of this run are published, and the snapshot is written last.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, anyhow};
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::crypto::MasterKey;
+use crate::engine::chunker::Chunker;
+use crate::engine::packer::{Dedup, Packer};
+use crate::engine::upload::{self, UploadStats};
+use crate::engine::walk::{Excludes, Identity, node_from, normalise_sources};
+use crate::ids::Id;
+use crate::journal::{CachedFile, Journal, ObjectKind, State};
+use crate::lock::hostname;
+use crate::progress::Counters;
+use crate::repo::Repository;
+use crate::repo::format::{self, BlobKind, IndexFile, IndexPack, Node, NodeKind, Snapshot, Summary, Tree};
+
+pub struct Settings {
+    pub sources: Vec<PathBuf>,
+    pub excludes: Vec<String>,
+    pub tags: Vec<String>,
+    pub threads: usize,
+    pub compression: i32,
+    pub pack_size: u64,
+}
+
+pub struct Outcome {
+    pub id: Id,
+    pub snapshot: Snapshot,
+    /// Entries that could not be backed up (the first ones, with reasons).
+    pub warnings: Vec<String>,
+    pub upload: UploadStats,
+}
+
+/// Most warnings kept for the report; all are counted.
+const MAX_WARNINGS: usize = 100;
+/// Tree packs are small: trees are read often (ls, restore) and are few.
+const TREE_PACK_SIZE: u64 = 4 << 20;
+
+enum FileError {
+    /// This file could not be read; it is left out and the run goes on.
+    Source(String),
+    /// The run cannot go on (journal, packing or upload failed).
+    Fatal(anyhow::Error),
+}
+
+struct FileDone {
+    content: Vec<Id>,
+    read: u64,
+}
+
+struct FileJob {
+    path: PathBuf,
+    reply: Sender<Result<FileDone, FileError>>,
+}
+
+enum Pending {
+    Ready,
+    Wait { rx: Receiver<Result<FileDone, FileError>>, path: Vec<u8>, identity: Identity },
+}
+
+enum Event {
+    Enter(Node),
+    Leave,
+    Item(Node, Pending),
+    Warn(String),
+}
+
+/// What workers and the assembler share.
+struct Shared<'a> {
+    key: &'a MasterKey,
+    journal: &'a Journal,
+    dedup: &'a Dedup,
+    chunker: Chunker,
+    data: &'a Packer,
+    trees: &'a Packer,
+    level: i32,
+    counters: &'a Counters,
+    files_read: AtomicU64,
+    data_added: AtomicU64,
+}
+
+pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, s: &Settings, counters: &Counters) -> Result<Outcome> {
+    let sources = normalise_sources(&s.sources)?;
+    let mut excludes = s.excludes.clone();
+    // Never back up our own state (journal, temporary packs).
+    excludes.push(repo.dir.to_string_lossy().into_owned());
+    let excludes = Excludes::new(&excludes)?;
+
+    let parent = latest_for(&repo.journal, &sources)?;
+    let started = jiff::Timestamp::now();
+    let dedup = Arc::new(Dedup::new(repo.journal.clone()));
+    let (up_tx, up_task) = upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), 2);
+    let packer = |size, tx| Packer::new(repo.key.clone(), repo.journal.clone(), dedup.clone(), repo.tmp_dir(), size, tx);
+    let data = packer(s.pack_size, up_tx.clone());
+    let trees = packer(TREE_PACK_SIZE.min(s.pack_size), up_tx);
+    let shared = Shared {
+        key: &repo.key,
+        journal: &repo.journal,
+        dedup: &dedup,
+        chunker: Chunker::new(&repo.params.chunker),
+        data: &data,
+        trees: &trees,
+        level: s.compression,
+        counters,
+        files_read: AtomicU64::new(0),
+        data_added: AtomicU64::new(0),
+    };
+
+    let scan = std::thread::scope(|scope| -> Result<(Id, Summary, Vec<String>)> {
+        let (job_tx, job_rx) = bounded::<FileJob>(s.threads * 2);
+        let (ev_tx, ev_rx) = bounded::<Event>(4096);
+        for _ in 0..s.threads.max(1) {
+            let jobs = job_rx.clone();
+            let shared = &shared;
+            scope.spawn(move || worker(jobs, shared));
+        }
+        drop(job_rx);
+        let (sources, excludes, shared_ref) = (&sources, &excludes, &shared);
+        let walker = scope.spawn(move || walk_sources(sources, excludes, shared_ref, job_tx, ev_tx));
+        let assembled = assemble(ev_rx, &shared);
+        let walked = walker.join().map_err(|_| anyhow!("the walker thread panicked"))?;
+        let (root, summary, warnings) = assembled?;
+        walked?;
+        Ok((root, summary, warnings))
+    });
+
+    // Finish the packs in progress, then wait for every upload, also after a failure, so
+    // the journal states are settled before we return.
+    let flushed = scan.as_ref().ok().map(|_| data.flush().and_then(|_| trees.flush()));
+    drop(shared);
+    drop(data);
+    drop(trees);
+    let uploaded = rt.block_on(up_task).map_err(|e| anyhow!("uploader panicked: {e}"))?;
+    let (root, mut summary, warnings) = scan?;
+    flushed.unwrap_or(Ok(()))?;
+    let upload = uploaded?;
+
+    write_index(repo, rt)?;
+    repo.journal.publish_staged_files()?;
+
+    summary.packed_bytes = upload.bytes;
+    let snapshot = Snapshot {
+        version: 1,
+        time_ns: started.as_nanosecond() as i64,
+        hostname: hostname(),
+        username: std::env::var("USER").unwrap_or_default(),
+        sources: sources.iter().map(|p| serde_bytes::ByteBuf::from(p.as_os_str().as_bytes().to_vec())).collect(),
+        tags: s.tags.clone(),
+        parent,
+        tree: root,
+        partial: false,
+        summary,
+        program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+    };
+    let id = write_snapshot(repo, rt, &snapshot)?;
+    Ok(Outcome { id, snapshot, warnings, upload })
+}
+
+/// The newest snapshot of the same sources from this host: the parent of the new one.
+fn latest_for(journal: &Journal, sources: &[PathBuf]) -> Result<Option<Id>> {
+    let host = hostname();
+    let want: Vec<&[u8]> = sources.iter().map(|p| p.as_os_str().as_bytes()).collect();
+    Ok(journal
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| s.hostname == host && s.sources.iter().map(|b| b.as_slice()).eq(want.iter().copied()))
+        .max_by_key(|(_, s)| s.time_ns)
+        .map(|(id, _)| id))
+}
+
+fn worker(jobs: Receiver<FileJob>, shared: &Shared<'_>) {
+    let mut buf = Vec::new();
+    for job in jobs {
+        let r = back_up_file(&job.path, &mut buf, shared);
+        let _ = job.reply.send(r);
+    }
+}
+
+fn back_up_file(path: &Path, buf: &mut Vec<u8>, sh: &Shared<'_>) -> Result<FileDone, FileError> {
+    let mut file = std::fs::File::open(path).map_err(|e| FileError::Source(format!("{}: {e}", path.display())))?;
+    let mut content = Vec::new();
+    let mut fatal = None;
+    let read = sh.chunker.chunk(&mut file, buf, |chunk| {
+        let id = sh.key.blob_id(chunk);
+        content.push(id);
+        let stored = (|| -> Result<()> {
+            if sh.dedup.claim(&id)? {
+                let sealed = format::encode_blob(sh.key, BlobKind::Data, &id, chunk, sh.level);
+                sh.data.add(BlobKind::Data, id, &sealed, chunk.len())?;
+                sh.data_added.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        })();
+        sh.counters.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        stored.map_err(|e| {
+            fatal = Some(e);
+            anyhow!("stopped")
+        })
+    });
+    match read {
+        Ok(read) => {
+            sh.files_read.fetch_add(1, Ordering::Relaxed);
+            Ok(FileDone { content, read })
+        }
+        Err(e) => Err(match fatal {
+            Some(f) => FileError::Fatal(f),
+            None => FileError::Source(format!("{}: {e}", path.display())),
+        }),
+    }
+}
+
+/// Sends the walk of all sources as events: the folders above each source are entered as
+/// plain folders, so the snapshot mirrors absolute paths.
+fn walk_sources(
+    sources: &[PathBuf],
+    excludes: &Excludes,
+    sh: &Shared<'_>,
+    jobs: Sender<FileJob>,
+    events: Sender<Event>,
+) -> Result<()> {
+    let send = |e: Event| events.send(e).map_err(|_| anyhow!("backup stopped"));
+    let mut open: Vec<PathBuf> = Vec::new();
+    for src in sources {
+        let above: Vec<PathBuf> = src.ancestors().skip(1).filter(|p| p.parent().is_some()).map(Path::to_path_buf).collect();
+        let above: Vec<PathBuf> = above.into_iter().rev().collect();
+        let common = open.iter().zip(&above).take_while(|(a, b)| a == b).count();
+        while open.len() > common {
+            open.pop();
+            send(Event::Leave)?;
+        }
+        for dir in &above[common..] {
+            let meta = std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+            let name = dir.file_name().unwrap_or(OsStr::new("")).as_bytes();
+            let (node, _) = node_from(name, &meta).ok_or_else(|| anyhow!("{} is not a folder", dir.display()))?;
+            send(Event::Enter(node))?;
+            open.push(dir.clone());
+        }
+        match src.file_name() {
+            Some(name) => {
+                let meta = std::fs::symlink_metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
+                walk_entry(src, name, &meta, excludes, sh, &jobs, &send)?;
+            }
+            // The root folder itself: its entries go straight into the snapshot's root.
+            None => walk_children(src, excludes, sh, &jobs, &send)?,
+        }
+    }
+    while open.pop().is_some() {
+        send(Event::Leave)?;
+    }
+    Ok(())
+}
+
+fn walk_children(
+    dir: &Path,
+    excludes: &Excludes,
+    sh: &Shared<'_>,
+    jobs: &Sender<FileJob>,
+    send: &dyn Fn(Event) -> Result<()>,
+) -> Result<()> {
+    let mut entries: Vec<(std::ffi::OsString, PathBuf)> = match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            let mut v = Vec::new();
+            for e in rd {
+                match e {
+                    Ok(e) => v.push((e.file_name(), e.path())),
+                    Err(e) => send(Event::Warn(format!("{}: {e}", dir.display())))?,
+                }
+            }
+            v
+        }
+        Err(e) => {
+            send(Event::Warn(format!("{}: cannot list folder: {e}", dir.display())))?;
+            return Ok(());
+        }
+    };
+    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    for (name, path) in entries {
+        if excludes.is_excluded(&path, &name) {
+            continue;
+        }
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) => walk_entry(&path, &name, &meta, excludes, sh, jobs, send)?,
+            Err(e) => send(Event::Warn(format!("{}: {e}", path.display())))?,
+        }
+    }
+    Ok(())
+}
+
+fn walk_entry(
+    path: &Path,
+    name: &OsStr,
+    meta: &std::fs::Metadata,
+    excludes: &Excludes,
+    sh: &Shared<'_>,
+    jobs: &Sender<FileJob>,
+    send: &dyn Fn(Event) -> Result<()>,
+) -> Result<()> {
+    let Some((mut node, identity)) = node_from(name.as_bytes(), meta) else {
+        tracing::info!("skipping {}: sockets and device files are not backed up", path.display());
+        return Ok(());
+    };
+    match node.kind {
+        NodeKind::Dir => {
+            send(Event::Enter(node))?;
+            walk_children(path, excludes, sh, jobs, send)?;
+            send(Event::Leave)?;
+        }
+        NodeKind::Symlink => {
+            match std::fs::read_link(path) {
+                Ok(t) => node.target = serde_bytes::ByteBuf::from(t.as_os_str().as_bytes().to_vec()),
+                Err(e) => return send(Event::Warn(format!("{}: cannot read link: {e}", path.display()))),
+            }
+            send(Event::Item(node, Pending::Ready))?;
+        }
+        NodeKind::Fifo => send(Event::Item(node, Pending::Ready))?,
+        NodeKind::File => {
+            let key = path.as_os_str().as_bytes();
+            if node.size == 0 {
+                send(Event::Item(node, Pending::Ready))?;
+                return Ok(());
+            }
+            if let Some(c) = sh.journal.cached_file(key)?
+                && c.size == node.size
+                && c.mtime_ns == node.mtime_ns
+                && c.ctime_ns == identity.ctime_ns
+                && c.inode == identity.inode
+            {
+                sh.counters.bytes.fetch_add(node.size, Ordering::Relaxed);
+                node.content = c.content;
+                send(Event::Item(node, Pending::Ready))?;
+                return Ok(());
+            }
+            let (tx, rx) = bounded(1);
+            jobs.send(FileJob { path: path.to_path_buf(), reply: tx }).map_err(|_| anyhow!("backup stopped"))?;
+            send(Event::Item(node, Pending::Wait { rx, path: key.to_vec(), identity }))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the trees from the walk, in order. Returns the root tree id.
+fn assemble(events: Receiver<Event>, sh: &Shared<'_>) -> Result<(Id, Summary, Vec<String>)> {
+    struct Frame {
+        node: Option<Node>,
+        children: Vec<Node>,
+    }
+    let mut stack = vec![Frame { node: None, children: Vec::new() }];
+    let mut summary = Summary::default();
+    let mut warnings = Vec::new();
+    let mut warn = |msg: String, summary: &mut Summary| {
+        tracing::warn!("{msg}");
+        summary.errors += 1;
+        if warnings.len() < MAX_WARNINGS {
+            warnings.push(msg);
+        }
+    };
+    for ev in events {
+        match ev {
+            Event::Enter(node) => {
+                summary.dirs += 1;
+                stack.push(Frame { node: Some(node), children: Vec::new() });
+            }
+            Event::Leave => {
+                let frame = stack.pop().ok_or_else(|| anyhow!("unbalanced walk"))?;
+                let mut node = frame.node.ok_or_else(|| anyhow!("unbalanced walk"))?;
+                node.subtree = Some(store_tree(frame.children, sh)?);
+                stack.last_mut().ok_or_else(|| anyhow!("unbalanced walk"))?.children.push(node);
+            }
+            Event::Item(mut node, pending) => {
+                if let Pending::Wait { rx, path, identity } = pending {
+                    match rx.recv().map_err(|_| anyhow!("a backup worker stopped unexpectedly"))? {
+                        Ok(done) => {
+                            if done.read == node.size {
+                                sh.journal.stage_file(
+                                    path,
+                                    CachedFile {
+                                        size: node.size,
+                                        mtime_ns: node.mtime_ns,
+                                        ctime_ns: identity.ctime_ns,
+                                        inode: identity.inode,
+                                        content: done.content.clone(),
+                                    },
+                                )?;
+                            }
+                            node.size = done.read;
+                            node.content = done.content;
+                        }
+                        Err(FileError::Source(msg)) => {
+                            warn(msg, &mut summary);
+                            continue;
+                        }
+                        Err(FileError::Fatal(e)) => return Err(e),
+                    }
+                }
+                if node.kind == NodeKind::File {
+                    summary.files += 1;
+                    summary.bytes += node.size;
+                    sh.counters.files.fetch_add(1, Ordering::Relaxed);
+                }
+                stack.last_mut().ok_or_else(|| anyhow!("unbalanced walk"))?.children.push(node);
+            }
+            Event::Warn(msg) => warn(msg, &mut summary),
+        }
+    }
+    if stack.len() != 1 {
+        return Err(anyhow!("the walk ended early"));
+    }
+    let root = stack.pop().unwrap();
+    let id = store_tree(root.children, sh)?;
+    summary.files_read = sh.files_read.load(Ordering::Relaxed);
+    summary.data_added = sh.data_added.load(Ordering::Relaxed);
+    Ok((id, summary, warnings))
+}
+
+fn store_tree(mut nodes: Vec<Node>, sh: &Shared<'_>) -> Result<Id> {
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let bytes = postcard::to_stdvec(&Tree { version: 1, nodes })?;
+    let id = sh.key.blob_id(&bytes);
+    if sh.dedup.claim(&id)? {
+        let sealed = format::encode_blob(sh.key, BlobKind::Tree, &id, &bytes, sh.level.max(1));
+        sh.trees.add(BlobKind::Tree, id, &sealed, bytes.len())?;
+    }
+    Ok(id)
+}
+
+/// Uploads index objects for every uploaded pack no index lists yet.
+pub fn write_index(repo: &Repository, rt: &tokio::runtime::Handle) -> Result<()> {
+    let packs = repo.journal.unindexed_packs()?;
+    for group in packs.chunks(4096) {
+        let mut index = IndexFile { version: 1, packs: Vec::new() };
+        for p in group {
+            index.packs.push(IndexPack {
+                id: crate::journal::pack_id(&p.name)?,
+                size: p.size,
+                entries: repo.journal.pack_entries(&p.name)?,
+            });
+        }
+        let bytes = format::seal_object(&repo.key, format::AAD_INDEX, &index, false)?;
+        let id = Id::of_bytes(&bytes);
+        let name = format::index_name(&id);
+        repo.journal.record_uploading(&name, ObjectKind::Index, bytes.len() as u64, &id, &[])?;
+        rt.block_on(repo.backend.upload_bytes(&name, &bytes, false))?;
+        repo.journal.set_state(&name, State::Uploaded)?;
+        let names: Vec<String> = group.iter().map(|p| p.name.clone()).collect();
+        repo.journal.mark_indexed(&names, &name)?;
+    }
+    Ok(())
+}
+
+/// Uploads a snapshot object and records it.
+pub fn write_snapshot(repo: &Repository, rt: &tokio::runtime::Handle, snap: &Snapshot) -> Result<Id> {
+    let bytes = format::seal_object(&repo.key, format::AAD_SNAPSHOT, snap, false)?;
+    let id = Id::of_bytes(&bytes);
+    let name = format::snapshot_name(&id);
+    repo.journal.record_uploading(&name, ObjectKind::Snapshot, bytes.len() as u64, &id, &[])?;
+    rt.block_on(repo.backend.upload_bytes(&name, &bytes, true))?;
+    repo.journal.set_state(&name, State::Uploaded)?;
+    repo.journal.add_snapshot(&id, snap)?;
+    Ok(id)
+}

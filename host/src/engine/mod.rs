@@ -1,0 +1,10 @@
+//! The work: backing up (walk, chunk, deduplicate, pack, upload) and restoring.
+
+pub mod backup;
+pub mod chunker;
+pub mod packer;
+pub mod restore;
+pub mod snapshots;
+pub mod tree;
+pub mod upload;
+pub mod walk;

@@ -1,0 +1,159 @@
+//! Packing encrypted blobs into pack files.
+//!
+//! A pack is assembled in a temporary file in the state folder (so memory stays bounded
+//! whatever the pack size, and a failed upload can be retried from disk), then recorded in
+//! the journal as `uploading` with its size, hash and blobs, and only then handed to the
+//! uploader.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::crypto::MasterKey;
+use crate::ids::Id;
+use crate::journal::{Journal, ObjectKind};
+use crate::repo::format::{self, BlobKind, PackEntry};
+
+/// Decides which blobs are new. A blob is new unless the journal knows it or another worker
+/// has claimed it in this run and not yet recorded it. The claim set only holds blobs of
+/// packs still being filled, so it stays small.
+pub struct Dedup {
+    journal: Arc<Journal>,
+    pending: Mutex<HashSet<Id>>,
+}
+
+impl Dedup {
+    pub fn new(journal: Arc<Journal>) -> Dedup {
+        Dedup { journal, pending: Mutex::new(HashSet::new()) }
+    }
+
+    /// True if `id` is new: the caller must then store it.
+    pub fn claim(&self, id: &Id) -> Result<bool> {
+        let mut pending = self.pending.lock().unwrap();
+        if pending.contains(id) || self.journal.has_blob(id)? {
+            return Ok(false);
+        }
+        pending.insert(*id);
+        Ok(true)
+    }
+
+    fn release(&self, ids: impl Iterator<Item = Id>) {
+        let mut pending = self.pending.lock().unwrap();
+        for id in ids {
+            pending.remove(&id);
+        }
+    }
+}
+
+/// A finished pack on local disk, recorded as `uploading`, waiting for upload.
+pub struct FinishedPack {
+    pub name: String,
+    pub id: Id,
+    pub path: PathBuf,
+    pub size: u64,
+    pub blobs: usize,
+}
+
+struct PackWriter {
+    file: BufWriter<File>,
+    path: PathBuf,
+    entries: Vec<PackEntry>,
+    size: u64,
+    hasher: blake3::Hasher,
+}
+
+impl PackWriter {
+    fn create(dir: &std::path::Path) -> Result<PackWriter> {
+        std::fs::create_dir_all(dir)?;
+        let mut rnd = [0u8; 12];
+        getrandom::fill(&mut rnd)?;
+        let path = dir.join(format!("pack-{}", hex::encode(rnd)));
+        let file = File::create_new(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(PackWriter { file: BufWriter::with_capacity(1 << 20, file), path, entries: Vec::new(), size: 0, hasher: blake3::Hasher::new() })
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+pub struct Packer {
+    key: Arc<MasterKey>,
+    journal: Arc<Journal>,
+    dedup: Arc<Dedup>,
+    tmp_dir: PathBuf,
+    target_size: u64,
+    current: Mutex<Option<PackWriter>>,
+    out: tokio::sync::mpsc::Sender<FinishedPack>,
+}
+
+impl Packer {
+    pub fn new(
+        key: Arc<MasterKey>,
+        journal: Arc<Journal>,
+        dedup: Arc<Dedup>,
+        tmp_dir: PathBuf,
+        target_size: u64,
+        out: tokio::sync::mpsc::Sender<FinishedPack>,
+    ) -> Packer {
+        Packer { key, journal, dedup, tmp_dir, target_size, current: Mutex::new(None), out }
+    }
+
+    /// Adds one sealed blob (claimed through [`Dedup::claim`]). Finishes and hands over the
+    /// pack when it reaches the target size; blocks while the uploader is behind.
+    pub fn add(&self, kind: BlobKind, id: Id, sealed: &[u8], raw_length: usize) -> Result<()> {
+        let full = {
+            let mut cur = self.current.lock().unwrap();
+            let w = match cur.as_mut() {
+                Some(w) => w,
+                None => cur.insert(PackWriter::create(&self.tmp_dir)?),
+            };
+            let offset = w.size;
+            w.append(sealed)?;
+            w.entries.push(PackEntry {
+                kind,
+                id,
+                offset,
+                length: u32::try_from(sealed.len())?,
+                raw_length: u32::try_from(raw_length)?,
+            });
+            if w.size >= self.target_size { cur.take() } else { None }
+        };
+        match full {
+            Some(w) => self.seal_and_send(w),
+            None => Ok(()),
+        }
+    }
+
+    /// Finishes the pack being filled, if any.
+    pub fn flush(&self) -> Result<()> {
+        let w = self.current.lock().unwrap().take();
+        match w {
+            Some(w) => self.seal_and_send(w),
+            None => Ok(()),
+        }
+    }
+
+    fn seal_and_send(&self, mut w: PackWriter) -> Result<()> {
+        let trailer = format::pack_trailer(&self.key, &w.entries)?;
+        w.append(&trailer)?;
+        let file = w.file.into_inner().map_err(|e| anyhow!("write {}: {}", w.path.display(), e.error()))?;
+        // The temporary pack need not survive a crash (it is rebuilt from the sources), so
+        // no fsync here.
+        drop(file);
+        let id = Id(*w.hasher.finalize().as_bytes());
+        let name = format::pack_name(&id);
+        self.journal.record_uploading(&name, ObjectKind::Pack, w.size, &id, &w.entries)?;
+        self.dedup.release(w.entries.iter().map(|e| e.id));
+        let pack = FinishedPack { name, id, path: w.path, size: w.size, blobs: w.entries.len() };
+        self.out.blocking_send(pack).map_err(|_| anyhow!("the uploader stopped"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! The uploader: takes finished packs from the packers and uploads them, several at once.
+//!
+//! For each pack: upload from the temporary file, check with `stat` that the backend holds
+//! the full size (a plugin that claims success for a truncated object is caught here), then
+//! commit `uploaded` in the journal, and only then delete the temporary file.
+
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow, bail};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::backend::Backend;
+use crate::engine::packer::FinishedPack;
+use crate::journal::{Journal, State};
+
+#[derive(Default, Debug, Clone, Copy)]
+pub struct UploadStats {
+    pub packs: u64,
+    pub bytes: u64,
+}
+
+/// Starts the uploader on `rt`. Returns the channel the packers send to; the task ends when
+/// every sender is dropped, or at the first upload that fails for good (which closes the
+/// channel, so producers stop too).
+pub fn spawn(
+    rt: &tokio::runtime::Handle,
+    backend: Arc<Backend>,
+    journal: Arc<Journal>,
+    queue: usize,
+) -> (mpsc::Sender<FinishedPack>, tokio::task::JoinHandle<Result<UploadStats>>) {
+    let (tx, mut rx) = mpsc::channel::<FinishedPack>(queue.max(1));
+    let concurrency = backend.concurrency();
+    let handle = rt.spawn(async move {
+        let mut stats = UploadStats::default();
+        let mut running: JoinSet<Result<(u64, u64)>> = JoinSet::new();
+        let collect = |r: Result<Result<(u64, u64)>, tokio::task::JoinError>, stats: &mut UploadStats| -> Result<()> {
+            let (n, bytes) = r.map_err(|e| anyhow!("upload task failed: {e}"))??;
+            stats.packs += n;
+            stats.bytes += bytes;
+            Ok(())
+        };
+        loop {
+            while running.len() >= concurrency {
+                let r = running.join_next().await.expect("set is not empty");
+                if let Err(e) = collect(r, &mut stats) {
+                    rx.close();
+                    return Err(e);
+                }
+            }
+            tokio::select! {
+                pack = rx.recv() => match pack {
+                    Some(pack) => {
+                        let backend = backend.clone();
+                        let journal = journal.clone();
+                        running.spawn(async move { upload_one(&backend, &journal, pack).await.map(|b| (1, b)) });
+                    }
+                    None => break,
+                },
+                Some(r) = running.join_next(), if !running.is_empty() => {
+                    if let Err(e) = collect(r, &mut stats) {
+                        rx.close();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        while let Some(r) = running.join_next().await {
+            collect(r, &mut stats)?;
+        }
+        Ok(stats)
+    });
+    (tx, handle)
+}
+
+/// Attempts when the backend reports success but holds a different size.
+const SHORT_WRITE_ATTEMPTS: u32 = 3;
+
+async fn upload_one(backend: &Backend, journal: &Journal, pack: FinishedPack) -> Result<u64> {
+    let mut attempt = 1;
+    loop {
+        backend.upload_file(&pack.name, &pack.path, pack.size).await?;
+        match backend.stat(&pack.name).await? {
+            Some(info) if info.size == pack.size => break,
+            found => {
+                let stored = found.map(|i| i.size.to_string()).unwrap_or_else(|| "nothing".into());
+                // Ours and wrong: remove it, through the journal's deleting state.
+                journal.set_state(&pack.name, State::Deleting)?;
+                backend.delete(std::slice::from_ref(&pack.name)).await?;
+                journal.set_state(&pack.name, State::Uploading)?;
+                if attempt >= SHORT_WRITE_ATTEMPTS {
+                    bail!(
+                        "backend {} reported {} as stored, but holds {stored} of its {} bytes",
+                        backend.name(),
+                        pack.name,
+                        pack.size
+                    );
+                }
+                tracing::warn!("backend {} stored {stored} of {} bytes of {}; uploading again", backend.name(), pack.size, pack.name);
+                attempt += 1;
+            }
+        }
+    }
+    journal.set_state(&pack.name, State::Uploaded)?;
+    let _ = std::fs::remove_file(&pack.path);
+    Ok(pack.size)
+}

@@ -1,0 +1,566 @@
+//! The journal: a local SQLite database (WAL, synchronous=FULL) of everything cairn has
+//! sent to the repository.
+//!
+//! - `objects`: every remote object with its state. A pack is recorded as `uploading`,
+//!   with its size and hash, before its first byte is sent; it becomes `uploaded` once the
+//!   backend confirms it, `verified` when its bytes were read back and checked, `deleting`
+//!   before a delete is sent. Each transition is committed before the next side effect, so
+//!   after a crash the journal says exactly what may be half-done.
+//! - `blobs`: which blob lives where (pack, offset, length).
+//! - `snapshots`: a local copy of the snapshot objects.
+//! - `file_cache`: size, mtime, ctime and inode of files already backed up, with their chunk
+//!   ids, so unchanged files are not read again. Rows are staged during a run and published
+//!   only once every pack they refer to is uploaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, anyhow, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::ids::Id;
+use crate::repo::format::{BlobKind, PackEntry, Snapshot};
+
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum State {
+    Uploading,
+    Uploaded,
+    Verified,
+    Deleting,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Uploading => "uploading",
+            State::Uploaded => "uploaded",
+            State::Verified => "verified",
+            State::Deleting => "deleting",
+        }
+    }
+    fn parse(s: &str) -> Result<State> {
+        Ok(match s {
+            "uploading" => State::Uploading,
+            "uploaded" => State::Uploaded,
+            "verified" => State::Verified,
+            "deleting" => State::Deleting,
+            _ => bail!("unknown object state {s:?} in the journal"),
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ObjectKind {
+    Pack,
+    Index,
+    Snapshot,
+    Key,
+    Config,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Pack => "pack",
+            ObjectKind::Index => "index",
+            ObjectKind::Snapshot => "snapshot",
+            ObjectKind::Key => "key",
+            ObjectKind::Config => "config",
+        }
+    }
+    fn parse(s: &str) -> Result<ObjectKind> {
+        Ok(match s {
+            "pack" => ObjectKind::Pack,
+            "index" => ObjectKind::Index,
+            "snapshot" => ObjectKind::Snapshot,
+            "key" => ObjectKind::Key,
+            "config" => ObjectKind::Config,
+            _ => bail!("unknown object kind {s:?} in the journal"),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ObjectRow {
+    pub name: String,
+    pub kind: ObjectKind,
+    pub state: State,
+    pub size: u64,
+    pub hash: Option<Id>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct BlobLocation {
+    pub pack: Id,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+/// What the file cache remembers of a file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachedFile {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub inode: u64,
+    pub content: Vec<Id>,
+}
+
+pub struct Journal {
+    conn: Mutex<Connection>,
+    pub path: PathBuf,
+    staged: Mutex<Vec<(Vec<u8>, CachedFile)>>,
+}
+
+/// Staged file-cache rows are written to a temporary table in batches of this many.
+const STAGE_BATCH: usize = 2000;
+
+fn now_secs() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn ids_to_blob(ids: &[Id]) -> Vec<u8> {
+    ids.iter().flat_map(|i| i.0).collect()
+}
+
+fn blob_to_ids(b: &[u8]) -> Vec<Id> {
+    b.chunks_exact(32).map(|c| Id(c.try_into().unwrap())).collect()
+}
+
+/// The id of a pack from its object name (`data/ab/<hex>`).
+pub fn pack_id(name: &str) -> Result<Id> {
+    crate::repo::format::id_of_name(name).ok_or_else(|| anyhow!("bad pack name {name:?} in the journal"))
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal at `path`.
+    pub fn open(path: &Path) -> Result<Journal> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create state folder {}", dir.display()))?;
+        }
+        let hint = || {
+            format!(
+                "the journal {} is unreadable or corrupt; move it away and run `cairn repair --rebuild-journal` \
+                 to rebuild it from the repository",
+                path.display()
+            )
+        };
+        let conn = Connection::open(path).with_context(hint)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA temp_store = FILE;
+             PRAGMA cache_size = -8000;",
+        )
+        .with_context(hint)?;
+        let journal = Journal { conn: Mutex::new(conn), path: path.to_path_buf(), staged: Mutex::new(Vec::new()) };
+        journal.migrate().with_context(hint)?;
+        Ok(journal)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let conn = self.conn.lock().unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            bail!("journal schema {version} is newer than this cairn understands ({SCHEMA_VERSION}); upgrade cairn");
+        }
+        if version == 0 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE objects (
+                    name TEXT PRIMARY KEY,
+                    kind TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    size INTEGER NOT NULL,
+                    hash BLOB,
+                    indexed_by TEXT,
+                    created_at INTEGER NOT NULL,
+                    verified_at INTEGER
+                 );
+                 CREATE INDEX objects_state ON objects(state);
+                 CREATE TABLE blobs (
+                    id BLOB NOT NULL,
+                    pack TEXT NOT NULL,
+                    kind INTEGER NOT NULL,
+                    offset INTEGER NOT NULL,
+                    length INTEGER NOT NULL,
+                    raw_length INTEGER NOT NULL,
+                    PRIMARY KEY (id, pack)
+                 ) WITHOUT ROWID;
+                 CREATE INDEX blobs_pack ON blobs(pack);
+                 CREATE TABLE snapshots (
+                    id TEXT PRIMARY KEY,
+                    time_ns INTEGER NOT NULL,
+                    partial INTEGER NOT NULL,
+                    data BLOB NOT NULL
+                 );
+                 CREATE TABLE file_cache (
+                    path BLOB PRIMARY KEY,
+                    size INTEGER NOT NULL,
+                    mtime_ns INTEGER NOT NULL,
+                    ctime_ns INTEGER NOT NULL,
+                    inode INTEGER NOT NULL,
+                    content BLOB NOT NULL
+                 ) WITHOUT ROWID;
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS staged_files (
+                path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
+                inode INTEGER, content BLOB) WITHOUT ROWID;",
+        )?;
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        let conn = self.conn.lock().unwrap();
+        Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        let conn = self.conn.lock().unwrap();
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
+        Ok(())
+    }
+
+    // ---- remote objects -------------------------------------------------------------------
+
+    /// Records that `name` is about to be uploaded, with the blobs it will hold (packs only).
+    /// Committed before the first byte is sent.
+    pub fn record_uploading(&self, name: &str, kind: ObjectKind, size: u64, hash: &Id, blobs: &[PackEntry]) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO objects (name, kind, state, size, hash, created_at) VALUES (?1, ?2, 'uploading', ?3, ?4, ?5)",
+            params![name, kind.as_str(), size as i64, &hash.0[..], now_secs()],
+        )?;
+        insert_blobs(&tx, name, blobs)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records an object found intact in the repository (e.g. written by another client).
+    pub fn record_present(&self, name: &str, kind: ObjectKind, size: u64, hash: Option<&Id>, blobs: &[PackEntry]) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO objects (name, kind, state, size, hash, created_at) VALUES (?1, ?2, 'uploaded', ?3, ?4, ?5)",
+            params![name, kind.as_str(), size as i64, hash.map(|h| h.0.to_vec()), now_secs()],
+        )?;
+        insert_blobs(&tx, name, blobs)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_state(&self, name: &str, state: State) -> Result<()> {
+        let conn = self.conn.lock().unwrap();
+        let n = conn.execute("UPDATE objects SET state = ?2 WHERE name = ?1", params![name, state.as_str()])?;
+        if n == 0 {
+            bail!("journal has no object {name}");
+        }
+        Ok(())
+    }
+
+    pub fn mark_verified(&self, name: &str) -> Result<()> {
+        let conn = self.conn.lock().unwrap();
+        conn.execute(
+            "UPDATE objects SET state = 'verified', verified_at = ?2 WHERE name = ?1",
+            params![name, now_secs()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets an object and the blobs it held (after it was found missing or deleted).
+    pub fn forget_object(&self, name: &str) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM blobs WHERE pack = ?1", [name])?;
+        tx.execute("DELETE FROM objects WHERE name = ?1", [name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn object(&self, name: &str) -> Result<Option<ObjectRow>> {
+        let conn = self.conn.lock().unwrap();
+        let row = conn
+            .query_row("SELECT name, kind, state, size, hash FROM objects WHERE name = ?1", [name], row_to_object)
+            .optional()?;
+        row.transpose()
+    }
+
+    pub fn objects_in_state(&self, state: State) -> Result<Vec<ObjectRow>> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare("SELECT name, kind, state, size, hash FROM objects WHERE state = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([state.as_str()], row_to_object)?;
+        rows.map(|r| r?).collect()
+    }
+
+    pub fn objects_of_kind(&self, kind: ObjectKind) -> Result<Vec<ObjectRow>> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare("SELECT name, kind, state, size, hash FROM objects WHERE kind = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([kind.as_str()], row_to_object)?;
+        rows.map(|r| r?).collect()
+    }
+
+    // ---- blobs ----------------------------------------------------------------------------
+
+    /// Whether some pack in the journal holds blob `id`.
+    pub fn has_blob(&self, id: &Id) -> Result<bool> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1")?;
+        Ok(stmt.exists([&id.0[..]])?)
+    }
+
+    /// Where blob `id` of `kind` is stored, preferring packs known to be complete.
+    pub fn blob_location(&self, id: &Id, kind: BlobKind) -> Result<Option<BlobLocation>> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare_cached(
+            "SELECT b.pack, b.offset, b.length, b.raw_length FROM blobs b JOIN objects o ON o.name = b.pack
+             WHERE b.id = ?1 AND b.kind = ?2 AND o.state IN ('uploaded', 'verified')
+             ORDER BY o.state = 'verified' DESC LIMIT 1",
+        )?;
+        let row = stmt
+            .query_row(params![&id.0[..], kind as u8], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+            })
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((pack, offset, length, raw)) => Ok(Some(BlobLocation {
+                pack: pack_id(&pack)?,
+                offset: offset as u64,
+                length: length as u32,
+                raw_length: raw as u32,
+            })),
+        }
+    }
+
+    /// The blobs of one pack, by offset.
+    pub fn pack_entries(&self, pack: &str) -> Result<Vec<PackEntry>> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, kind, offset, length, raw_length FROM blobs WHERE pack = ?1 ORDER BY offset",
+        )?;
+        let rows = stmt.query_map([pack], row_to_entry)?;
+        rows.map(|r| r?).collect()
+    }
+
+    // ---- index coverage -------------------------------------------------------------------
+
+    /// Uploaded packs that no index object lists yet.
+    pub fn unindexed_packs(&self) -> Result<Vec<ObjectRow>> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare(
+            "SELECT name, kind, state, size, hash FROM objects
+             WHERE kind = 'pack' AND state IN ('uploaded', 'verified') AND indexed_by IS NULL ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], row_to_object)?;
+        rows.map(|r| r?).collect()
+    }
+
+    pub fn mark_indexed(&self, packs: &[String], index: &str) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare("UPDATE objects SET indexed_by = ?2 WHERE name = ?1")?;
+            for p in packs {
+                stmt.execute(params![p, index])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- snapshots ------------------------------------------------------------------------
+
+    pub fn add_snapshot(&self, id: &Id, snap: &Snapshot) -> Result<()> {
+        let conn = self.conn.lock().unwrap();
+        conn.execute(
+            "INSERT OR REPLACE INTO snapshots (id, time_ns, partial, data) VALUES (?1, ?2, ?3, ?4)",
+            params![id.hex(), snap.time_ns, snap.partial, postcard::to_stdvec(snap)?],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
+        let conn = self.conn.lock().unwrap();
+        conn.execute("DELETE FROM snapshots WHERE id = ?1", [id.hex()])?;
+        Ok(())
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare("SELECT id, data FROM snapshots ORDER BY time_ns, id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, data) = row?;
+            let id = Id::from_hex(&id).ok_or_else(|| anyhow!("bad snapshot id {id:?} in the journal"))?;
+            out.push((id, postcard::from_bytes(&data)?));
+        }
+        Ok(out)
+    }
+
+    // ---- file cache -----------------------------------------------------------------------
+
+    pub fn cached_file(&self, path: &[u8]) -> Result<Option<CachedFile>> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt =
+            conn.prepare_cached("SELECT size, mtime_ns, ctime_ns, inode, content FROM file_cache WHERE path = ?1")?;
+        Ok(stmt
+            .query_row([path], |r| {
+                Ok(CachedFile {
+                    size: r.get::<_, i64>(0)? as u64,
+                    mtime_ns: r.get(1)?,
+                    ctime_ns: r.get(2)?,
+                    inode: r.get::<_, i64>(3)? as u64,
+                    content: blob_to_ids(&r.get::<_, Vec<u8>>(4)?),
+                })
+            })
+            .optional()?)
+    }
+
+    /// Stages a file-cache row; it becomes visible at [`Journal::publish_staged_files`].
+    pub fn stage_file(&self, path: Vec<u8>, file: CachedFile) -> Result<()> {
+        let batch = {
+            let mut staged = self.staged.lock().unwrap();
+            staged.push((path, file));
+            if staged.len() < STAGE_BATCH {
+                return Ok(());
+            }
+            std::mem::take(&mut *staged)
+        };
+        self.write_staged(batch)
+    }
+
+    fn write_staged(&self, batch: Vec<(Vec<u8>, CachedFile)>) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO temp.staged_files (path, size, mtime_ns, ctime_ns, inode, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (path, f) in batch {
+                stmt.execute(params![
+                    path,
+                    f.size as i64,
+                    f.mtime_ns,
+                    f.ctime_ns,
+                    f.inode as i64,
+                    ids_to_blob(&f.content)
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Publishes staged rows. Call only once every pack they refer to is uploaded.
+    pub fn publish_staged_files(&self) -> Result<()> {
+        let batch = std::mem::take(&mut *self.staged.lock().unwrap());
+        self.write_staged(batch)?;
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        tx.execute("INSERT OR REPLACE INTO file_cache SELECT * FROM temp.staged_files", [])?;
+        tx.execute("DELETE FROM temp.staged_files", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Drops the whole file cache (after repository damage, so every file is read again).
+    pub fn clear_file_cache(&self) -> Result<()> {
+        let conn = self.conn.lock().unwrap();
+        conn.execute("DELETE FROM file_cache", [])?;
+        Ok(())
+    }
+}
+
+fn insert_blobs(tx: &rusqlite::Transaction<'_>, pack: &str, blobs: &[PackEntry]) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO blobs (id, pack, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for e in blobs {
+        stmt.execute(params![&e.id.0[..], pack, e.kind as u8, e.offset as i64, e.length, e.raw_length])?;
+    }
+    Ok(())
+}
+
+fn row_to_object(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ObjectRow>> {
+    let name: String = r.get(0)?;
+    let kind: String = r.get(1)?;
+    let state: String = r.get(2)?;
+    let size: i64 = r.get(3)?;
+    let hash: Option<Vec<u8>> = r.get(4)?;
+    Ok((|| {
+        Ok(ObjectRow {
+            name,
+            kind: ObjectKind::parse(&kind)?,
+            state: State::parse(&state)?,
+            size: size as u64,
+            hash: hash.as_deref().and_then(Id::from_slice),
+        })
+    })())
+}
+
+fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PackEntry>> {
+    let id: Vec<u8> = r.get(0)?;
+    let kind: u8 = r.get(1)?;
+    let offset: i64 = r.get(2)?;
+    let length: u32 = r.get(3)?;
+    let raw_length: u32 = r.get(4)?;
+    Ok((|| {
+        Ok(PackEntry {
+            kind: BlobKind::from_u8(kind).ok_or_else(|| anyhow!("bad blob kind {kind} in the journal"))?,
+            id: Id::from_slice(&id).ok_or_else(|| anyhow!("bad blob id in the journal"))?,
+            offset: offset as u64,
+            length,
+            raw_length,
+        })
+    })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_lifecycle_and_file_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+        let id = Id([1; 32]);
+        let e = PackEntry { kind: BlobKind::Data, id, offset: 0, length: 100, raw_length: 60 };
+        j.record_uploading("data/aa/x", ObjectKind::Pack, 200, &Id([9; 32]), &[e]).unwrap();
+        assert!(j.has_blob(&id).unwrap());
+        // Not a usable location until uploaded.
+        assert!(j.blob_location(&id, BlobKind::Data).unwrap().is_none());
+        assert_eq!(j.objects_in_state(State::Uploading).unwrap().len(), 1);
+        j.set_state("data/aa/x", State::Uploaded).unwrap();
+        assert!(j.blob_location(&id, BlobKind::Data).is_err(), "pack name must hold an id");
+        j.forget_object("data/aa/x").unwrap();
+        assert!(!j.has_blob(&id).unwrap());
+
+        let f = CachedFile { size: 5, mtime_ns: 1, ctime_ns: 2, inode: 3, content: vec![id] };
+        j.stage_file(b"/a".to_vec(), f.clone()).unwrap();
+        assert!(j.cached_file(b"/a").unwrap().is_none(), "staged rows are not visible");
+        j.publish_staged_files().unwrap();
+        assert_eq!(j.cached_file(b"/a").unwrap(), Some(f));
+    }
+
+    #[test]
+    fn garbage_journal_gives_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.sqlite");
+        std::fs::write(&p, vec![0x42u8; 8192]).unwrap();
+        let err = format!("{:#}", Journal::open(&p).err().unwrap());
+        assert!(err.contains("--rebuild-journal"), "{err}");
+    }
+}

@@ -1,0 +1,44 @@
+//! The `cairn` binary: parse the command line, run the command, report errors on one line.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cairn::cli::{Cli, Command};
+use cairn::commands::{self, Ctx};
+use cairn::error::{exit_code, one_line};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("cairn={level},warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).without_time().init();
+
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let ctx = Ctx { config_path: cli.config, json: cli.json, rt };
+    let result = match cli.command {
+        Command::Init => commands::init::run(&ctx),
+        Command::Backup { tags } => commands::backup::run(&ctx, &tags),
+        Command::Snapshots => commands::snapshots::run(&ctx),
+        Command::Ls { snapshot, long } => commands::ls::run(&ctx, &snapshot, long),
+        Command::Restore { snapshot, target, include } => commands::restore::run(&ctx, &snapshot, target, include),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: {}", one_line(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

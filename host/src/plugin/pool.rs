@@ -1,0 +1,312 @@
+//! A pool of instances of one plugin. Each instance lives in its own `Store` and serves one
+//! caller at a time; a caller leases an instance, makes calls, and returns it. Every call
+//! runs under a deadline. After a trap, a memory-cap hit or a deadline, the instance (whose
+//! store can never be entered again) is dropped, and the next lease gets a fresh one.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::error::Elapsed;
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker, ResourceAny};
+
+use super::bindings::cairn::storage::types::Error as WitError;
+use super::bindings::{StorageBackend, StorageBackendPre};
+use super::runtime::Runtime;
+use super::sandbox::{HostState, Sandbox};
+use super::{BackendError, Capabilities, ErrorKind, ObjectInfo, PluginInfo};
+
+struct Instance {
+    store: Store<HostState>,
+    bindings: StorageBackend,
+}
+
+pub struct PluginPool {
+    /// Shown in every error: the backend name from the config.
+    pub name: String,
+    pub sandbox: Sandbox,
+    pub caps: Capabilities,
+    pub info: PluginInfo,
+    runtime: Arc<Runtime>,
+    pre: StorageBackendPre<HostState>,
+    options: Vec<(String, String)>,
+    idle: Mutex<Vec<Instance>>,
+    permits: Arc<Semaphore>,
+}
+
+/// Converts the contract's error variant to the host's.
+fn from_wit(e: WitError) -> ErrorKind {
+    match e {
+        WitError::NotFound(m) => ErrorKind::NotFound(m),
+        WitError::AlreadyExists(m) => ErrorKind::AlreadyExists(m),
+        WitError::PermissionDenied(m) => ErrorKind::PermissionDenied(m),
+        WitError::InvalidConfig(m) => ErrorKind::InvalidConfig(m),
+        WitError::InvalidName(m) => ErrorKind::InvalidName(m),
+        WitError::Unsupported(m) => ErrorKind::Unsupported(m),
+        WitError::Transient(m) => ErrorKind::Transient(m),
+        WitError::RateLimited(r) => ErrorKind::RateLimited {
+            retry_after: r.retry_after_ms.map(std::time::Duration::from_millis),
+            message: r.message,
+        },
+        WitError::Other(m) => ErrorKind::Other(m),
+    }
+}
+
+impl PluginPool {
+    /// Links and starts a plugin: checks its imports against the sandbox, instantiates one
+    /// instance, and calls `describe` and `open` on it.
+    pub async fn start(
+        runtime: Arc<Runtime>,
+        name: &str,
+        component: &Component,
+        sandbox: Sandbox,
+        options: Vec<(String, String)>,
+        max_instances: usize,
+    ) -> Result<Arc<PluginPool>> {
+        let engine = runtime.engine();
+        let mut linker = Linker::<HostState>::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        if !sandbox.hosts.is_empty() {
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        }
+        let pre = linker.instantiate_pre(component).map_err(|e| {
+            let msg = format!("{e:#}");
+            if sandbox.hosts.is_empty() && msg.contains("wasi:http") {
+                anyhow!(
+                    "plugin {name} uses the network (it imports wasi:http) but no host is granted; \
+                     add its server to repository.grants.hosts, e.g. hosts = [\"https://s3.example.com:443\"]"
+                )
+            } else {
+                anyhow!("plugin {name} cannot be linked: {msg}")
+            }
+        })?;
+        let pre = StorageBackendPre::new(pre).map_err(|e| {
+            anyhow!("plugin {name} does not export the cairn:storage/backend@0.1.0 interface: {e:#}")
+        })?;
+        let mut probe = Instance::new(engine, &pre, &sandbox)
+            .await
+            .with_context(|| format!("cannot start plugin {name}"))?;
+        let timeout = sandbox.call_timeout;
+        let info = {
+            let g = probe.bindings.cairn_storage_backend();
+            let r = tokio::time::timeout(timeout, g.call_describe(&mut probe.store)).await;
+            settle(name, &mut probe.store, "describe", None, timeout, sandbox.memory_bytes, r.map(|x| x.map(Ok)))?
+        };
+        let caps = probe.open(name, &options, &sandbox).await?;
+        let permits = max_instances.max(1);
+        Ok(Arc::new(PluginPool {
+            name: name.to_string(),
+            sandbox,
+            caps,
+            info,
+            runtime: runtime.clone(),
+            pre,
+            options,
+            idle: Mutex::new(vec![probe]),
+            permits: Arc::new(Semaphore::new(permits)),
+        }))
+    }
+
+    /// How many callers can hold an instance at once.
+    pub fn concurrency(&self) -> usize {
+        self.permits.available_permits().max(1)
+    }
+
+    /// Waits for a free slot and returns an instance (idle, or freshly started and opened).
+    pub async fn lease(self: &Arc<Self>) -> Result<Lease, BackendError> {
+        let permit = self.permits.clone().acquire_owned().await.expect("semaphore never closed");
+        let idle = self.idle.lock().unwrap().pop();
+        let inst = match idle {
+            Some(i) => i,
+            None => {
+                let mut inst = Instance::new(self.runtime.engine(), &self.pre, &self.sandbox)
+                    .await
+                    .map_err(|e| self.error("instantiate", None, ErrorKind::Other(format!("{e:#}"))))?;
+                inst.open(&self.name, &self.options, &self.sandbox).await.map_err(|e| match e.downcast::<BackendError>() {
+                    Ok(be) => be,
+                    Err(e) => self.error("open", None, ErrorKind::Other(format!("{e:#}"))),
+                })?;
+                inst
+            }
+        };
+        Ok(Lease { pool: self.clone(), inst: Some(inst), _permit: permit })
+    }
+
+    fn error(&self, call: &'static str, object: Option<&str>, kind: ErrorKind) -> BackendError {
+        BackendError { plugin: self.name.clone(), call, object: object.map(str::to_string), kind }
+    }
+}
+
+impl Instance {
+    async fn new(engine: &wasmtime::Engine, pre: &StorageBackendPre<HostState>, sandbox: &Sandbox) -> Result<Instance> {
+        let mut store = sandbox.new_store(engine)?;
+        let bindings = pre.instantiate_async(&mut store).await?;
+        Ok(Instance { store, bindings })
+    }
+
+    async fn open(&mut self, name: &str, options: &[(String, String)], sandbox: &Sandbox) -> Result<Capabilities> {
+        let g = self.bindings.cairn_storage_backend();
+        let timeout = sandbox.call_timeout;
+        let r = tokio::time::timeout(timeout, g.call_open(&mut self.store, options)).await;
+        Ok(settle(name, &mut self.store, "open", None, timeout, sandbox.memory_bytes, r)?)
+    }
+}
+
+/// Turns the outcome of one guest call into a result, explaining traps and deadlines.
+#[allow(clippy::too_many_arguments)]
+fn settle<T>(
+    plugin: &str,
+    store: &mut Store<HostState>,
+    call: &'static str,
+    object: Option<&str>,
+    timeout: std::time::Duration,
+    memory_bytes: usize,
+    outcome: Result<wasmtime::Result<Result<T, WitError>>, Elapsed>,
+) -> Result<T, BackendError> {
+    let err = |kind| BackendError { plugin: plugin.to_string(), call, object: object.map(str::to_string), kind };
+    match outcome {
+        Ok(Ok(Ok(v))) => {
+            // A plugin may hide a refused request behind a success; refusals are still named
+            // when it fails.
+            store.data_mut().take_denied_origin();
+            Ok(v)
+        }
+        Ok(Ok(Err(e))) => {
+            if let Some(origin) = store.data_mut().take_denied_origin() {
+                return Err(err(ErrorKind::NotGranted(format!(
+                    "HTTP to {origin} is not granted; add \"{origin}\" to repository.grants.hosts"
+                ))));
+            }
+            Err(err(from_wit(e)))
+        }
+        Ok(Err(trap)) => {
+            if store.data().limiter.exceeded {
+                return Err(err(ErrorKind::MemoryLimit((memory_bytes >> 20) as u64)));
+            }
+            let detail = store.data().stderr_tail().unwrap_or_else(|| {
+                let root = trap.root_cause().to_string();
+                root.lines().last().unwrap_or("trap").to_string()
+            });
+            Err(err(ErrorKind::Trap(detail)))
+        }
+        Err(_elapsed) => Err(err(ErrorKind::Deadline(timeout))),
+    }
+}
+
+/// An instance lent to one caller. Returned to the pool when dropped, unless a call
+/// crashed it.
+pub struct Lease {
+    pool: Arc<PluginPool>,
+    inst: Option<Instance>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(inst) = self.inst.take() {
+            self.pool.idle.lock().unwrap().push(inst);
+        }
+    }
+}
+
+/// Runs one guest call on the leased instance under the deadline, then settles it. A crash
+/// or deadline discards the instance.
+macro_rules! guest_call {
+    ($lease:ident, $call:literal, $object:expr, |$g:ident, $store:ident| $body:expr) => {{
+        let pool = $lease.pool.clone();
+        let timeout = pool.sandbox.call_timeout;
+        let Some(inst) = $lease.inst.as_mut() else {
+            return Err(pool.error($call, $object, ErrorKind::Other("instance already stopped".into())));
+        };
+        let outcome = {
+            let $store = &mut inst.store;
+            let $g = inst.bindings.cairn_storage_backend();
+            tokio::time::timeout(timeout, $body).await
+        };
+        let crashed = matches!(outcome, Err(_) | Ok(Err(_)));
+        let r = settle(&pool.name, &mut inst.store, $call, $object, timeout, pool.sandbox.memory_bytes, outcome);
+        if crashed {
+            $lease.inst = None;
+        }
+        r
+    }};
+}
+
+impl Lease {
+    pub fn plugin(&self) -> &str {
+        &self.pool.name
+    }
+
+    pub async fn list(&mut self, prefix: &str, cursor: Option<&str>, max: u32) -> Result<(Vec<ObjectInfo>, Option<String>), BackendError> {
+        let page = guest_call!(self, "list", Some(prefix), |g, store| g.call_list(store, prefix, cursor, max))?;
+        Ok((page.objects, page.next_cursor))
+    }
+
+    pub async fn stat(&mut self, name: &str) -> Result<ObjectInfo, BackendError> {
+        guest_call!(self, "stat", Some(name), |g, store| g.call_stat(store, name))
+    }
+
+    pub async fn read(&mut self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        let data = guest_call!(self, "read", Some(name), |g, store| g.call_read(store, name, offset, len))?;
+        if data.len() as u64 > len {
+            return Err(self.pool.error(
+                "read",
+                Some(name),
+                ErrorKind::Contract(format!("asked for {len} bytes, got {}", data.len())),
+            ));
+        }
+        Ok(data)
+    }
+
+    pub async fn start_upload(&mut self, name: &str, size: u64, if_absent: bool) -> Result<ResourceAny, BackendError> {
+        guest_call!(self, "start-upload", Some(name), |g, store| g.call_start_upload(store, name, size, if_absent))
+    }
+
+    pub async fn write(&mut self, upload: ResourceAny, name: &str, data: &[u8]) -> Result<(), BackendError> {
+        guest_call!(self, "write", Some(name), |g, store| g.upload().call_write(store, upload, data))
+    }
+
+    pub async fn finish(&mut self, upload: ResourceAny, name: &str) -> Result<(), BackendError> {
+        guest_call!(self, "finish", Some(name), |g, store| g.upload().call_finish(store, upload))
+    }
+
+    pub async fn abort(&mut self, upload: ResourceAny, name: &str) -> Result<(), BackendError> {
+        guest_call!(self, "abort", Some(name), |g, store| async {
+            g.upload().call_abort(&mut *store, upload).await.map(Ok)
+        })
+    }
+
+    /// Releases the guest's upload resource (after finish or abort).
+    pub async fn drop_upload(&mut self, upload: ResourceAny) {
+        if let Some(inst) = self.inst.as_mut() {
+            let timeout = self.pool.sandbox.call_timeout;
+            let r = tokio::time::timeout(timeout, upload.resource_drop_async(&mut inst.store)).await;
+            if !matches!(r, Ok(Ok(()))) {
+                self.inst = None;
+            }
+        }
+    }
+
+    pub async fn list_incomplete(&mut self, prefix: &str) -> Result<Vec<(String, String, u64)>, BackendError> {
+        let v = guest_call!(self, "list-incomplete", Some(prefix), |g, store| g.call_list_incomplete(store, prefix))?;
+        Ok(v.into_iter().map(|u| (u.id, u.name, u.size)).collect())
+    }
+
+    pub async fn abort_incomplete(&mut self, id: &str) -> Result<(), BackendError> {
+        guest_call!(self, "abort-incomplete", Some(id), |g, store| g.call_abort_incomplete(store, id))
+    }
+
+    pub async fn delete(&mut self, names: &[String]) -> Result<(), BackendError> {
+        if !self.pool.sandbox.allow_delete {
+            return Err(self.pool.error(
+                "delete",
+                names.first().map(String::as_str),
+                ErrorKind::NotGranted(
+                    "this repository is append-only (repository.grants.delete = false)".into(),
+                ),
+            ));
+        }
+        guest_call!(self, "delete", names.first().map(String::as_str), |g, store| g.call_delete(store, names))
+    }
+}

@@ -1,0 +1,358 @@
+//! Every byte cairn stores remotely. `docs/format.md` describes the same in prose.
+//!
+//! Objects:
+//! - `config`: the repository parameters, sealed (JSON inside).
+//! - `keys/<id>`: key files (JSON, see `crypto::KeyFile`).
+//! - `data/<id[0..2]>/<id>`: packs of blobs (file chunks and directory trees).
+//! - `index/<id>`: which blobs live where, for a set of packs.
+//! - `snapshots/<id>`: one backup run's root tree and facts.
+//!
+//! `<id>` is the hex blake3 of the object's bytes, so every name is content-addressed and
+//! can be checked without the key. Sealed payloads start with a byte that says how the rest
+//! is compressed (0: stored, 1: zstd).
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::crypto::{AuthError, MasterKey, OVERHEAD};
+use crate::ids::Id;
+
+pub const PACK_MAGIC: &[u8; 8] = b"CAIRNPK1";
+/// Length of a pack's fixed trailer: header length (u32 LE) and magic.
+pub const PACK_TRAILER: usize = 12;
+
+const STORED: u8 = 0;
+const ZSTD: u8 = 1;
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum BlobKind {
+    Data = 0,
+    Tree = 1,
+}
+
+impl BlobKind {
+    pub fn from_u8(v: u8) -> Option<BlobKind> {
+        match v {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// Remote object names.
+pub fn pack_name(id: &Id) -> String {
+    let h = id.hex();
+    format!("data/{}/{h}", &h[..2])
+}
+pub fn index_name(id: &Id) -> String {
+    format!("index/{}", id.hex())
+}
+pub fn snapshot_name(id: &Id) -> String {
+    format!("snapshots/{}", id.hex())
+}
+pub fn key_name(id: &Id) -> String {
+    format!("keys/{}", id.hex())
+}
+pub const CONFIG_NAME: &str = "config";
+
+/// The id part of a content-addressed name (`data/ab/ab12...` -> `ab12...`).
+pub fn id_of_name(name: &str) -> Option<Id> {
+    Id::from_hex(name.rsplit('/').next()?)
+}
+
+fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 34] {
+    let mut aad = [0u8; 34];
+    aad[0] = b'B';
+    aad[1] = kind as u8;
+    aad[2..].copy_from_slice(&id.0);
+    aad
+}
+
+/// Compresses `plaintext` (when it pays) behind the one-byte compression marker.
+fn compress_payload(plaintext: &[u8], level: i32) -> Vec<u8> {
+    if level > 0 && plaintext.len() > 64 {
+        let bound = zstd::zstd_safe::compress_bound(plaintext.len());
+        let mut out = vec![0u8; bound + 1];
+        out[0] = ZSTD;
+        if let Ok(n) = zstd::bulk::compress_to_buffer(plaintext, &mut out[1..], level)
+            && n + 1 < plaintext.len()
+        {
+            out.truncate(n + 1);
+            return out;
+        }
+    }
+    let mut out = Vec::with_capacity(plaintext.len() + 1);
+    out.push(STORED);
+    out.extend_from_slice(plaintext);
+    out
+}
+
+fn decompress_payload(payload: &[u8], size_hint: usize) -> Result<Vec<u8>> {
+    match payload.first() {
+        Some(&STORED) => Ok(payload[1..].to_vec()),
+        Some(&ZSTD) => {
+            // Decompressed sizes are bounded by the chunker's maximum (and trees by what we
+            // wrote); refuse absurd sizes instead of allocating them.
+            let limit = size_hint.clamp(1 << 20, 256 << 20);
+            zstd::bulk::decompress(&payload[1..], limit).context("corrupt zstd payload")
+        }
+        Some(m) => bail!("unknown compression marker {m}"),
+        None => bail!("empty payload"),
+    }
+}
+
+/// Encodes one blob as it is stored in a pack: sealed, with its kind and id as associated
+/// data, so a blob cannot be passed off as another.
+pub fn encode_blob(key: &MasterKey, kind: BlobKind, id: &Id, plaintext: &[u8], level: i32) -> Vec<u8> {
+    let payload = compress_payload(plaintext, level);
+    key.seal(&blob_aad(kind, id), &payload)
+}
+
+/// Why a stored blob was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {0} failed authentication")]
+    Auth(String),
+    #[error("blob {0} is corrupt: {1}")]
+    Corrupt(String, String),
+    #[error("blob {0} decrypted but its content hash does not match")]
+    HashMismatch(String),
+}
+
+/// Decodes and fully verifies a stored blob: authentication, decompression, and the keyed
+/// hash of the plaintext against the id it was asked for.
+pub fn decode_blob(key: &MasterKey, kind: BlobKind, id: &Id, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, BlobError> {
+    let payload = key
+        .open(&blob_aad(kind, id), stored)
+        .map_err(|AuthError| BlobError::Auth(id.short()))?;
+    let plain = decompress_payload(&payload, raw_len)
+        .map_err(|e| BlobError::Corrupt(id.short(), e.to_string()))?;
+    if key.blob_id(&plain) != *id {
+        return Err(BlobError::HashMismatch(id.short()));
+    }
+    Ok(plain)
+}
+
+/// Seals a whole object (index, snapshot, config) with a role-specific associated data.
+pub fn seal_object<T: Serialize>(key: &MasterKey, aad: &[u8], value: &T, json: bool) -> Result<Vec<u8>> {
+    let plain = if json { serde_json::to_vec(value)? } else { postcard::to_stdvec(value)? };
+    Ok(key.seal(aad, &compress_payload(&plain, 3)))
+}
+
+pub fn open_object<T: for<'de> Deserialize<'de>>(key: &MasterKey, aad: &[u8], stored: &[u8], json: bool) -> Result<T> {
+    let payload = key.open(aad, stored)?;
+    let plain = decompress_payload(&payload, 64 << 20)?;
+    if json {
+        Ok(serde_json::from_slice(&plain)?)
+    } else {
+        Ok(postcard::from_bytes(&plain)?)
+    }
+}
+
+pub const AAD_CONFIG: &[u8] = b"cairn config";
+pub const AAD_INDEX: &[u8] = b"cairn index";
+pub const AAD_SNAPSHOT: &[u8] = b"cairn snapshot";
+pub const AAD_PACK_HEADER: &[u8] = b"cairn pack header";
+
+/// The repository parameters, stored in `config`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RepoConfig {
+    pub version: u32,
+    /// Random; names the local journal of this repository.
+    pub id: String,
+    pub chunker: ChunkerParams,
+    pub created: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+    /// Secret seed of the chunker's gear table, so chunk boundaries do not leak content.
+    pub seed: u64,
+}
+
+/// One blob's place in a pack.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct PackEntry {
+    pub kind: BlobKind,
+    pub id: Id,
+    pub offset: u64,
+    /// Stored (sealed) length.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_length: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PackHeader {
+    version: u8,
+    entries: Vec<PackEntry>,
+}
+
+/// Builds a pack's trailer: sealed header, its length, and the magic.
+pub fn pack_trailer(key: &MasterKey, entries: &[PackEntry]) -> Result<Vec<u8>> {
+    let header = PackHeader { version: 1, entries: entries.to_vec() };
+    let mut out = seal_object(key, AAD_PACK_HEADER, &header, false)?;
+    let len = u32::try_from(out.len())?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(PACK_MAGIC);
+    Ok(out)
+}
+
+/// Given a pack's last bytes (at least `PACK_TRAILER`), the length of its sealed header.
+pub fn header_len_from_tail(tail: &[u8]) -> Result<usize> {
+    if tail.len() < PACK_TRAILER || &tail[tail.len() - 8..] != PACK_MAGIC {
+        bail!("not a cairn pack (no trailer magic)");
+    }
+    let n = &tail[tail.len() - 12..tail.len() - 8];
+    Ok(u32::from_le_bytes(n.try_into().unwrap()) as usize)
+}
+
+/// Decodes a pack header from the pack's tail (which must hold header and trailer) and
+/// checks that the entries fit in a pack of `pack_size` bytes.
+pub fn read_pack_header(key: &MasterKey, tail: &[u8], pack_size: u64) -> Result<Vec<PackEntry>> {
+    let hlen = header_len_from_tail(tail)?;
+    if tail.len() < hlen + PACK_TRAILER {
+        bail!("pack tail too short for its header");
+    }
+    let start = tail.len() - PACK_TRAILER - hlen;
+    let header: PackHeader = open_object(key, AAD_PACK_HEADER, &tail[start..tail.len() - PACK_TRAILER], false)
+        .context("pack header")?;
+    if header.version != 1 {
+        bail!("unsupported pack version {}", header.version);
+    }
+    let data_end = pack_size.checked_sub((hlen + PACK_TRAILER) as u64).ok_or_else(|| anyhow!("pack too small"))?;
+    for e in &header.entries {
+        if e.offset + e.length as u64 > data_end || (e.length as usize) < OVERHEAD {
+            bail!("pack header entry out of bounds");
+        }
+    }
+    Ok(header.entries)
+}
+
+/// An index object: the contents of some packs.
+#[derive(Serialize, Deserialize, Default)]
+pub struct IndexFile {
+    pub version: u8,
+    pub packs: Vec<IndexPack>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct IndexPack {
+    pub id: Id,
+    pub size: u64,
+    pub entries: Vec<PackEntry>,
+}
+
+/// A snapshot object.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Snapshot {
+    pub version: u8,
+    /// Nanoseconds since the Unix epoch (UTC).
+    pub time_ns: i64,
+    pub hostname: String,
+    pub username: String,
+    /// The backed-up paths, as given in the config.
+    pub sources: Vec<ByteBuf>,
+    pub tags: Vec<String>,
+    pub parent: Option<Id>,
+    pub tree: Id,
+    /// Written at a checkpoint of a run that had not finished yet.
+    pub partial: bool,
+    pub summary: Summary,
+    pub program: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Summary {
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+    /// Files read this run (not found unchanged in the file cache).
+    pub files_read: u64,
+    /// Plaintext bytes of chunks new to the repository.
+    pub data_added: u64,
+    /// Bytes of packs uploaded.
+    pub packed_bytes: u64,
+    pub errors: u64,
+}
+
+/// A directory listing, stored as a tree blob.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Tree {
+    pub version: u8,
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Node {
+    pub name: ByteBuf,
+    pub kind: NodeKind,
+    /// Permission bits including setuid, setgid, sticky.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub size: u64,
+    /// File content, in order.
+    pub content: Vec<Id>,
+    pub subtree: Option<Id>,
+    pub target: ByteBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_round_trip_checks_everything() {
+        let key = MasterKey::generate();
+        let data = b"some file content, some file content, some file content".repeat(10);
+        let id = key.blob_id(&data);
+        let stored = encode_blob(&key, BlobKind::Data, &id, &data, 3);
+        assert!(stored.len() < data.len(), "compressible data is compressed");
+        assert_eq!(decode_blob(&key, BlobKind::Data, &id, &stored, data.len()).unwrap(), data);
+        // Kind and id are bound.
+        assert!(decode_blob(&key, BlobKind::Tree, &id, &stored, data.len()).is_err());
+        let other = key.blob_id(b"x");
+        assert!(decode_blob(&key, BlobKind::Data, &other, &stored, data.len()).is_err());
+        let mut bad = stored.clone();
+        bad[40] ^= 0x80;
+        assert!(matches!(decode_blob(&key, BlobKind::Data, &id, &bad, data.len()), Err(BlobError::Auth(_))));
+    }
+
+    #[test]
+    fn incompressible_data_is_stored() {
+        let key = MasterKey::generate();
+        let mut data = vec![0u8; 4096];
+        getrandom::fill(&mut data).unwrap();
+        let id = key.blob_id(&data);
+        let stored = encode_blob(&key, BlobKind::Data, &id, &data, 3);
+        assert_eq!(stored.len(), data.len() + 1 + OVERHEAD);
+    }
+
+    #[test]
+    fn pack_trailer_round_trip() {
+        let key = MasterKey::generate();
+        let entries = vec![PackEntry { kind: BlobKind::Data, id: key.blob_id(b"a"), offset: 0, length: 50, raw_length: 9 }];
+        let mut pack = vec![7u8; 50];
+        pack.extend(pack_trailer(&key, &entries).unwrap());
+        let size = pack.len() as u64;
+        assert_eq!(read_pack_header(&key, &pack, size).unwrap(), entries);
+        assert!(read_pack_header(&key, &pack[..pack.len() - 1], size - 1).is_err());
+    }
+}

@@ -1,0 +1,223 @@
+//! The repository: its format, and opening or creating one through a backend.
+//!
+//! Opening means: start the backend plugin, unlock a key with the password, read the
+//! repository parameters, and open (and lock, for writing commands) the local journal in
+//! `<state dir>/<repository id>/`.
+
+pub mod format;
+pub mod reconcile;
+pub mod sync;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::crypto::{KeyFile, MasterKey};
+use crate::engine::chunker;
+use crate::ids::Id;
+use crate::journal::{Journal, ObjectKind};
+use crate::lock::{Lock, hostname};
+use crate::plugin::pool::PluginPool;
+use crate::plugin::runtime::Runtime;
+use crate::plugin::sandbox::{Sandbox, parse_origin};
+use format::{CONFIG_NAME, ChunkerParams, RepoConfig};
+
+pub struct Repository {
+    pub backend: Arc<Backend>,
+    pub key: Arc<MasterKey>,
+    pub params: RepoConfig,
+    pub journal: Arc<Journal>,
+    /// `<state dir>/<repository id>`: journal, lock, temporary packs.
+    pub dir: PathBuf,
+    _lock: Option<Lock>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only; no lock, no reconciliation (may run beside a backup).
+    Read,
+    /// May write: takes the journal lock and reconciles interrupted work first.
+    Write,
+}
+
+/// Where a backend's component comes from.
+fn component_bytes(config: &Config) -> Result<(String, Vec<u8>)> {
+    let backend = &config.repository.backend;
+    if backend == "fs" {
+        return Ok(("fs".into(), crate::plugin::BUILTIN_FS.to_vec()));
+    }
+    if backend.ends_with(".wasm") {
+        let path = crate::config::resolve_path(config.path.parent().unwrap_or(Path::new(".")), Path::new(backend));
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| backend.clone());
+        return Ok((name, bytes));
+    }
+    bail!("unknown backend {backend:?}: the built-in backend is \"fs\", or give the path of a .wasm component")
+}
+
+/// Starts the configured backend. `creating` makes the fs backend's folder if missing.
+pub async fn open_backend(config: &Config, creating: bool) -> Result<Backend> {
+    let (name, wasm) = component_bytes(config)?;
+    let repo = &config.repository;
+    let mut options = Vec::new();
+    for (k, v) in &repo.options {
+        options.push((k.clone(), v.resolve(k)?));
+    }
+    let grants = &repo.grants;
+    let mut dirs = grants.dirs.clone();
+    if repo.backend == "fs" {
+        // The built-in backend is granted exactly its repository folder.
+        let path = options
+            .iter()
+            .find(|(k, _)| k == "path")
+            .map(|(_, v)| PathBuf::from(v))
+            .ok_or_else(|| anyhow!("the fs backend needs options.path, the repository folder"))?;
+        if !path.is_absolute() {
+            bail!("options.path {} must be an absolute path", path.display());
+        }
+        dirs.push(path);
+    }
+    for dir in &dirs {
+        if creating && !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        if !dir.is_dir() {
+            bail!(
+                "the folder {} does not exist; check the repository options in {}, or run `cairn init`",
+                dir.display(),
+                config.path.display()
+            );
+        }
+    }
+    let mut hosts = Vec::new();
+    for h in &grants.hosts {
+        hosts.push(parse_origin(h).ok_or_else(|| {
+            anyhow!("repository.grants.hosts entry {h:?} is not of the form scheme://host:port")
+        })?);
+    }
+    let sandbox = Sandbox {
+        dirs,
+        hosts,
+        allow_delete: grants.delete,
+        memory_bytes: (grants.memory_mib as usize) << 20,
+        call_timeout: std::time::Duration::from_secs(grants.call_timeout_secs),
+    };
+    let runtime = Runtime::new(&config.cache_dir()?)?;
+    let component = runtime.load(&wasm).with_context(|| format!("plugin {name}"))?;
+    let instances = config.threads().max(4);
+    let pool = PluginPool::start(runtime, &name, &component, sandbox, options, instances).await?;
+    Ok(Backend::new(pool))
+}
+
+impl Repository {
+    /// Creates a new repository.
+    pub async fn init(config: &Config) -> Result<(Repository, String)> {
+        let backend = open_backend(config, true).await?;
+        if backend.stat(CONFIG_NAME).await?.is_some() || !backend.list("keys/").await?.is_empty() {
+            bail!("a repository already exists at {}; nothing was changed", describe(config));
+        }
+        let password = config.password()?;
+        let key = MasterKey::generate();
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id)?;
+        let params = RepoConfig {
+            version: 1,
+            id: hex::encode(id),
+            chunker: ChunkerParams {
+                min_size: chunker::DEFAULT_MIN,
+                avg_size: chunker::DEFAULT_AVG,
+                max_size: chunker::DEFAULT_MAX,
+                seed: getrandom::u64()?,
+            },
+            created: jiff::Timestamp::now().to_string(),
+        };
+        let keyfile = serde_json::to_vec_pretty(&KeyFile::create(&key, &password, &hostname())?)?;
+        let key_name = format::key_name(&Id::of_bytes(&keyfile));
+        let sealed = format::seal_object(&key, format::AAD_CONFIG, &params, true)?;
+        // The key first: a `config` without a key would be an unopenable repository.
+        backend.upload_bytes(&key_name, &keyfile, true).await?;
+        backend.upload_bytes(CONFIG_NAME, &sealed, true).await?;
+        let repo = Repository::attach(config, backend, key, params, Access::Write)?;
+        repo.journal.record_present(&key_name, ObjectKind::Key, keyfile.len() as u64, Some(&Id::of_bytes(&keyfile)), &[])?;
+        repo.journal.record_present(CONFIG_NAME, ObjectKind::Config, sealed.len() as u64, None, &[])?;
+        Ok((repo, key_name))
+    }
+
+    /// Opens an existing repository.
+    pub async fn open(config: &Config, access: Access) -> Result<Repository> {
+        let backend = open_backend(config, false).await?;
+        let keys = backend.list("keys/").await?;
+        if keys.is_empty() {
+            bail!("no cairn repository at {} (it has no keys/); run `cairn init` first", describe(config));
+        }
+        let password = config.password()?;
+        let mut key = None;
+        for k in &keys {
+            let bytes = backend.read_all(&k.name).await?;
+            let file: KeyFile = match serde_json::from_slice(&bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("ignoring unreadable key file {}: {e}", k.name);
+                    continue;
+                }
+            };
+            if let Some(k) = file.unlock(&password)? {
+                key = Some(k);
+                break;
+            }
+        }
+        let key = key.ok_or_else(|| {
+            anyhow!(
+                "wrong password: none of the {} key(s) in the repository opens with it; nothing was changed",
+                keys.len()
+            )
+        })?;
+        let sealed = backend.read_all(CONFIG_NAME).await.context("cannot read the repository config")?;
+        let params: RepoConfig = format::open_object(&key, format::AAD_CONFIG, &sealed, true)
+            .context("the repository config object is damaged")?;
+        if params.version != 1 {
+            bail!("repository format version {} is not supported by this cairn", params.version);
+        }
+        let repo = Repository::attach(config, backend, key, params, access)?;
+        if access == Access::Write {
+            reconcile::reconcile(&repo).await?;
+        }
+        sync::sync_remote(&repo).await?;
+        Ok(repo)
+    }
+
+    fn attach(config: &Config, backend: Backend, key: MasterKey, params: RepoConfig, access: Access) -> Result<Repository> {
+        let dir = config.state_dir()?.join(&params.id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create state folder {}", dir.display()))?;
+        let lock = match access {
+            Access::Write => Some(Lock::acquire(&dir.join("lock"))?),
+            Access::Read => None,
+        };
+        let journal = Journal::open(&dir.join("journal.sqlite"))?;
+        Ok(Repository {
+            backend: Arc::new(backend),
+            key: Arc::new(key),
+            params,
+            journal: Arc::new(journal),
+            dir,
+            _lock: lock,
+        })
+    }
+
+    /// Where temporary packs are written before upload.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+}
+
+/// A short description of where the repository is, for messages.
+pub fn describe(config: &Config) -> String {
+    let r = &config.repository;
+    match r.options.get("path") {
+        Some(crate::config::OptionValue::String(p)) => format!("{}:{p}", r.backend),
+        _ => r.backend.clone(),
+    }
+}

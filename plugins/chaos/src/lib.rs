@@ -1,0 +1,263 @@
+//! A test-only backend: the fs backend, plus faults chosen by options.
+//!
+//! Options (besides the fs backend's `path` and `fsync`):
+//! - `escape = "/some/host/file"`: `open` first tries to read that file, which lies outside
+//!   every grant. If the sandbox lets it through, `open` succeeds as if nothing happened (so a
+//!   test expecting the denial fails); otherwise `open` fails with the error it saw.
+//! - `faults = "CALL[#N]:ACTION,..."`: on the Nth call (1-based, counted per instance; every
+//!   call when `#N` is left out) of CALL (`open`, `list`, `stat`, `read`, `start-upload`,
+//!   `write`, `finish`, `delete`, `list-incomplete`, `abort-incomplete`), do ACTION:
+//!   `spin` (loop forever), `alloc` (allocate without bound), `trap` (panic), `hang` (sleep
+//!   for an hour), `transient` / `permanent` (return that kind of error), `truncate` (finish:
+//!   store half the object and report success), `hide` (list: omit every other object),
+//!   `forge` (read: flip the bytes returned).
+
+#[path = "../../fs/src/store.rs"]
+mod store;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use cairn_plugin_sdk::{
+    Capabilities, Error, Guest, GuestUpload, IncompleteUpload, ListPage, ObjectInfo, OptionSpec,
+    PluginInfo, Upload,
+};
+use store::{FsStore, FsUpload};
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Action {
+    Spin,
+    Alloc,
+    Trap,
+    Hang,
+    Transient,
+    Permanent,
+    Truncate,
+    Hide,
+    Forge,
+}
+
+struct Fault {
+    call: String,
+    nth: Option<u64>,
+    action: Action,
+}
+
+#[derive(Default)]
+struct State {
+    store: Option<FsStore>,
+    faults: Vec<Fault>,
+    calls: HashMap<String, u64>,
+    path: String,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+fn parse_faults(spec: &str) -> Result<Vec<Fault>, Error> {
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || Error::InvalidConfig(format!("bad fault {item:?}"));
+        let (target, action) = item.split_once(':').ok_or_else(bad)?;
+        let (call, nth) = match target.split_once('#') {
+            Some((c, n)) => (c, Some(n.parse::<u64>().map_err(|_| bad())?)),
+            None => (target, None),
+        };
+        let action = match action {
+            "spin" => Action::Spin,
+            "alloc" => Action::Alloc,
+            "trap" => Action::Trap,
+            "hang" => Action::Hang,
+            "transient" => Action::Transient,
+            "permanent" => Action::Permanent,
+            "truncate" => Action::Truncate,
+            "hide" => Action::Hide,
+            "forge" => Action::Forge,
+            _ => return Err(bad()),
+        };
+        out.push(Fault { call: call.to_string(), nth, action });
+    }
+    Ok(out)
+}
+
+/// Counts the call and returns the fault that applies to it, if any. Faults that replace
+/// the call's behaviour entirely (spin, alloc, trap, hang, errors) happen right here.
+fn enter(call: &str) -> Result<Option<Action>, Error> {
+    let action = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let n = {
+            let c = s.calls.entry(call.to_string()).or_insert(0);
+            *c += 1;
+            *c
+        };
+        s.faults
+            .iter()
+            .find(|f| f.call == call && f.nth.is_none_or(|k| k == n))
+            .map(|f| f.action)
+    });
+    match action {
+        Some(Action::Spin) => {
+            let mut i: u64 = 0;
+            loop {
+                i = std::hint::black_box(i.wrapping_add(1));
+            }
+        }
+        Some(Action::Alloc) => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![0xA5; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        Some(Action::Trap) => panic!("chaos: deliberate trap in {call}"),
+        Some(Action::Hang) => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Err(Error::Transient(format!("chaos: {call} hung")))
+        }
+        Some(Action::Transient) => Err(Error::Transient(format!("chaos: transient fault in {call}"))),
+        Some(Action::Permanent) => Err(Error::Other(format!("chaos: permanent fault in {call}"))),
+        other => Ok(other),
+    }
+}
+
+fn with_store<T>(f: impl FnOnce(&FsStore) -> Result<T, Error>) -> Result<T, Error> {
+    STATE.with(|s| match s.borrow().store.as_ref() {
+        Some(store) => f(store),
+        None => Err(Error::Other("open was not called".into())),
+    })
+}
+
+struct Chaos;
+
+/// An upload that may be told to lie about how much it stored.
+pub struct ChaosUpload {
+    inner: FsUpload,
+    truncate_to: RefCell<Option<u64>>,
+    name: String,
+}
+
+impl Guest for Chaos {
+    type Upload = ChaosUpload;
+
+    fn describe() -> PluginInfo {
+        let opt = |name: &str, required, help: &str| OptionSpec {
+            name: name.into(),
+            required,
+            secret: false,
+            help: help.into(),
+            default_value: None,
+        };
+        PluginInfo {
+            name: "chaos".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Test-only: the fs backend with injected faults".into(),
+            options: vec![
+                opt("path", true, "Repository folder"),
+                opt("fsync", false, "Sync objects before publishing them"),
+                opt("escape", false, "A host file to try to read, outside every grant"),
+                opt("faults", false, "CALL[#N]:ACTION,... (see the crate docs)"),
+            ],
+        }
+    }
+
+    fn open(options: Vec<(String, String)>) -> Result<Capabilities, Error> {
+        let faults = parse_faults(cairn_plugin_sdk::option(&options, "faults").unwrap_or(""))?;
+        STATE.with(|s| s.borrow_mut().faults = faults);
+        enter("open")?;
+        if let Some(target) = cairn_plugin_sdk::option(&options, "escape")
+            && let Err(e) = std::fs::read(target)
+        {
+            return Err(Error::PermissionDenied(format!("chaos: could not read {target}: {e}")));
+        }
+        let (store, caps) = FsStore::open(&options)?;
+        let path = cairn_plugin_sdk::option(&options, "path").unwrap_or("").to_string();
+        STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            s.store = Some(store);
+            s.path = path;
+        });
+        Ok(caps)
+    }
+
+    fn list(prefix: String, cursor: Option<String>, max: u32) -> Result<ListPage, Error> {
+        let action = enter("list")?;
+        let mut page = with_store(|s| s.list(&prefix, cursor.as_deref(), max))?;
+        if action == Some(Action::Hide) {
+            let mut keep = false;
+            page.objects.retain(|_| {
+                keep = !keep;
+                keep
+            });
+        }
+        Ok(page)
+    }
+
+    fn stat(name: String) -> Result<ObjectInfo, Error> {
+        enter("stat")?;
+        with_store(|s| s.stat(&name))
+    }
+
+    fn read(name: String, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        let action = enter("read")?;
+        let mut data = with_store(|s| s.read(&name, offset, len))?;
+        if action == Some(Action::Forge) {
+            for b in data.iter_mut() {
+                *b ^= 0x5A;
+            }
+        }
+        Ok(data)
+    }
+
+    fn start_upload(name: String, size: u64, if_absent: bool) -> Result<Upload, Error> {
+        enter("start-upload")?;
+        let inner = with_store(|s| s.start_upload(&name, size, if_absent))?;
+        Ok(Upload::new(ChaosUpload { inner, truncate_to: RefCell::new(None), name }))
+    }
+
+    fn list_incomplete(prefix: String) -> Result<Vec<IncompleteUpload>, Error> {
+        enter("list-incomplete")?;
+        with_store(|s| s.list_incomplete(&prefix))
+    }
+
+    fn abort_incomplete(id: String) -> Result<(), Error> {
+        enter("abort-incomplete")?;
+        with_store(|s| s.abort_incomplete(&id))
+    }
+
+    fn delete(names: Vec<String>) -> Result<(), Error> {
+        enter("delete")?;
+        with_store(|s| s.delete(&names))
+    }
+}
+
+impl GuestUpload for ChaosUpload {
+    fn write(&self, data: Vec<u8>) -> Result<(), Error> {
+        enter("write")?;
+        self.inner.write(&data)
+    }
+
+    fn finish(&self) -> Result<(), Error> {
+        if enter("finish")? == Some(Action::Truncate) {
+            *self.truncate_to.borrow_mut() = Some(0);
+        }
+        self.inner.finish()?;
+        if self.truncate_to.borrow().is_some() {
+            // Lie: report success but keep only the first half of the object.
+            let path = STATE.with(|s| s.borrow().path.clone());
+            let full = format!("{path}/{}", self.name);
+            let len = std::fs::metadata(&full).map(|m| m.len()).unwrap_or(0);
+            let f = std::fs::OpenOptions::new().write(true).open(&full);
+            if let Ok(f) = f {
+                let _ = f.set_len(len / 2);
+            }
+        }
+        Ok(())
+    }
+
+    fn abort(&self) {
+        self.inner.abort()
+    }
+}
+
+cairn_plugin_sdk::export!(Chaos);

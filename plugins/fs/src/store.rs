@@ -1,0 +1,328 @@
+//! The folder store: object names map to files below `root`.
+//!
+//! Uploads are written to a hidden temporary file beside their final name
+//! (`.NAME.cairn-upload-RANDOM`), synced, then renamed (or hard-linked, for `if-absent`)
+//! into place, so an object is either absent or complete under its final name.
+
+use std::cell::RefCell;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use cairn_plugin_sdk::{Capabilities, Error, IncompleteUpload, ListPage, ObjectInfo};
+
+const UPLOAD_MARKER: &str = ".cairn-upload-";
+
+pub struct FsStore {
+    root: PathBuf,
+    fsync: bool,
+}
+
+/// Maps an I/O error to the contract's error variant, keeping the OS message.
+pub fn io_error(context: &str, e: io::Error) -> Error {
+    let msg = format!("{context}: {e}");
+    match e.kind() {
+        io::ErrorKind::NotFound => Error::NotFound(msg),
+        io::ErrorKind::PermissionDenied => Error::PermissionDenied(msg),
+        io::ErrorKind::AlreadyExists => Error::AlreadyExists(msg),
+        io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+            Error::Transient(msg)
+        }
+        _ => Error::Other(msg),
+    }
+}
+
+/// Object names are relative, '/'-separated, made of `[A-Za-z0-9._-]`, and no segment may be
+/// empty or start with a dot (that keeps `..` and our temporary files out of the namespace).
+pub fn check_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.split('/').all(|seg| {
+            !seg.is_empty()
+                && !seg.starts_with('.')
+                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    if ok { Ok(()) } else { Err(Error::InvalidName(format!("invalid object name {name:?}"))) }
+}
+
+impl FsStore {
+    pub fn open(options: &[(String, String)]) -> Result<(FsStore, Capabilities), Error> {
+        let path = cairn_plugin_sdk::option(options, "path")
+            .ok_or_else(|| Error::InvalidConfig("option `path` is required".into()))?;
+        let fsync = match cairn_plugin_sdk::option(options, "fsync").unwrap_or("true") {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(Error::InvalidConfig(format!(
+                    "option `fsync` must be true or false, not {other:?}"
+                )));
+            }
+        };
+        let root = PathBuf::from(path);
+        let meta = fs::metadata(&root).map_err(|e| io_error(&format!("repository folder {path}"), e))?;
+        if !meta.is_dir() {
+            return Err(Error::InvalidConfig(format!("{path} is not a folder")));
+        }
+        let caps = Capabilities {
+            ranged_reads: true,
+            atomic_put: true,
+            conditional_put: true,
+            max_object_size: None,
+            preferred_concurrency: 2,
+        };
+        Ok((FsStore { root, fsync }, caps))
+    }
+
+    fn path_of(&self, name: &str) -> Result<PathBuf, Error> {
+        check_name(name)?;
+        Ok(self.root.join(name))
+    }
+
+    /// All complete objects below `prefix`, sorted by name.
+    fn all_objects(&self, prefix: &str) -> Result<Vec<ObjectInfo>, Error> {
+        let mut out = Vec::new();
+        walk(&self.root, &self.root, prefix, &mut |rel, meta| {
+            if !rel.rsplit('/').next().unwrap_or("").starts_with('.') {
+                out.push(ObjectInfo { name: rel.to_string(), size: meta.len() });
+            }
+        })?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn list(&self, prefix: &str, cursor: Option<&str>, max: u32) -> Result<ListPage, Error> {
+        let all = self.all_objects(prefix)?;
+        // The cursor is the last name of the previous page: stateless, so any instance can
+        // continue a listing another instance started.
+        let start = match cursor {
+            Some(c) => all.partition_point(|o| o.name.as_str() <= c),
+            None => 0,
+        };
+        let max = max.max(1) as usize;
+        let objects: Vec<ObjectInfo> = all.into_iter().skip(start).take(max).collect();
+        let next_cursor = if objects.len() == max && start + max < usize::MAX {
+            objects.last().map(|o| o.name.clone())
+        } else {
+            None
+        };
+        Ok(ListPage { objects, next_cursor })
+    }
+
+    pub fn stat(&self, name: &str) -> Result<ObjectInfo, Error> {
+        let meta = fs::metadata(self.path_of(name)?).map_err(|e| io_error(name, e))?;
+        Ok(ObjectInfo { name: name.to_string(), size: meta.len() })
+    }
+
+    pub fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        let mut f = File::open(self.path_of(name)?).map_err(|e| io_error(name, e))?;
+        let size = f.metadata().map_err(|e| io_error(name, e))?.len();
+        let start = offset.min(size);
+        let want = len.min(size - start);
+        f.seek(SeekFrom::Start(start)).map_err(|e| io_error(name, e))?;
+        let mut buf = Vec::with_capacity(want as usize);
+        f.take(want).read_to_end(&mut buf).map_err(|e| io_error(name, e))?;
+        Ok(buf)
+    }
+
+    pub fn start_upload(&self, name: &str, size: u64, if_absent: bool) -> Result<FsUpload, Error> {
+        let path = self.path_of(name)?;
+        let parent = path.parent().expect("object path has a parent").to_path_buf();
+        fs::create_dir_all(&parent).map_err(|e| io_error(name, e))?;
+        if if_absent && fs::symlink_metadata(&path).is_ok() {
+            return Err(Error::AlreadyExists(name.to_string()));
+        }
+        let base = path.file_name().unwrap().to_string_lossy().into_owned();
+        let tmp = parent.join(format!(".{base}{UPLOAD_MARKER}{:016x}", random_u64()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| io_error(name, e))?;
+        Ok(FsUpload {
+            state: RefCell::new(Some(Pending { file, written: 0 })),
+            tmp,
+            path,
+            name: name.to_string(),
+            size,
+            if_absent,
+            fsync: self.fsync,
+        })
+    }
+
+    pub fn list_incomplete(&self, prefix: &str) -> Result<Vec<IncompleteUpload>, Error> {
+        let mut out = Vec::new();
+        // Temporary files live beside their final name, so walk what could hold that name.
+        walk(&self.root, &self.root, prefix_dir(prefix), &mut |rel, meta| {
+            let (dir, file) = match rel.rsplit_once('/') {
+                Some((d, f)) => (format!("{d}/"), f),
+                None => (String::new(), rel),
+            };
+            if let Some(stem) = file.strip_prefix('.')
+                && let Some((base, _)) = stem.split_once(UPLOAD_MARKER)
+            {
+                let name = format!("{dir}{base}");
+                if name.starts_with(prefix) {
+                    out.push(IncompleteUpload { id: rel.to_string(), name, size: meta.len() });
+                }
+            }
+        })?;
+        Ok(out)
+    }
+
+    pub fn abort_incomplete(&self, id: &str) -> Result<(), Error> {
+        let file = id.rsplit('/').next().unwrap_or("");
+        let valid = !id.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+            && file.starts_with('.')
+            && file.contains(UPLOAD_MARKER);
+        if !valid {
+            return Err(Error::InvalidName(format!("{id:?} is not an unfinished upload")));
+        }
+        match fs::remove_file(self.root.join(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(id, e)),
+        }
+    }
+
+    pub fn delete(&self, names: &[String]) -> Result<(), Error> {
+        for name in names {
+            match fs::remove_file(self.path_of(name)?) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(name, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The folder part of a listing prefix (`data/ab/c` -> `data/ab/`), so a walk can prune.
+fn prefix_dir(prefix: &str) -> &str {
+    match prefix.rfind('/') {
+        Some(i) => &prefix[..=i],
+        None => "",
+    }
+}
+
+/// Visits every regular file below `dir` whose relative name starts with `prefix`, pruning
+/// folders that cannot contain such names. A missing folder is an empty listing.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    prefix: &str,
+    visit: &mut dyn FnMut(&str, &fs::Metadata),
+) -> Result<(), Error> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(&dir.display().to_string(), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("listing", e))?;
+        let path = entry.path();
+        let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let ft = entry.file_type().map_err(|e| io_error(&rel, e))?;
+        if ft.is_dir() {
+            let as_dir = format!("{rel}/");
+            if as_dir.starts_with(prefix) || prefix.starts_with(&as_dir) {
+                walk(root, &path, prefix, visit)?;
+            }
+        } else if ft.is_file() && rel.starts_with(prefix) {
+            let meta = entry.metadata().map_err(|e| io_error(&rel, e))?;
+            visit(&rel, &meta);
+        }
+    }
+    Ok(())
+}
+
+fn random_u64() -> u64 {
+    // RandomState is seeded from wasi:random, which is all a unique temporary name needs.
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+struct Pending {
+    file: File,
+    written: u64,
+}
+
+/// One upload in progress. Dropping it without `finish` removes the temporary file.
+pub struct FsUpload {
+    state: RefCell<Option<Pending>>,
+    tmp: PathBuf,
+    path: PathBuf,
+    name: String,
+    size: u64,
+    if_absent: bool,
+    fsync: bool,
+}
+
+impl FsUpload {
+    pub fn write(&self, data: &[u8]) -> Result<(), Error> {
+        let mut state = self.state.borrow_mut();
+        let p = state
+            .as_mut()
+            .ok_or_else(|| Error::Other(format!("{}: upload already closed", self.name)))?;
+        if p.written + data.len() as u64 > self.size {
+            return Err(Error::Other(format!(
+                "{}: more bytes written than the announced {}",
+                self.name, self.size
+            )));
+        }
+        p.file.write_all(data).map_err(|e| io_error(&self.name, e))?;
+        p.written += data.len() as u64;
+        Ok(())
+    }
+
+    pub fn finish(&self) -> Result<(), Error> {
+        let p = self
+            .state
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| Error::Other(format!("{}: upload already closed", self.name)))?;
+        let res = self.publish(p);
+        if res.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        res
+    }
+
+    fn publish(&self, p: Pending) -> Result<(), Error> {
+        if p.written != self.size {
+            return Err(Error::Other(format!(
+                "{}: {} bytes written, {} announced",
+                self.name, p.written, self.size
+            )));
+        }
+        if self.fsync {
+            p.file.sync_all().map_err(|e| io_error(&self.name, e))?;
+        }
+        drop(p.file);
+        if self.if_absent {
+            // link() fails if the target exists: an atomic create-if-absent.
+            fs::hard_link(&self.tmp, &self.path).map_err(|e| io_error(&self.name, e))?;
+            let _ = fs::remove_file(&self.tmp);
+        } else {
+            fs::rename(&self.tmp, &self.path).map_err(|e| io_error(&self.name, e))?;
+        }
+        if self.fsync
+            && let Some(parent) = self.path.parent()
+            && let Ok(dir) = File::open(parent)
+        {
+            // Make the new directory entry durable too; not every filesystem allows it.
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    pub fn abort(&self) {
+        if self.state.borrow_mut().take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Drop for FsUpload {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
