@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "cairn", version, about = "Deduplicating, encrypted backups to sandboxed WebAssembly storage backends")]
+#[command(
+    name = "cairn",
+    version,
+    about = "Deduplicating, encrypted backups to sandboxed WebAssembly storage backends"
+)]
 pub struct Cli {
     /// Config file (default: $CAIRN_CONFIG, else ./cairn.toml)
     #[arg(long, global = true, value_name = "FILE")]

@@ -150,10 +150,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut config = Config::parse(&text).map_err(|e| anyhow!("config {}: {e}", path.display()))?;
+        let mut config =
+            Config::parse(&text).map_err(|e| anyhow!("config {}: {e}", path.display()))?;
         config.path = std::path::absolute(path)?;
         config.resolve_paths();
-        config.validate().map_err(|e| anyhow!("config {}: {e}", path.display()))?;
+        config
+            .validate()
+            .map_err(|e| anyhow!("config {}: {e}", path.display()))?;
         Ok(config)
     }
 
@@ -166,12 +169,19 @@ impl Config {
                 let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
                 format!("line {line}, column {col}: ")
             });
-            format!("{}{}", place.unwrap_or_default(), e.message().trim().replace('\n', " "))
+            format!(
+                "{}{}",
+                place.unwrap_or_default(),
+                e.message().trim().replace('\n', " ")
+            )
         })
     }
 
     fn base_dir(&self) -> PathBuf {
-        self.path.parent().map(Path::to_path_buf).unwrap_or_default()
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 
     fn resolve_paths(&mut self) {
@@ -197,7 +207,9 @@ impl Config {
             self.repository.password_file.is_some(),
         ];
         if pw.iter().filter(|x| **x).count() > 1 {
-            bail!("[repository] sets more than one of password_env, password_command, password_file; keep one");
+            bail!(
+                "[repository] sets more than one of password_env, password_command, password_file; keep one"
+            );
         }
         self.pack_size()?;
         if let Some(level) = self.backup.compression
@@ -218,8 +230,9 @@ impl Config {
         match &self.backup.pack_size {
             None => Ok(DEFAULT_PACK_SIZE),
             Some(text) => {
-                let size = parse_size(text)
-                    .ok_or_else(|| anyhow!("[backup] pack_size {text:?} is not a size like \"16MiB\""))?;
+                let size = parse_size(text).ok_or_else(|| {
+                    anyhow!("[backup] pack_size {text:?} is not a size like \"16MiB\"")
+                })?;
                 if !(1 << 20..=1 << 30).contains(&size) {
                     bail!("[backup] pack_size must be between 1MiB and 1GiB, not {text}");
                 }
@@ -234,7 +247,9 @@ impl Config {
 
     pub fn threads(&self) -> usize {
         self.backup.threads.filter(|n| *n > 0).unwrap_or_else(|| {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
         })
     }
 
@@ -295,7 +310,8 @@ pub fn run_secret_command(cmd: &str) -> Result<String> {
     if !out.status.success() {
         bail!("command {cmd:?} failed with {}", out.status);
     }
-    let text = String::from_utf8(out.stdout).map_err(|_| anyhow!("command {cmd:?} printed non-UTF-8 output"))?;
+    let text = String::from_utf8(out.stdout)
+        .map_err(|_| anyhow!("command {cmd:?} printed non-UTF-8 output"))?;
     Ok(text.lines().next().unwrap_or("").to_string())
 }
 
@@ -316,13 +332,19 @@ pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
     {
         return PathBuf::from(home).join(rest);
     }
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 /// Parses sizes like `16MiB`, `16M`, `512KiB`, `1GiB`, `1048576`.
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let num: f64 = num.parse().ok()?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -342,9 +364,8 @@ impl OptionValue {
             OptionValue::String(s) => Ok(s.clone()),
             OptionValue::Integer(i) => Ok(i.to_string()),
             OptionValue::Bool(b) => Ok(b.to_string()),
-            OptionValue::Env { env } => std::env::var(env).map_err(|_| {
-                anyhow!("option `{name}` comes from ${env}, which is not set")
-            }),
+            OptionValue::Env { env } => std::env::var(env)
+                .map_err(|_| anyhow!("option `{name}` comes from ${env}, which is not set")),
             OptionValue::Command { command } => {
                 run_secret_command(command).with_context(|| format!("option `{name}`"))
             }
@@ -377,7 +398,9 @@ mod tests {
         assert_eq!(c.repository.backend, "fs");
         assert_eq!(c.backup.exclude.len(), 2);
         assert_eq!(c.state.dir.as_deref(), Some(Path::new("/var/lib/cairn")));
-        assert!(matches!(c.repository.options["path"], OptionValue::String(ref s) if s == "/srv/backup/repo"));
+        assert!(
+            matches!(c.repository.options["path"], OptionValue::String(ref s) if s == "/srv/backup/repo")
+        );
     }
 
     #[test]
@@ -395,7 +418,10 @@ mod tests {
             "[repository]\nbackend = \"x\"\noptions = { key = { env = \"CAIRN_TEST_NOPE_123\" }, n = 3 }\n",
         )
         .unwrap();
-        let err = c.repository.options["key"].resolve("key").unwrap_err().to_string();
+        let err = c.repository.options["key"]
+            .resolve("key")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("CAIRN_TEST_NOPE_123"), "{err}");
         assert_eq!(c.repository.options["n"].resolve("n").unwrap(), "3");
     }

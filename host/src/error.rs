@@ -24,7 +24,10 @@ pub struct Exit {
 
 impl Exit {
     pub fn problems(message: impl Into<String>) -> Self {
-        Exit { code: EXIT_PROBLEMS, message: message.into() }
+        Exit {
+            code: EXIT_PROBLEMS,
+            message: message.into(),
+        }
     }
 }
 

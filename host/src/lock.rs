@@ -48,7 +48,11 @@ impl Lock {
                 bail!(
                     "another cairn process holds the journal lock {} ({}); wait for it to finish",
                     path.display(),
-                    if previous.is_empty() { "holder unknown".to_string() } else { previous }
+                    if previous.is_empty() {
+                        "holder unknown".to_string()
+                    } else {
+                        previous
+                    }
                 );
             }
             return Err(err).with_context(|| format!("cannot lock {}", path.display()));
@@ -66,7 +70,10 @@ impl Lock {
             jiff::Timestamp::now()
         )?;
         file.flush()?;
-        Ok(Lock { file, path: path.to_path_buf() })
+        Ok(Lock {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -90,7 +97,10 @@ mod tests {
         // flock locks belong to the open file description, so a second open conflicts
         // even within one process.
         let err = Lock::acquire(&p).err().unwrap().to_string();
-        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         drop(held);
         Lock::acquire(&p).unwrap();
     }

@@ -83,10 +83,14 @@ pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
 /// Counts what the backup will cover, for the progress bar's total and ETA.
 fn spawn_scan(settings: &Settings, counters: std::sync::Arc<crate::progress::Counters>) {
     let sources = settings.sources.clone();
-    let Ok(excludes) = Excludes::new(&settings.excludes) else { return };
+    let Ok(excludes) = Excludes::new(&settings.excludes) else {
+        return;
+    };
     std::thread::spawn(move || {
         fn scan(dir: &std::path::Path, ex: &Excludes, c: &crate::progress::Counters) {
-            let Ok(rd) = std::fs::read_dir(dir) else { return };
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
             for e in rd.flatten() {
                 let path = e.path();
                 if ex.is_excluded(&path, &e.file_name()) {

@@ -59,7 +59,15 @@ pub fn run(ctx: &Ctx, spec: &str, long: bool) -> Result<()> {
             let mtime = jiff::Timestamp::from_nanosecond(node.mtime_ns as i128)
                 .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
                 .unwrap_or_default();
-            let mut line = format!("{} {:>6} {:>6} {:>12} {} {}", mode_string(node.kind, node.mode), node.uid, node.gid, node.size, mtime, path);
+            let mut line = format!(
+                "{} {:>6} {:>6} {:>12} {} {}",
+                mode_string(node.kind, node.mode),
+                node.uid,
+                node.gid,
+                node.size,
+                mtime,
+                path
+            );
             if node.kind == NodeKind::Symlink {
                 line.push_str(&format!(" -> {}", String::from_utf8_lossy(&node.target)));
             }

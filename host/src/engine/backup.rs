@@ -32,7 +32,9 @@ use crate::journal::{CachedFile, Journal, ObjectKind, State};
 use crate::lock::hostname;
 use crate::progress::Counters;
 use crate::repo::Repository;
-use crate::repo::format::{self, BlobKind, IndexFile, IndexPack, Node, NodeKind, Snapshot, Summary, Tree};
+use crate::repo::format::{
+    self, BlobKind, IndexFile, IndexPack, Node, NodeKind, Snapshot, Summary, Tree,
+};
 
 pub struct Settings {
     pub sources: Vec<PathBuf>,
@@ -75,7 +77,11 @@ struct FileJob {
 
 enum Pending {
     Ready,
-    Wait { rx: Receiver<Result<FileDone, FileError>>, path: Vec<u8>, identity: Identity },
+    Wait {
+        rx: Receiver<Result<FileDone, FileError>>,
+        path: Vec<u8>,
+        identity: Identity,
+    },
 }
 
 enum Event {
@@ -99,7 +105,12 @@ struct Shared<'a> {
     data_added: AtomicU64,
 }
 
-pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, s: &Settings, counters: &Counters) -> Result<Outcome> {
+pub fn run(
+    repo: &Repository,
+    rt: &tokio::runtime::Handle,
+    s: &Settings,
+    counters: &Counters,
+) -> Result<Outcome> {
     let sources = normalise_sources(&s.sources)?;
     let mut excludes = s.excludes.clone();
     // Never back up our own state (journal, temporary packs).
@@ -110,7 +121,16 @@ pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, s: &Settings, counter
     let started = jiff::Timestamp::now();
     let dedup = Arc::new(Dedup::new(repo.journal.clone()));
     let (up_tx, up_task) = upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), 2);
-    let packer = |size, tx| Packer::new(repo.key.clone(), repo.journal.clone(), dedup.clone(), repo.tmp_dir(), size, tx);
+    let packer = |size, tx| {
+        Packer::new(
+            repo.key.clone(),
+            repo.journal.clone(),
+            dedup.clone(),
+            repo.tmp_dir(),
+            size,
+            tx,
+        )
+    };
     let data = packer(s.pack_size, up_tx.clone());
     let trees = packer(TREE_PACK_SIZE.min(s.pack_size), up_tx);
     let shared = Shared {
@@ -136,9 +156,12 @@ pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, s: &Settings, counter
         }
         drop(job_rx);
         let (sources, excludes, shared_ref) = (&sources, &excludes, &shared);
-        let walker = scope.spawn(move || walk_sources(sources, excludes, shared_ref, job_tx, ev_tx));
+        let walker =
+            scope.spawn(move || walk_sources(sources, excludes, shared_ref, job_tx, ev_tx));
         let assembled = assemble(ev_rx, &shared);
-        let walked = walker.join().map_err(|_| anyhow!("the walker thread panicked"))?;
+        let walked = walker
+            .join()
+            .map_err(|_| anyhow!("the walker thread panicked"))?;
         let (root, summary, warnings) = assembled?;
         walked?;
         Ok((root, summary, warnings))
@@ -146,11 +169,16 @@ pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, s: &Settings, counter
 
     // Finish the packs in progress, then wait for every upload, also after a failure, so
     // the journal states are settled before we return.
-    let flushed = scan.as_ref().ok().map(|_| data.flush().and_then(|_| trees.flush()));
+    let flushed = scan
+        .as_ref()
+        .ok()
+        .map(|_| data.flush().and_then(|_| trees.flush()));
     drop(shared);
     drop(data);
     drop(trees);
-    let uploaded = rt.block_on(up_task).map_err(|e| anyhow!("uploader panicked: {e}"))?;
+    let uploaded = rt
+        .block_on(up_task)
+        .map_err(|e| anyhow!("uploader panicked: {e}"))?;
     let (root, mut summary, warnings) = scan?;
     flushed.unwrap_or(Ok(()))?;
     let upload = uploaded?;
@@ -164,7 +192,10 @@ pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, s: &Settings, counter
         time_ns: started.as_nanosecond() as i64,
         hostname: hostname(),
         username: std::env::var("USER").unwrap_or_default(),
-        sources: sources.iter().map(|p| serde_bytes::ByteBuf::from(p.as_os_str().as_bytes().to_vec())).collect(),
+        sources: sources
+            .iter()
+            .map(|p| serde_bytes::ByteBuf::from(p.as_os_str().as_bytes().to_vec()))
+            .collect(),
         tags: s.tags.clone(),
         parent,
         tree: root,
@@ -173,7 +204,12 @@ pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, s: &Settings, counter
         program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
     };
     let id = write_snapshot(repo, rt, &snapshot)?;
-    Ok(Outcome { id, snapshot, warnings, upload })
+    Ok(Outcome {
+        id,
+        snapshot,
+        warnings,
+        upload,
+    })
 }
 
 /// The newest snapshot of the same sources from this host: the parent of the new one.
@@ -183,7 +219,13 @@ fn latest_for(journal: &Journal, sources: &[PathBuf]) -> Result<Option<Id>> {
     Ok(journal
         .snapshots()?
         .into_iter()
-        .filter(|(_, s)| s.hostname == host && s.sources.iter().map(|b| b.as_slice()).eq(want.iter().copied()))
+        .filter(|(_, s)| {
+            s.hostname == host
+                && s.sources
+                    .iter()
+                    .map(|b| b.as_slice())
+                    .eq(want.iter().copied())
+        })
         .max_by_key(|(_, s)| s.time_ns)
         .map(|(id, _)| id))
 }
@@ -197,7 +239,8 @@ fn worker(jobs: Receiver<FileJob>, shared: &Shared<'_>) {
 }
 
 fn back_up_file(path: &Path, buf: &mut Vec<u8>, sh: &Shared<'_>) -> Result<FileDone, FileError> {
-    let mut file = std::fs::File::open(path).map_err(|e| FileError::Source(format!("{}: {e}", path.display())))?;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| FileError::Source(format!("{}: {e}", path.display())))?;
     let mut content = Vec::new();
     let mut fatal = None;
     let read = sh.chunker.chunk(&mut file, buf, |chunk| {
@@ -207,11 +250,14 @@ fn back_up_file(path: &Path, buf: &mut Vec<u8>, sh: &Shared<'_>) -> Result<FileD
             if sh.dedup.claim(&id)? {
                 let sealed = format::encode_blob(sh.key, BlobKind::Data, &id, chunk, sh.level);
                 sh.data.add(BlobKind::Data, id, &sealed, chunk.len())?;
-                sh.data_added.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                sh.data_added
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
             Ok(())
         })();
-        sh.counters.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        sh.counters
+            .bytes
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         stored.map_err(|e| {
             fatal = Some(e);
             anyhow!("stopped")
@@ -241,7 +287,12 @@ fn walk_sources(
     let send = |e: Event| events.send(e).map_err(|_| anyhow!("backup stopped"));
     let mut open: Vec<PathBuf> = Vec::new();
     for src in sources {
-        let above: Vec<PathBuf> = src.ancestors().skip(1).filter(|p| p.parent().is_some()).map(Path::to_path_buf).collect();
+        let above: Vec<PathBuf> = src
+            .ancestors()
+            .skip(1)
+            .filter(|p| p.parent().is_some())
+            .map(Path::to_path_buf)
+            .collect();
         let above: Vec<PathBuf> = above.into_iter().rev().collect();
         let common = open.iter().zip(&above).take_while(|(a, b)| a == b).count();
         while open.len() > common {
@@ -249,15 +300,18 @@ fn walk_sources(
             send(Event::Leave)?;
         }
         for dir in &above[common..] {
-            let meta = std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+            let meta = std::fs::symlink_metadata(dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?;
             let name = dir.file_name().unwrap_or(OsStr::new("")).as_bytes();
-            let (node, _) = node_from(name, &meta).ok_or_else(|| anyhow!("{} is not a folder", dir.display()))?;
+            let (node, _) = node_from(name, &meta)
+                .ok_or_else(|| anyhow!("{} is not a folder", dir.display()))?;
             send(Event::Enter(node))?;
             open.push(dir.clone());
         }
         match src.file_name() {
             Some(name) => {
-                let meta = std::fs::symlink_metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
+                let meta = std::fs::symlink_metadata(src)
+                    .with_context(|| format!("cannot read {}", src.display()))?;
                 walk_entry(src, name, &meta, excludes, sh, &jobs, &send)?;
             }
             // The root folder itself: its entries go straight into the snapshot's root.
@@ -289,7 +343,10 @@ fn walk_children(
             v
         }
         Err(e) => {
-            send(Event::Warn(format!("{}: cannot list folder: {e}", dir.display())))?;
+            send(Event::Warn(format!(
+                "{}: cannot list folder: {e}",
+                dir.display()
+            )))?;
             return Ok(());
         }
     };
@@ -316,7 +373,10 @@ fn walk_entry(
     send: &dyn Fn(Event) -> Result<()>,
 ) -> Result<()> {
     let Some((mut node, identity)) = node_from(name.as_bytes(), meta) else {
-        tracing::info!("skipping {}: sockets and device files are not backed up", path.display());
+        tracing::info!(
+            "skipping {}: sockets and device files are not backed up",
+            path.display()
+        );
         return Ok(());
     };
     match node.kind {
@@ -327,8 +387,15 @@ fn walk_entry(
         }
         NodeKind::Symlink => {
             match std::fs::read_link(path) {
-                Ok(t) => node.target = serde_bytes::ByteBuf::from(t.as_os_str().as_bytes().to_vec()),
-                Err(e) => return send(Event::Warn(format!("{}: cannot read link: {e}", path.display()))),
+                Ok(t) => {
+                    node.target = serde_bytes::ByteBuf::from(t.as_os_str().as_bytes().to_vec())
+                }
+                Err(e) => {
+                    return send(Event::Warn(format!(
+                        "{}: cannot read link: {e}",
+                        path.display()
+                    )));
+                }
             }
             send(Event::Item(node, Pending::Ready))?;
         }
@@ -351,8 +418,19 @@ fn walk_entry(
                 return Ok(());
             }
             let (tx, rx) = bounded(1);
-            jobs.send(FileJob { path: path.to_path_buf(), reply: tx }).map_err(|_| anyhow!("backup stopped"))?;
-            send(Event::Item(node, Pending::Wait { rx, path: key.to_vec(), identity }))?;
+            jobs.send(FileJob {
+                path: path.to_path_buf(),
+                reply: tx,
+            })
+            .map_err(|_| anyhow!("backup stopped"))?;
+            send(Event::Item(
+                node,
+                Pending::Wait {
+                    rx,
+                    path: key.to_vec(),
+                    identity,
+                },
+            ))?;
         }
     }
     Ok(())
@@ -364,7 +442,10 @@ fn assemble(events: Receiver<Event>, sh: &Shared<'_>) -> Result<(Id, Summary, Ve
         node: Option<Node>,
         children: Vec<Node>,
     }
-    let mut stack = vec![Frame { node: None, children: Vec::new() }];
+    let mut stack = vec![Frame {
+        node: None,
+        children: Vec::new(),
+    }];
     let mut summary = Summary::default();
     let mut warnings = Vec::new();
     let mut warn = |msg: String, summary: &mut Summary| {
@@ -378,17 +459,27 @@ fn assemble(events: Receiver<Event>, sh: &Shared<'_>) -> Result<(Id, Summary, Ve
         match ev {
             Event::Enter(node) => {
                 summary.dirs += 1;
-                stack.push(Frame { node: Some(node), children: Vec::new() });
+                stack.push(Frame {
+                    node: Some(node),
+                    children: Vec::new(),
+                });
             }
             Event::Leave => {
                 let frame = stack.pop().ok_or_else(|| anyhow!("unbalanced walk"))?;
                 let mut node = frame.node.ok_or_else(|| anyhow!("unbalanced walk"))?;
                 node.subtree = Some(store_tree(frame.children, sh)?);
-                stack.last_mut().ok_or_else(|| anyhow!("unbalanced walk"))?.children.push(node);
+                stack
+                    .last_mut()
+                    .ok_or_else(|| anyhow!("unbalanced walk"))?
+                    .children
+                    .push(node);
             }
             Event::Item(mut node, pending) => {
                 if let Pending::Wait { rx, path, identity } = pending {
-                    match rx.recv().map_err(|_| anyhow!("a backup worker stopped unexpectedly"))? {
+                    match rx
+                        .recv()
+                        .map_err(|_| anyhow!("a backup worker stopped unexpectedly"))?
+                    {
                         Ok(done) => {
                             if done.read == node.size {
                                 sh.journal.stage_file(
@@ -417,7 +508,11 @@ fn assemble(events: Receiver<Event>, sh: &Shared<'_>) -> Result<(Id, Summary, Ve
                     summary.bytes += node.size;
                     sh.counters.files.fetch_add(1, Ordering::Relaxed);
                 }
-                stack.last_mut().ok_or_else(|| anyhow!("unbalanced walk"))?.children.push(node);
+                stack
+                    .last_mut()
+                    .ok_or_else(|| anyhow!("unbalanced walk"))?
+                    .children
+                    .push(node);
             }
             Event::Warn(msg) => warn(msg, &mut summary),
         }
@@ -447,7 +542,10 @@ fn store_tree(mut nodes: Vec<Node>, sh: &Shared<'_>) -> Result<Id> {
 pub fn write_index(repo: &Repository, rt: &tokio::runtime::Handle) -> Result<()> {
     let packs = repo.journal.unindexed_packs()?;
     for group in packs.chunks(4096) {
-        let mut index = IndexFile { version: 1, packs: Vec::new() };
+        let mut index = IndexFile {
+            version: 1,
+            packs: Vec::new(),
+        };
         for p in group {
             index.packs.push(IndexPack {
                 id: crate::journal::pack_id(&p.name)?,
@@ -458,7 +556,8 @@ pub fn write_index(repo: &Repository, rt: &tokio::runtime::Handle) -> Result<()>
         let bytes = format::seal_object(&repo.key, format::AAD_INDEX, &index, false)?;
         let id = Id::of_bytes(&bytes);
         let name = format::index_name(&id);
-        repo.journal.record_uploading(&name, ObjectKind::Index, bytes.len() as u64, &id, &[])?;
+        repo.journal
+            .record_uploading(&name, ObjectKind::Index, bytes.len() as u64, &id, &[])?;
         rt.block_on(repo.backend.upload_bytes(&name, &bytes, false))?;
         repo.journal.set_state(&name, State::Uploaded)?;
         let names: Vec<String> = group.iter().map(|p| p.name.clone()).collect();
@@ -468,11 +567,16 @@ pub fn write_index(repo: &Repository, rt: &tokio::runtime::Handle) -> Result<()>
 }
 
 /// Uploads a snapshot object and records it.
-pub fn write_snapshot(repo: &Repository, rt: &tokio::runtime::Handle, snap: &Snapshot) -> Result<Id> {
+pub fn write_snapshot(
+    repo: &Repository,
+    rt: &tokio::runtime::Handle,
+    snap: &Snapshot,
+) -> Result<Id> {
     let bytes = format::seal_object(&repo.key, format::AAD_SNAPSHOT, snap, false)?;
     let id = Id::of_bytes(&bytes);
     let name = format::snapshot_name(&id);
-    repo.journal.record_uploading(&name, ObjectKind::Snapshot, bytes.len() as u64, &id, &[])?;
+    repo.journal
+        .record_uploading(&name, ObjectKind::Snapshot, bytes.len() as u64, &id, &[])?;
     rt.block_on(repo.backend.upload_bytes(&name, &bytes, true))?;
     repo.journal.set_state(&name, State::Uploaded)?;
     repo.journal.add_snapshot(&id, snap)?;

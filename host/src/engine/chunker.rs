@@ -30,7 +30,15 @@ impl Chunker {
     pub fn new(p: &ChunkerParams) -> Chunker {
         let (mask_s, mask_l) = select_masks(p.avg_size as usize, Normalization::Level1);
         let (gear, gear_ls) = get_gear_with_seed(p.seed);
-        Chunker { min: p.min_size as usize, avg: p.avg_size as usize, max: p.max_size as usize, mask_s, mask_l, gear, gear_ls }
+        Chunker {
+            min: p.min_size as usize,
+            avg: p.avg_size as usize,
+            max: p.max_size as usize,
+            mask_s,
+            mask_l,
+            gear,
+            gear_ls,
+        }
     }
 
     pub fn max_size(&self) -> usize {
@@ -109,7 +117,12 @@ mod tests {
     use super::*;
 
     fn params() -> ChunkerParams {
-        ChunkerParams { min_size: 16 << 10, avg_size: 64 << 10, max_size: 256 << 10, seed: 42 }
+        ChunkerParams {
+            min_size: 16 << 10,
+            avg_size: 64 << 10,
+            max_size: 256 << 10,
+            seed: 42,
+        }
     }
 
     fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
@@ -127,11 +140,12 @@ mod tests {
     fn chunks_of(c: &Chunker, data: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let mut buf = Vec::new();
-        let n = c.chunk(&mut &data[..], &mut buf, |ch| {
-            out.push(ch.to_vec());
-            Ok(())
-        })
-        .unwrap();
+        let n = c
+            .chunk(&mut &data[..], &mut buf, |ch| {
+                out.push(ch.to_vec());
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(n as usize, data.len());
         out
     }
@@ -143,9 +157,17 @@ mod tests {
         let chunks = chunks_of(&c, &data);
         assert_eq!(chunks.concat(), data);
         for ch in &chunks[..chunks.len() - 1] {
-            assert!(ch.len() >= 16 << 10 && ch.len() <= 256 << 10, "{}", ch.len());
+            assert!(
+                ch.len() >= 16 << 10 && ch.len() <= 256 << 10,
+                "{}",
+                ch.len()
+            );
         }
-        assert!(chunks.len() > 20, "average near 64 KiB: {} chunks", chunks.len());
+        assert!(
+            chunks.len() > 20,
+            "average near 64 KiB: {} chunks",
+            chunks.len()
+        );
         assert!(chunks_of(&c, &[]).is_empty());
     }
 
@@ -164,14 +186,26 @@ mod tests {
         inserted.insert(1 << 20, 0x42);
         let b = chunks_of(&c, &inserted);
         let differing = b.iter().filter(|ch| !a.contains(ch)).count();
-        assert!(differing <= 3, "{differing} chunks changed after an insertion");
+        assert!(
+            differing <= 3,
+            "{differing} chunks changed after an insertion"
+        );
     }
 
     #[test]
     fn the_seed_moves_boundaries() {
         let data = pseudo_random(2 << 20, 11);
         let a = chunks_of(&Chunker::new(&params()), &data);
-        let b = chunks_of(&Chunker::new(&ChunkerParams { seed: 43, ..params() }), &data);
-        assert_ne!(a.iter().map(Vec::len).collect::<Vec<_>>(), b.iter().map(Vec::len).collect::<Vec<_>>());
+        let b = chunks_of(
+            &Chunker::new(&ChunkerParams {
+                seed: 43,
+                ..params()
+            }),
+            &data,
+        );
+        assert_ne!(
+            a.iter().map(Vec::len).collect::<Vec<_>>(),
+            b.iter().map(Vec::len).collect::<Vec<_>>()
+        );
     }
 }

@@ -28,7 +28,10 @@ pub struct Dedup {
 
 impl Dedup {
     pub fn new(journal: Arc<Journal>) -> Dedup {
-        Dedup { journal, pending: Mutex::new(HashSet::new()) }
+        Dedup {
+            journal,
+            pending: Mutex::new(HashSet::new()),
+        }
     }
 
     /// True if `id` is new: the caller must then store it.
@@ -72,8 +75,15 @@ impl PackWriter {
         let mut rnd = [0u8; 12];
         getrandom::fill(&mut rnd)?;
         let path = dir.join(format!("pack-{}", hex::encode(rnd)));
-        let file = File::create_new(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(PackWriter { file: BufWriter::with_capacity(1 << 20, file), path, entries: Vec::new(), size: 0, hasher: blake3::Hasher::new() })
+        let file =
+            File::create_new(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(PackWriter {
+            file: BufWriter::with_capacity(1 << 20, file),
+            path,
+            entries: Vec::new(),
+            size: 0,
+            hasher: blake3::Hasher::new(),
+        })
     }
 
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
@@ -103,7 +113,15 @@ impl Packer {
         target_size: u64,
         out: tokio::sync::mpsc::Sender<FinishedPack>,
     ) -> Packer {
-        Packer { key, journal, dedup, tmp_dir, target_size, current: Mutex::new(None), out }
+        Packer {
+            key,
+            journal,
+            dedup,
+            tmp_dir,
+            target_size,
+            current: Mutex::new(None),
+            out,
+        }
     }
 
     /// Adds one sealed blob (claimed through [`Dedup::claim`]). Finishes and hands over the
@@ -124,7 +142,11 @@ impl Packer {
                 length: u32::try_from(sealed.len())?,
                 raw_length: u32::try_from(raw_length)?,
             });
-            if w.size >= self.target_size { cur.take() } else { None }
+            if w.size >= self.target_size {
+                cur.take()
+            } else {
+                None
+            }
         };
         match full {
             Some(w) => self.seal_and_send(w),
@@ -144,16 +166,28 @@ impl Packer {
     fn seal_and_send(&self, mut w: PackWriter) -> Result<()> {
         let trailer = format::pack_trailer(&self.key, &w.entries)?;
         w.append(&trailer)?;
-        let file = w.file.into_inner().map_err(|e| anyhow!("write {}: {}", w.path.display(), e.error()))?;
+        let file = w
+            .file
+            .into_inner()
+            .map_err(|e| anyhow!("write {}: {}", w.path.display(), e.error()))?;
         // The temporary pack need not survive a crash (it is rebuilt from the sources), so
         // no fsync here.
         drop(file);
         let id = Id(*w.hasher.finalize().as_bytes());
         let name = format::pack_name(&id);
-        self.journal.record_uploading(&name, ObjectKind::Pack, w.size, &id, &w.entries)?;
+        self.journal
+            .record_uploading(&name, ObjectKind::Pack, w.size, &id, &w.entries)?;
         self.dedup.release(w.entries.iter().map(|e| e.id));
-        let pack = FinishedPack { name, id, path: w.path, size: w.size, blobs: w.entries.len() };
-        self.out.blocking_send(pack).map_err(|_| anyhow!("the uploader stopped"))?;
+        let pack = FinishedPack {
+            name,
+            id,
+            path: w.path,
+            size: w.size,
+            blobs: w.entries.len(),
+        };
+        self.out
+            .blocking_send(pack)
+            .map_err(|_| anyhow!("the uploader stopped"))?;
         Ok(())
     }
 }

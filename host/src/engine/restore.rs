@@ -70,14 +70,25 @@ fn selected(path: &[u8], includes: &[Vec<u8>]) -> (bool, bool) {
     (take, descend)
 }
 
-pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, root: &Id, s: &Settings, counters: &Counters) -> Result<Outcome> {
-    std::fs::create_dir_all(&s.target).with_context(|| format!("cannot create target {}", s.target.display()))?;
+pub fn run(
+    repo: &Repository,
+    rt: &tokio::runtime::Handle,
+    root: &Id,
+    s: &Settings,
+    counters: &Counters,
+) -> Result<Outcome> {
+    std::fs::create_dir_all(&s.target)
+        .with_context(|| format!("cannot create target {}", s.target.display()))?;
     let includes: Vec<Vec<u8>> = s
         .includes
         .iter()
         .map(|p| {
             let b = p.as_os_str().as_bytes();
-            let b = if b.len() > 1 { b.strip_suffix(b"/").unwrap_or(b) } else { b };
+            let b = if b.len() > 1 {
+                b.strip_suffix(b"/").unwrap_or(b)
+            } else {
+                b
+            };
             b.to_vec()
         })
         .collect();
@@ -119,7 +130,10 @@ pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, root: &Id, s: &Settin
                 f.set_len(node.size)?;
                 counters.total_bytes.fetch_add(node.size, Ordering::Relaxed);
                 counters.total_files.fetch_add(1, Ordering::Relaxed);
-                files.push(FileItem { path: dest, node: node.clone() });
+                files.push(FileItem {
+                    path: dest,
+                    node: node.clone(),
+                });
             }
             NodeKind::Symlink => {
                 let _ = std::fs::remove_file(&dest);
@@ -133,7 +147,8 @@ pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, root: &Id, s: &Settin
                 let c = std::ffi::CString::new(dest.as_os_str().as_bytes())?;
                 // SAFETY: a valid NUL-terminated path.
                 if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-                    return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot create fifo {}", dest.display()));
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("cannot create fifo {}", dest.display()));
                 }
                 links.push((dest, node.clone()));
             }
@@ -143,7 +158,10 @@ pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, root: &Id, s: &Settin
     })?;
     for (i, inc) in s.includes.iter().enumerate() {
         if !matched[i] {
-            return Err(anyhow!("--include {}: no such path in the snapshot (see `cairn ls`)", inc.display()));
+            return Err(anyhow!(
+                "--include {}: no such path in the snapshot (see `cairn ls`)",
+                inc.display()
+            ));
         }
     }
 
@@ -160,7 +178,9 @@ pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, root: &Id, s: &Settin
             scope.spawn(|| {
                 let mut open: HashMap<u32, File> = HashMap::new();
                 loop {
-                    let Some((pack, blobs)) = queue.lock().unwrap().pop() else { break };
+                    let Some((pack, blobs)) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
                     restore_pack(repo, rt, &pack, blobs, &files, &mut open, &failed, counters);
                 }
             });
@@ -172,7 +192,8 @@ pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, root: &Id, s: &Settin
     for (idx, reason) in &failed {
         let f = &files[*idx as usize];
         let _ = std::fs::remove_file(&f.path);
-        out.failed.push((f.path.display().to_string(), reason.clone()));
+        out.failed
+            .push((f.path.display().to_string(), reason.clone()));
     }
     out.failed.sort();
 
@@ -208,7 +229,8 @@ fn create_dir(path: &Path) -> Result<()> {
             std::fs::remove_file(path)?;
             std::fs::create_dir(path)?;
         }
-        Err(_) => std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?,
+        Err(_) => std::fs::create_dir_all(path)
+            .with_context(|| format!("cannot create {}", path.display()))?,
     }
     // Writable while we fill it; the real mode is applied at the end.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
@@ -216,17 +238,18 @@ fn create_dir(path: &Path) -> Result<()> {
 }
 
 fn apply_meta(path: &Path, node: &Node, as_root: bool) -> Result<()> {
-    let mtime = FileTime::from_unix_time(node.mtime_ns.div_euclid(1_000_000_000), node.mtime_ns.rem_euclid(1_000_000_000) as u32);
+    let mtime = FileTime::from_unix_time(
+        node.mtime_ns.div_euclid(1_000_000_000),
+        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
     if as_root {
         std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
     }
-    match node.kind {
-        NodeKind::Symlink => filetime::set_symlink_file_times(path, mtime, mtime)?,
-        _ => {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
-            filetime::set_file_times(path, mtime, mtime)?;
-        }
+    if node.kind != NodeKind::Symlink {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
     }
+    // utimensat without following links: never opens the path, so fifos are safe too.
+    filetime::set_symlink_file_times(path, mtime, mtime)?;
     Ok(())
 }
 
@@ -258,7 +281,13 @@ fn plan(repo: &Repository, files: &[FileItem]) -> Result<Plan> {
                 None => match repo.journal.blob_location(id, BlobKind::Data)? {
                     Some(loc) => {
                         let list = packs.entry(loc.pack).or_default();
-                        list.push(BlobPlan { id: *id, offset: loc.offset, length: loc.length, raw_length: loc.raw_length, targets: Vec::new() });
+                        list.push(BlobPlan {
+                            id: *id,
+                            offset: loc.offset,
+                            length: loc.length,
+                            raw_length: loc.raw_length,
+                            targets: Vec::new(),
+                        });
                         where_.push((loc.pack, list.len() - 1));
                         by_blob.insert(*id, where_.len() - 1);
                         Some(where_.len() - 1)
@@ -274,7 +303,10 @@ fn plan(repo: &Repository, files: &[FileItem]) -> Result<Plan> {
                     offset += bp.raw_length as u64;
                 }
                 None => {
-                    missing.push((i as u32, format!("chunk {} is in no known pack", id.short())));
+                    missing.push((
+                        i as u32,
+                        format!("chunk {} is in no known pack", id.short()),
+                    ));
                     break;
                 }
             }
@@ -326,8 +358,14 @@ fn restore_pack(
                     if to > d.len() {
                         Err(format!("pack {name} is truncated"))
                     } else {
-                        format::decode_blob(&repo.key, BlobKind::Data, &b.id, &d[from..to], b.raw_length as usize)
-                            .map_err(|e| format!("{e} in pack {name}"))
+                        format::decode_blob(
+                            &repo.key,
+                            BlobKind::Data,
+                            &b.id,
+                            &d[from..to],
+                            b.raw_length as usize,
+                        )
+                        .map_err(|e| format!("{e} in pack {name}"))
                     }
                 }
             };
@@ -341,7 +379,9 @@ fn restore_pack(
                         if let Err(e) = write_at(open, files, idx, off, &plain) {
                             fail(&[(idx, off)], &format!("cannot write: {e}"));
                         }
-                        counters.bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                        counters
+                            .bytes
+                            .fetch_add(plain.len() as u64, Ordering::Relaxed);
                     }
                 }
             }
@@ -350,12 +390,20 @@ fn restore_pack(
     }
 }
 
-fn write_at(open: &mut HashMap<u32, File>, files: &[FileItem], idx: u32, off: u64, data: &[u8]) -> std::io::Result<()> {
+fn write_at(
+    open: &mut HashMap<u32, File>,
+    files: &[FileItem],
+    idx: u32,
+    off: u64,
+    data: &[u8],
+) -> std::io::Result<()> {
     if !open.contains_key(&idx) {
         if open.len() >= 64 {
             open.clear();
         }
-        let f = OpenOptions::new().write(true).open(&files[idx as usize].path)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&files[idx as usize].path)?;
         open.insert(idx, f);
     }
     open[&idx].write_all_at(data, off)

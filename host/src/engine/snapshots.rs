@@ -16,9 +16,14 @@ pub fn find(journal: &Journal, spec: &str) -> Result<(Id, Snapshot)> {
     }
     let spec = spec.to_ascii_lowercase();
     if spec.len() < 4 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("{spec:?} is not a snapshot id: give `latest` or at least 4 hex digits of an id (see `cairn snapshots`)");
+        bail!(
+            "{spec:?} is not a snapshot id: give `latest` or at least 4 hex digits of an id (see `cairn snapshots`)"
+        );
     }
-    let mut matches: Vec<(Id, Snapshot)> = all.into_iter().filter(|(id, _)| id.hex().starts_with(&spec)).collect();
+    let mut matches: Vec<(Id, Snapshot)> = all
+        .into_iter()
+        .filter(|(id, _)| id.hex().starts_with(&spec))
+        .collect();
     match matches.len() {
         0 => bail!("no snapshot id starts with {spec} (see `cairn snapshots`)"),
         1 => Ok(matches.pop().unwrap()),

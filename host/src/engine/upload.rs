@@ -28,7 +28,10 @@ pub fn spawn(
     backend: Arc<Backend>,
     journal: Arc<Journal>,
     queue: usize,
-) -> (mpsc::Sender<FinishedPack>, tokio::task::JoinHandle<Result<UploadStats>>) {
+) -> (
+    mpsc::Sender<FinishedPack>,
+    tokio::task::JoinHandle<Result<UploadStats>>,
+) {
     let (tx, mut rx) = mpsc::channel::<FinishedPack>(queue.max(1));
     let concurrency = backend.concurrency();
     let handle = rt.spawn(async move {
@@ -79,11 +82,15 @@ const SHORT_WRITE_ATTEMPTS: u32 = 3;
 async fn upload_one(backend: &Backend, journal: &Journal, pack: FinishedPack) -> Result<u64> {
     let mut attempt = 1;
     loop {
-        backend.upload_file(&pack.name, &pack.path, pack.size).await?;
+        backend
+            .upload_file(&pack.name, &pack.path, pack.size)
+            .await?;
         match backend.stat(&pack.name).await? {
             Some(info) if info.size == pack.size => break,
             found => {
-                let stored = found.map(|i| i.size.to_string()).unwrap_or_else(|| "nothing".into());
+                let stored = found
+                    .map(|i| i.size.to_string())
+                    .unwrap_or_else(|| "nothing".into());
                 // Ours and wrong: remove it, through the journal's deleting state.
                 journal.set_state(&pack.name, State::Deleting)?;
                 backend.delete(std::slice::from_ref(&pack.name)).await?;
@@ -96,7 +103,12 @@ async fn upload_one(backend: &Backend, journal: &Journal, pack: FinishedPack) ->
                         pack.size
                     );
                 }
-                tracing::warn!("backend {} stored {stored} of {} bytes of {}; uploading again", backend.name(), pack.size, pack.name);
+                tracing::warn!(
+                    "backend {} stored {stored} of {} bytes of {}; uploading again",
+                    backend.name(),
+                    pack.size,
+                    pack.name
+                );
                 attempt += 1;
             }
         }

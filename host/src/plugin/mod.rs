@@ -39,7 +39,10 @@ pub enum ErrorKind {
     InvalidName(String),
     Unsupported(String),
     Transient(String),
-    RateLimited { retry_after: Option<Duration>, message: String },
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: String,
+    },
     Other(String),
     /// The guest trapped (panic, illegal operation); the instance was discarded.
     Trap(String),
@@ -58,7 +61,10 @@ impl ErrorKind {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ErrorKind::Transient(_) | ErrorKind::RateLimited { .. } | ErrorKind::Trap(_) | ErrorKind::Deadline(_)
+            ErrorKind::Transient(_)
+                | ErrorKind::RateLimited { .. }
+                | ErrorKind::Trap(_)
+                | ErrorKind::Deadline(_)
         )
     }
 }
@@ -82,16 +88,24 @@ impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = &self.plugin;
         let c = self.call;
-        let on = self.object.as_deref().map(|o| format!(" {o}")).unwrap_or_default();
+        let on = self
+            .object
+            .as_deref()
+            .map(|o| format!(" {o}"))
+            .unwrap_or_default();
         match &self.kind {
             ErrorKind::NotFound(m) => write!(f, "backend {p}: {c}{on}: not found ({m})"),
             ErrorKind::AlreadyExists(m) => write!(f, "backend {p}: {c}{on}: already exists ({m})"),
-            ErrorKind::PermissionDenied(m) => write!(f, "backend {p}: {c}{on}: permission denied: {m}"),
+            ErrorKind::PermissionDenied(m) => {
+                write!(f, "backend {p}: {c}{on}: permission denied: {m}")
+            }
             ErrorKind::InvalidConfig(m) => write!(f, "backend {p}: invalid options: {m}"),
             ErrorKind::InvalidName(m) => write!(f, "backend {p}: {c}{on}: invalid name: {m}"),
             ErrorKind::Unsupported(m) => write!(f, "backend {p}: {c}{on}: unsupported: {m}"),
             ErrorKind::Transient(m) => write!(f, "backend {p}: {c}{on}: temporary failure: {m}"),
-            ErrorKind::RateLimited { message, .. } => write!(f, "backend {p}: {c}{on}: rate limited: {message}"),
+            ErrorKind::RateLimited { message, .. } => {
+                write!(f, "backend {p}: {c}{on}: rate limited: {message}")
+            }
             ErrorKind::Other(m) => write!(f, "backend {p}: {c}{on}: {m}"),
             ErrorKind::Trap(m) => write!(f, "plugin {p} crashed in `{c}`{on}: {m}"),
             ErrorKind::Deadline(d) => write!(
@@ -106,7 +120,9 @@ impl fmt::Display for BackendError {
                  (repository.grants.memory_mib)"
             ),
             ErrorKind::NotGranted(m) => write!(f, "plugin {p}: {c}{on} refused: {m}"),
-            ErrorKind::Contract(m) => write!(f, "plugin {p} broke the storage contract in `{c}`{on}: {m}"),
+            ErrorKind::Contract(m) => {
+                write!(f, "plugin {p} broke the storage contract in `{c}`{on}: {m}")
+            }
         }
     }
 }

@@ -82,7 +82,9 @@ impl PluginPool {
             }
         })?;
         let pre = StorageBackendPre::new(pre).map_err(|e| {
-            anyhow!("plugin {name} does not export the cairn:storage/backend@0.1.0 interface: {e:#}")
+            anyhow!(
+                "plugin {name} does not export the cairn:storage/backend@0.1.0 interface: {e:#}"
+            )
         })?;
         let mut probe = Instance::new(engine, &pre, &sandbox)
             .await
@@ -91,7 +93,15 @@ impl PluginPool {
         let info = {
             let g = probe.bindings.cairn_storage_backend();
             let r = tokio::time::timeout(timeout, g.call_describe(&mut probe.store)).await;
-            settle(name, &mut probe.store, "describe", None, timeout, sandbox.memory_bytes, r.map(|x| x.map(Ok)))?
+            settle(
+                name,
+                &mut probe.store,
+                "describe",
+                None,
+                timeout,
+                sandbox.memory_bytes,
+                r.map(|x| x.map(Ok)),
+            )?
         };
         let caps = probe.open(name, &options, &sandbox).await?;
         let permits = max_instances.max(1);
@@ -115,41 +125,76 @@ impl PluginPool {
 
     /// Waits for a free slot and returns an instance (idle, or freshly started and opened).
     pub async fn lease(self: &Arc<Self>) -> Result<Lease, BackendError> {
-        let permit = self.permits.clone().acquire_owned().await.expect("semaphore never closed");
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
         let idle = self.idle.lock().unwrap().pop();
         let inst = match idle {
             Some(i) => i,
             None => {
                 let mut inst = Instance::new(self.runtime.engine(), &self.pre, &self.sandbox)
                     .await
-                    .map_err(|e| self.error("instantiate", None, ErrorKind::Other(format!("{e:#}"))))?;
-                inst.open(&self.name, &self.options, &self.sandbox).await.map_err(|e| match e.downcast::<BackendError>() {
-                    Ok(be) => be,
-                    Err(e) => self.error("open", None, ErrorKind::Other(format!("{e:#}"))),
-                })?;
+                    .map_err(|e| {
+                        self.error("instantiate", None, ErrorKind::Other(format!("{e:#}")))
+                    })?;
+                inst.open(&self.name, &self.options, &self.sandbox)
+                    .await
+                    .map_err(|e| match e.downcast::<BackendError>() {
+                        Ok(be) => be,
+                        Err(e) => self.error("open", None, ErrorKind::Other(format!("{e:#}"))),
+                    })?;
                 inst
             }
         };
-        Ok(Lease { pool: self.clone(), inst: Some(inst), _permit: permit })
+        Ok(Lease {
+            pool: self.clone(),
+            inst: Some(inst),
+            _permit: permit,
+        })
     }
 
     fn error(&self, call: &'static str, object: Option<&str>, kind: ErrorKind) -> BackendError {
-        BackendError { plugin: self.name.clone(), call, object: object.map(str::to_string), kind }
+        BackendError {
+            plugin: self.name.clone(),
+            call,
+            object: object.map(str::to_string),
+            kind,
+        }
     }
 }
 
 impl Instance {
-    async fn new(engine: &wasmtime::Engine, pre: &StorageBackendPre<HostState>, sandbox: &Sandbox) -> Result<Instance> {
+    async fn new(
+        engine: &wasmtime::Engine,
+        pre: &StorageBackendPre<HostState>,
+        sandbox: &Sandbox,
+    ) -> Result<Instance> {
         let mut store = sandbox.new_store(engine)?;
         let bindings = pre.instantiate_async(&mut store).await?;
         Ok(Instance { store, bindings })
     }
 
-    async fn open(&mut self, name: &str, options: &[(String, String)], sandbox: &Sandbox) -> Result<Capabilities> {
+    async fn open(
+        &mut self,
+        name: &str,
+        options: &[(String, String)],
+        sandbox: &Sandbox,
+    ) -> Result<Capabilities> {
         let g = self.bindings.cairn_storage_backend();
         let timeout = sandbox.call_timeout;
         let r = tokio::time::timeout(timeout, g.call_open(&mut self.store, options)).await;
-        Ok(settle(name, &mut self.store, "open", None, timeout, sandbox.memory_bytes, r)?)
+        Ok(settle(
+            name,
+            &mut self.store,
+            "open",
+            None,
+            timeout,
+            sandbox.memory_bytes,
+            r,
+        )?)
     }
 }
 
@@ -164,7 +209,12 @@ fn settle<T>(
     memory_bytes: usize,
     outcome: Result<wasmtime::Result<Result<T, WitError>>, Elapsed>,
 ) -> Result<T, BackendError> {
-    let err = |kind| BackendError { plugin: plugin.to_string(), call, object: object.map(str::to_string), kind };
+    let err = |kind| BackendError {
+        plugin: plugin.to_string(),
+        call,
+        object: object.map(str::to_string),
+        kind,
+    };
     match outcome {
         Ok(Ok(Ok(v))) => {
             // A plugin may hide a refused request behind a success; refusals are still named
@@ -217,7 +267,11 @@ macro_rules! guest_call {
         let pool = $lease.pool.clone();
         let timeout = pool.sandbox.call_timeout;
         let Some(inst) = $lease.inst.as_mut() else {
-            return Err(pool.error($call, $object, ErrorKind::Other("instance already stopped".into())));
+            return Err(pool.error(
+                $call,
+                $object,
+                ErrorKind::Other("instance already stopped".into()),
+            ));
         };
         let outcome = {
             let $store = &mut inst.store;
@@ -225,7 +279,15 @@ macro_rules! guest_call {
             tokio::time::timeout(timeout, $body).await
         };
         let crashed = matches!(outcome, Err(_) | Ok(Err(_)));
-        let r = settle(&pool.name, &mut inst.store, $call, $object, timeout, pool.sandbox.memory_bytes, outcome);
+        let r = settle(
+            &pool.name,
+            &mut inst.store,
+            $call,
+            $object,
+            timeout,
+            pool.sandbox.memory_bytes,
+            outcome,
+        );
         if crashed {
             $lease.inst = None;
         }
@@ -238,17 +300,30 @@ impl Lease {
         &self.pool.name
     }
 
-    pub async fn list(&mut self, prefix: &str, cursor: Option<&str>, max: u32) -> Result<(Vec<ObjectInfo>, Option<String>), BackendError> {
-        let page = guest_call!(self, "list", Some(prefix), |g, store| g.call_list(store, prefix, cursor, max))?;
+    pub async fn list(
+        &mut self,
+        prefix: &str,
+        cursor: Option<&str>,
+        max: u32,
+    ) -> Result<(Vec<ObjectInfo>, Option<String>), BackendError> {
+        let page = guest_call!(self, "list", Some(prefix), |g, store| g
+            .call_list(store, prefix, cursor, max))?;
         Ok((page.objects, page.next_cursor))
     }
 
     pub async fn stat(&mut self, name: &str) -> Result<ObjectInfo, BackendError> {
-        guest_call!(self, "stat", Some(name), |g, store| g.call_stat(store, name))
+        guest_call!(self, "stat", Some(name), |g, store| g
+            .call_stat(store, name))
     }
 
-    pub async fn read(&mut self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        let data = guest_call!(self, "read", Some(name), |g, store| g.call_read(store, name, offset, len))?;
+    pub async fn read(
+        &mut self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, BackendError> {
+        let data = guest_call!(self, "read", Some(name), |g, store| g
+            .call_read(store, name, offset, len))?;
         if data.len() as u64 > len {
             return Err(self.pool.error(
                 "read",
@@ -259,16 +334,31 @@ impl Lease {
         Ok(data)
     }
 
-    pub async fn start_upload(&mut self, name: &str, size: u64, if_absent: bool) -> Result<ResourceAny, BackendError> {
-        guest_call!(self, "start-upload", Some(name), |g, store| g.call_start_upload(store, name, size, if_absent))
+    pub async fn start_upload(
+        &mut self,
+        name: &str,
+        size: u64,
+        if_absent: bool,
+    ) -> Result<ResourceAny, BackendError> {
+        guest_call!(self, "start-upload", Some(name), |g, store| g
+            .call_start_upload(store, name, size, if_absent))
     }
 
-    pub async fn write(&mut self, upload: ResourceAny, name: &str, data: &[u8]) -> Result<(), BackendError> {
-        guest_call!(self, "write", Some(name), |g, store| g.upload().call_write(store, upload, data))
+    pub async fn write(
+        &mut self,
+        upload: ResourceAny,
+        name: &str,
+        data: &[u8],
+    ) -> Result<(), BackendError> {
+        guest_call!(self, "write", Some(name), |g, store| g
+            .upload()
+            .call_write(store, upload, data))
     }
 
     pub async fn finish(&mut self, upload: ResourceAny, name: &str) -> Result<(), BackendError> {
-        guest_call!(self, "finish", Some(name), |g, store| g.upload().call_finish(store, upload))
+        guest_call!(self, "finish", Some(name), |g, store| g
+            .upload()
+            .call_finish(store, upload))
     }
 
     pub async fn abort(&mut self, upload: ResourceAny, name: &str) -> Result<(), BackendError> {
@@ -281,20 +371,26 @@ impl Lease {
     pub async fn drop_upload(&mut self, upload: ResourceAny) {
         if let Some(inst) = self.inst.as_mut() {
             let timeout = self.pool.sandbox.call_timeout;
-            let r = tokio::time::timeout(timeout, upload.resource_drop_async(&mut inst.store)).await;
+            let r =
+                tokio::time::timeout(timeout, upload.resource_drop_async(&mut inst.store)).await;
             if !matches!(r, Ok(Ok(()))) {
                 self.inst = None;
             }
         }
     }
 
-    pub async fn list_incomplete(&mut self, prefix: &str) -> Result<Vec<(String, String, u64)>, BackendError> {
-        let v = guest_call!(self, "list-incomplete", Some(prefix), |g, store| g.call_list_incomplete(store, prefix))?;
+    pub async fn list_incomplete(
+        &mut self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String, u64)>, BackendError> {
+        let v = guest_call!(self, "list-incomplete", Some(prefix), |g, store| g
+            .call_list_incomplete(store, prefix))?;
         Ok(v.into_iter().map(|u| (u.id, u.name, u.size)).collect())
     }
 
     pub async fn abort_incomplete(&mut self, id: &str) -> Result<(), BackendError> {
-        guest_call!(self, "abort-incomplete", Some(id), |g, store| g.call_abort_incomplete(store, id))
+        guest_call!(self, "abort-incomplete", Some(id), |g, store| g
+            .call_abort_incomplete(store, id))
     }
 
     pub async fn delete(&mut self, names: &[String]) -> Result<(), BackendError> {
@@ -307,6 +403,11 @@ impl Lease {
                 ),
             ));
         }
-        guest_call!(self, "delete", names.first().map(String::as_str), |g, store| g.call_delete(store, names))
+        guest_call!(
+            self,
+            "delete",
+            names.first().map(String::as_str),
+            |g, store| g.call_delete(store, names)
+        )
     }
 }

@@ -107,7 +107,13 @@ fn decompress_payload(payload: &[u8], size_hint: usize) -> Result<Vec<u8>> {
 
 /// Encodes one blob as it is stored in a pack: sealed, with its kind and id as associated
 /// data, so a blob cannot be passed off as another.
-pub fn encode_blob(key: &MasterKey, kind: BlobKind, id: &Id, plaintext: &[u8], level: i32) -> Vec<u8> {
+pub fn encode_blob(
+    key: &MasterKey,
+    kind: BlobKind,
+    id: &Id,
+    plaintext: &[u8],
+    level: i32,
+) -> Vec<u8> {
     let payload = compress_payload(plaintext, level);
     key.seal(&blob_aad(kind, id), &payload)
 }
@@ -125,7 +131,13 @@ pub enum BlobError {
 
 /// Decodes and fully verifies a stored blob: authentication, decompression, and the keyed
 /// hash of the plaintext against the id it was asked for.
-pub fn decode_blob(key: &MasterKey, kind: BlobKind, id: &Id, stored: &[u8], raw_len: usize) -> Result<Vec<u8>, BlobError> {
+pub fn decode_blob(
+    key: &MasterKey,
+    kind: BlobKind,
+    id: &Id,
+    stored: &[u8],
+    raw_len: usize,
+) -> Result<Vec<u8>, BlobError> {
     let payload = key
         .open(&blob_aad(kind, id), stored)
         .map_err(|AuthError| BlobError::Auth(id.short()))?;
@@ -138,12 +150,26 @@ pub fn decode_blob(key: &MasterKey, kind: BlobKind, id: &Id, stored: &[u8], raw_
 }
 
 /// Seals a whole object (index, snapshot, config) with a role-specific associated data.
-pub fn seal_object<T: Serialize>(key: &MasterKey, aad: &[u8], value: &T, json: bool) -> Result<Vec<u8>> {
-    let plain = if json { serde_json::to_vec(value)? } else { postcard::to_stdvec(value)? };
+pub fn seal_object<T: Serialize>(
+    key: &MasterKey,
+    aad: &[u8],
+    value: &T,
+    json: bool,
+) -> Result<Vec<u8>> {
+    let plain = if json {
+        serde_json::to_vec(value)?
+    } else {
+        postcard::to_stdvec(value)?
+    };
     Ok(key.seal(aad, &compress_payload(&plain, 3)))
 }
 
-pub fn open_object<T: for<'de> Deserialize<'de>>(key: &MasterKey, aad: &[u8], stored: &[u8], json: bool) -> Result<T> {
+pub fn open_object<T: for<'de> Deserialize<'de>>(
+    key: &MasterKey,
+    aad: &[u8],
+    stored: &[u8],
+    json: bool,
+) -> Result<T> {
     let payload = key.open(aad, stored)?;
     let plain = decompress_payload(&payload, 64 << 20)?;
     if json {
@@ -197,7 +223,10 @@ struct PackHeader {
 
 /// Builds a pack's trailer: sealed header, its length, and the magic.
 pub fn pack_trailer(key: &MasterKey, entries: &[PackEntry]) -> Result<Vec<u8>> {
-    let header = PackHeader { version: 1, entries: entries.to_vec() };
+    let header = PackHeader {
+        version: 1,
+        entries: entries.to_vec(),
+    };
     let mut out = seal_object(key, AAD_PACK_HEADER, &header, false)?;
     let len = u32::try_from(out.len())?;
     out.extend_from_slice(&len.to_le_bytes());
@@ -222,12 +251,19 @@ pub fn read_pack_header(key: &MasterKey, tail: &[u8], pack_size: u64) -> Result<
         bail!("pack tail too short for its header");
     }
     let start = tail.len() - PACK_TRAILER - hlen;
-    let header: PackHeader = open_object(key, AAD_PACK_HEADER, &tail[start..tail.len() - PACK_TRAILER], false)
-        .context("pack header")?;
+    let header: PackHeader = open_object(
+        key,
+        AAD_PACK_HEADER,
+        &tail[start..tail.len() - PACK_TRAILER],
+        false,
+    )
+    .context("pack header")?;
     if header.version != 1 {
         bail!("unsupported pack version {}", header.version);
     }
-    let data_end = pack_size.checked_sub((hlen + PACK_TRAILER) as u64).ok_or_else(|| anyhow!("pack too small"))?;
+    let data_end = pack_size
+        .checked_sub((hlen + PACK_TRAILER) as u64)
+        .ok_or_else(|| anyhow!("pack too small"))?;
     for e in &header.entries {
         if e.offset + e.length as u64 > data_end || (e.length as usize) < OVERHEAD {
             bail!("pack header entry out of bounds");
@@ -325,14 +361,20 @@ mod tests {
         let id = key.blob_id(&data);
         let stored = encode_blob(&key, BlobKind::Data, &id, &data, 3);
         assert!(stored.len() < data.len(), "compressible data is compressed");
-        assert_eq!(decode_blob(&key, BlobKind::Data, &id, &stored, data.len()).unwrap(), data);
+        assert_eq!(
+            decode_blob(&key, BlobKind::Data, &id, &stored, data.len()).unwrap(),
+            data
+        );
         // Kind and id are bound.
         assert!(decode_blob(&key, BlobKind::Tree, &id, &stored, data.len()).is_err());
         let other = key.blob_id(b"x");
         assert!(decode_blob(&key, BlobKind::Data, &other, &stored, data.len()).is_err());
         let mut bad = stored.clone();
         bad[40] ^= 0x80;
-        assert!(matches!(decode_blob(&key, BlobKind::Data, &id, &bad, data.len()), Err(BlobError::Auth(_))));
+        assert!(matches!(
+            decode_blob(&key, BlobKind::Data, &id, &bad, data.len()),
+            Err(BlobError::Auth(_))
+        ));
     }
 
     #[test]
@@ -348,7 +390,13 @@ mod tests {
     #[test]
     fn pack_trailer_round_trip() {
         let key = MasterKey::generate();
-        let entries = vec![PackEntry { kind: BlobKind::Data, id: key.blob_id(b"a"), offset: 0, length: 50, raw_length: 9 }];
+        let entries = vec![PackEntry {
+            kind: BlobKind::Data,
+            id: key.blob_id(b"a"),
+            offset: 0,
+            length: 50,
+            raw_length: 9,
+        }];
         let mut pack = vec![7u8; 50];
         pack.extend(pack_trailer(&key, &entries).unwrap());
         let size = pack.len() as u64;

@@ -50,12 +50,21 @@ fn component_bytes(config: &Config) -> Result<(String, Vec<u8>)> {
         return Ok(("fs".into(), crate::plugin::BUILTIN_FS.to_vec()));
     }
     if backend.ends_with(".wasm") {
-        let path = crate::config::resolve_path(config.path.parent().unwrap_or(Path::new(".")), Path::new(backend));
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read plugin {}", path.display()))?;
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| backend.clone());
+        let path = crate::config::resolve_path(
+            config.path.parent().unwrap_or(Path::new(".")),
+            Path::new(backend),
+        );
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read plugin {}", path.display()))?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| backend.clone());
         return Ok((name, bytes));
     }
-    bail!("unknown backend {backend:?}: the built-in backend is \"fs\", or give the path of a .wasm component")
+    bail!(
+        "unknown backend {backend:?}: the built-in backend is \"fs\", or give the path of a .wasm component"
+    )
 }
 
 /// Starts the configured backend. `creating` makes the fs backend's folder if missing.
@@ -82,7 +91,8 @@ pub async fn open_backend(config: &Config, creating: bool) -> Result<Backend> {
     }
     for dir in &dirs {
         if creating && !dir.exists() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         if !dir.is_dir() {
             bail!(
@@ -106,7 +116,9 @@ pub async fn open_backend(config: &Config, creating: bool) -> Result<Backend> {
         call_timeout: std::time::Duration::from_secs(grants.call_timeout_secs),
     };
     let runtime = Runtime::new(&config.cache_dir()?)?;
-    let component = runtime.load(&wasm).with_context(|| format!("plugin {name}"))?;
+    let component = runtime
+        .load(&wasm)
+        .with_context(|| format!("plugin {name}"))?;
     let instances = config.threads().max(4);
     let pool = PluginPool::start(runtime, &name, &component, sandbox, options, instances).await?;
     Ok(Backend::new(pool))
@@ -117,7 +129,10 @@ impl Repository {
     pub async fn init(config: &Config) -> Result<(Repository, String)> {
         let backend = open_backend(config, true).await?;
         if backend.stat(CONFIG_NAME).await?.is_some() || !backend.list("keys/").await?.is_empty() {
-            bail!("a repository already exists at {}; nothing was changed", describe(config));
+            bail!(
+                "a repository already exists at {}; nothing was changed",
+                describe(config)
+            );
         }
         let password = config.password()?;
         let key = MasterKey::generate();
@@ -141,8 +156,20 @@ impl Repository {
         backend.upload_bytes(&key_name, &keyfile, true).await?;
         backend.upload_bytes(CONFIG_NAME, &sealed, true).await?;
         let repo = Repository::attach(config, backend, key, params, Access::Write)?;
-        repo.journal.record_present(&key_name, ObjectKind::Key, keyfile.len() as u64, Some(&Id::of_bytes(&keyfile)), &[])?;
-        repo.journal.record_present(CONFIG_NAME, ObjectKind::Config, sealed.len() as u64, None, &[])?;
+        repo.journal.record_present(
+            &key_name,
+            ObjectKind::Key,
+            keyfile.len() as u64,
+            Some(&Id::of_bytes(&keyfile)),
+            &[],
+        )?;
+        repo.journal.record_present(
+            CONFIG_NAME,
+            ObjectKind::Config,
+            sealed.len() as u64,
+            None,
+            &[],
+        )?;
         Ok((repo, key_name))
     }
 
@@ -151,7 +178,10 @@ impl Repository {
         let backend = open_backend(config, false).await?;
         let keys = backend.list("keys/").await?;
         if keys.is_empty() {
-            bail!("no cairn repository at {} (it has no keys/); run `cairn init` first", describe(config));
+            bail!(
+                "no cairn repository at {} (it has no keys/); run `cairn init` first",
+                describe(config)
+            );
         }
         let password = config.password()?;
         let mut key = None;
@@ -175,11 +205,17 @@ impl Repository {
                 keys.len()
             )
         })?;
-        let sealed = backend.read_all(CONFIG_NAME).await.context("cannot read the repository config")?;
+        let sealed = backend
+            .read_all(CONFIG_NAME)
+            .await
+            .context("cannot read the repository config")?;
         let params: RepoConfig = format::open_object(&key, format::AAD_CONFIG, &sealed, true)
             .context("the repository config object is damaged")?;
         if params.version != 1 {
-            bail!("repository format version {} is not supported by this cairn", params.version);
+            bail!(
+                "repository format version {} is not supported by this cairn",
+                params.version
+            );
         }
         let repo = Repository::attach(config, backend, key, params, access)?;
         if access == Access::Write {
@@ -189,9 +225,16 @@ impl Repository {
         Ok(repo)
     }
 
-    fn attach(config: &Config, backend: Backend, key: MasterKey, params: RepoConfig, access: Access) -> Result<Repository> {
+    fn attach(
+        config: &Config,
+        backend: Backend,
+        key: MasterKey,
+        params: RepoConfig,
+        access: Access,
+    ) -> Result<Repository> {
         let dir = config.state_dir()?.join(&params.id);
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create state folder {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create state folder {}", dir.display()))?;
         let lock = match access {
             Access::Write => Some(Lock::acquire(&dir.join("lock"))?),
             Access::Read => None,

@@ -42,7 +42,8 @@ pub async fn reconcile(repo: &Repository) -> Result<Report> {
 
     let uploading = journal.objects_in_state(State::Uploading)?;
     if !uploading.is_empty() {
-        let names: std::collections::HashSet<&str> = uploading.iter().map(|o| o.name.as_str()).collect();
+        let names: std::collections::HashSet<&str> =
+            uploading.iter().map(|o| o.name.as_str()).collect();
         for (id, name, _) in backend.list_incomplete("").await? {
             if names.contains(name.as_str()) {
                 backend.abort_incomplete(&id).await?;
@@ -71,7 +72,10 @@ pub async fn reconcile(repo: &Repository) -> Result<Report> {
             report.kept += 1;
             report.kept_bytes += obj.size;
         } else {
-            tracing::warn!("removing partial upload {} left by an interrupted run", obj.name);
+            tracing::warn!(
+                "removing partial upload {} left by an interrupted run",
+                obj.name
+            );
             journal.set_state(&obj.name, State::Deleting)?;
             backend.delete(std::slice::from_ref(&obj.name)).await?;
             journal.forget_object(&obj.name)?;

@@ -4,19 +4,22 @@
 //! - `escape = "/some/host/file"`: `open` first tries to read that file, which lies outside
 //!   every grant. If the sandbox lets it through, `open` succeeds as if nothing happened (so a
 //!   test expecting the denial fails); otherwise `open` fails with the error it saw.
-//! - `faults = "CALL[#N]:ACTION,..."`: on the Nth call (1-based, counted per instance; every
-//!   call when `#N` is left out) of CALL (`open`, `list`, `stat`, `read`, `start-upload`,
+//! - `faults = "CALL[#N]:ACTION,..."`: on the Nth call (1-based; every call when `#N` is
+//!   left out) of CALL (`open`, `list`, `stat`, `read`, `start-upload`,
 //!   `write`, `finish`, `delete`, `list-incomplete`, `abort-incomplete`), do ACTION:
 //!   `spin` (loop forever), `alloc` (allocate without bound), `trap` (panic), `hang` (sleep
 //!   for an hour), `transient` / `permanent` (return that kind of error), `truncate` (finish:
 //!   store half the object and report success), `hide` (list: omit every other object),
 //!   `forge` (read: flip the bytes returned).
+//!
+//! Calls are counted across instances and processes, in hidden files `.chaos-count-CALL` in
+//! the repository folder (the fs backend never lists hidden names), so "the 3rd write"
+//! means the 3rd write this repository has seen since the counters were last removed.
 
 #[path = "../../fs/src/store.rs"]
 mod store;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use cairn_plugin_sdk::{
     Capabilities, Error, Guest, GuestUpload, IncompleteUpload, ListPage, ObjectInfo, OptionSpec,
@@ -47,7 +50,6 @@ struct Fault {
 struct State {
     store: Option<FsStore>,
     faults: Vec<Fault>,
-    calls: HashMap<String, u64>,
     path: String,
 }
 
@@ -76,21 +78,39 @@ fn parse_faults(spec: &str) -> Result<Vec<Fault>, Error> {
             "forge" => Action::Forge,
             _ => return Err(bad()),
         };
-        out.push(Fault { call: call.to_string(), nth, action });
+        out.push(Fault {
+            call: call.to_string(),
+            nth,
+            action,
+        });
     }
     Ok(out)
+}
+
+/// Bumps the shared counter of `call` and returns its new value.
+fn count(path: &str, call: &str) -> u64 {
+    if path.is_empty() {
+        return 1;
+    }
+    let file = format!("{path}/.chaos-count-{call}");
+    let n = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    let _ = std::fs::write(&file, n.to_string());
+    n
 }
 
 /// Counts the call and returns the fault that applies to it, if any. Faults that replace
 /// the call's behaviour entirely (spin, alloc, trap, hang, errors) happen right here.
 fn enter(call: &str) -> Result<Option<Action>, Error> {
     let action = STATE.with(|s| {
-        let mut s = s.borrow_mut();
-        let n = {
-            let c = s.calls.entry(call.to_string()).or_insert(0);
-            *c += 1;
-            *c
-        };
+        let s = s.borrow();
+        if !s.faults.iter().any(|f| f.call == call) {
+            return None;
+        }
+        let n = count(&s.path, call);
         s.faults
             .iter()
             .find(|f| f.call == call && f.nth.is_none_or(|k| k == n))
@@ -115,7 +135,9 @@ fn enter(call: &str) -> Result<Option<Action>, Error> {
             std::thread::sleep(std::time::Duration::from_secs(3600));
             Err(Error::Transient(format!("chaos: {call} hung")))
         }
-        Some(Action::Transient) => Err(Error::Transient(format!("chaos: transient fault in {call}"))),
+        Some(Action::Transient) => Err(Error::Transient(format!(
+            "chaos: transient fault in {call}"
+        ))),
         Some(Action::Permanent) => Err(Error::Other(format!("chaos: permanent fault in {call}"))),
         other => Ok(other),
     }
@@ -155,7 +177,11 @@ impl Guest for Chaos {
             options: vec![
                 opt("path", true, "Repository folder"),
                 opt("fsync", false, "Sync objects before publishing them"),
-                opt("escape", false, "A host file to try to read, outside every grant"),
+                opt(
+                    "escape",
+                    false,
+                    "A host file to try to read, outside every grant",
+                ),
                 opt("faults", false, "CALL[#N]:ACTION,... (see the crate docs)"),
             ],
         }
@@ -163,20 +189,24 @@ impl Guest for Chaos {
 
     fn open(options: Vec<(String, String)>) -> Result<Capabilities, Error> {
         let faults = parse_faults(cairn_plugin_sdk::option(&options, "faults").unwrap_or(""))?;
-        STATE.with(|s| s.borrow_mut().faults = faults);
+        let path = cairn_plugin_sdk::option(&options, "path")
+            .unwrap_or("")
+            .to_string();
+        STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            s.faults = faults;
+            s.path = path;
+        });
         enter("open")?;
         if let Some(target) = cairn_plugin_sdk::option(&options, "escape")
             && let Err(e) = std::fs::read(target)
         {
-            return Err(Error::PermissionDenied(format!("chaos: could not read {target}: {e}")));
+            return Err(Error::PermissionDenied(format!(
+                "chaos: could not read {target}: {e}"
+            )));
         }
         let (store, caps) = FsStore::open(&options)?;
-        let path = cairn_plugin_sdk::option(&options, "path").unwrap_or("").to_string();
-        STATE.with(|s| {
-            let mut s = s.borrow_mut();
-            s.store = Some(store);
-            s.path = path;
-        });
+        STATE.with(|s| s.borrow_mut().store = Some(store));
         Ok(caps)
     }
 
@@ -212,7 +242,11 @@ impl Guest for Chaos {
     fn start_upload(name: String, size: u64, if_absent: bool) -> Result<Upload, Error> {
         enter("start-upload")?;
         let inner = with_store(|s| s.start_upload(&name, size, if_absent))?;
-        Ok(Upload::new(ChaosUpload { inner, truncate_to: RefCell::new(None), name }))
+        Ok(Upload::new(ChaosUpload {
+            inner,
+            truncate_to: RefCell::new(None),
+            name,
+        }))
     }
 
     fn list_incomplete(prefix: String) -> Result<Vec<IncompleteUpload>, Error> {

@@ -44,8 +44,7 @@ mod component {
                     name: "fsync".into(),
                     required: false,
                     secret: false,
-                    help: "Sync every object to disk before it becomes visible (true/false)"
-                        .into(),
+                    help: "Sync every object to disk before it becomes visible (true/false)".into(),
                     default_value: Some("true".into()),
                 },
             ],
