@@ -26,23 +26,14 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&plugins)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-        ])
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
         .arg(&target_dir);
     for p in PLUGINS {
         cmd.args(["-p", p]);
     }
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
-        let keep = matches!(
-            key.as_str(),
-            "CARGO_HOME" | "CARGO_MAKEFLAGS" | "CARGO_NET_OFFLINE"
-        );
+        let keep = matches!(key.as_str(), "CARGO_HOME" | "CARGO_MAKEFLAGS" | "CARGO_NET_OFFLINE");
         if (key.starts_with("CARGO_") && !keep)
             || key.starts_with("RUSTC_")
             || matches!(
@@ -73,8 +64,5 @@ fn main() {
     let fs = wasm_dir.join("cairn_plugin_fs.wasm");
     assert!(Path::new(&fs).exists(), "{} was not built", fs.display());
     println!("cargo:rustc-env=CAIRN_FS_PLUGIN_WASM={}", fs.display());
-    println!(
-        "cargo:rustc-env=CAIRN_TEST_PLUGIN_DIR={}",
-        wasm_dir.display()
-    );
+    println!("cargo:rustc-env=CAIRN_TEST_PLUGIN_DIR={}", wasm_dir.display());
 }

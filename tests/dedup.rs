@@ -10,12 +10,7 @@ fn unchanged_backup_uploads_almost_nothing_and_one_byte_uploads_one_chunk() {
     let env = Env::new();
     let mut rng = Rng::new(7);
     for i in 0..200 {
-        write_file(
-            &env.src.join(format!("docs/{i}.txt")),
-            &rng.text(3000),
-            0o644,
-            1_600_000_000,
-        );
+        write_file(&env.src.join(format!("docs/{i}.txt")), &rng.text(3000), 0o644, 1_600_000_000);
     }
     let big = env.src.join("big.bin");
     write_file(&big, &rng.bytes(48 << 20), 0o644, 1_600_000_000);
@@ -30,10 +25,7 @@ fn unchanged_backup_uploads_almost_nothing_and_one_byte_uploads_one_chunk() {
     assert_eq!(second["data_added"], 0, "{second}");
     assert_eq!(second["packs_uploaded"], 0, "{second}");
     let second_upload = second["bytes_uploaded"].as_u64().unwrap();
-    assert!(
-        second_upload < 4096,
-        "no-change backup uploaded {second_upload} bytes"
-    );
+    assert!(second_upload < 4096, "no-change backup uploaded {second_upload} bytes");
     assert_eq!(second["parent"], first["snapshot"]);
 
     // One byte changed in the middle of the 48 MiB file.
@@ -48,16 +40,10 @@ fn unchanged_backup_uploads_almost_nothing_and_one_byte_uploads_one_chunk() {
     // Chunks average 1 MiB and never exceed 4 MiB; a 1-byte edit touches one chunk (two
     // at most, when it moves a boundary).
     assert!(added > 0 && added <= 2 * (4 << 20), "added {added}");
-    assert!(
-        uploaded <= added + (64 << 10),
-        "uploaded {uploaded} for {added} new bytes"
-    );
+    assert!(uploaded <= added + (64 << 10), "uploaded {uploaded} for {added} new bytes");
 
     // And the changed file restores to its new content.
     let target = env.path("restore");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
-    assert_eq!(
-        std::fs::read(env.restored_src(&target).join("big.bin")).unwrap(),
-        data
-    );
+    assert_eq!(std::fs::read(env.restored_src(&target).join("big.bin")).unwrap(), data);
 }

@@ -26,16 +26,10 @@ fn flipped_byte_in_a_pack_fails_naming_the_file_and_writes_no_wrong_bytes() {
     let target = env.path("restore");
     let (code, err) = env.fails(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_eq!(code, 3, "{err}");
-    assert!(
-        err.contains("victim.bin"),
-        "the error must name the file: {err}"
-    );
+    assert!(err.contains("victim.bin"), "the error must name the file: {err}");
     assert!(err.contains("failed authentication"), "{err}");
     let root = env.restored_src(&target);
     // No wrong bytes: the damaged file is not there at all; the rest is restored.
-    assert!(
-        !root.join("victim.bin").exists(),
-        "a file with unverified data was left behind"
-    );
+    assert!(!root.join("victim.bin").exists(), "a file with unverified data was left behind");
     assert_eq!(std::fs::read(root.join("innocent.txt")).unwrap(), b"fine");
 }

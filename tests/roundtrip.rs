@@ -17,18 +17,9 @@ fn build_tree(root: &std::path::Path) -> (u64, u64) {
     for i in 0..3000u64 {
         let dir = root.join(format!("small/d{:03}", i % 300));
         let len = (rng.below(8000) + 1) as usize;
-        let content = if i % 2 == 0 {
-            rng.text(len)
-        } else {
-            rng.bytes(len)
-        };
+        let content = if i % 2 == 0 { rng.text(len) } else { rng.bytes(len) };
         let mode = if i % 7 == 0 { 0o755 } else { 0o644 };
-        write_file(
-            &dir.join(format!("f{i}.txt")),
-            &content,
-            mode,
-            1_600_000_000 + i as i64,
-        );
+        write_file(&dir.join(format!("f{i}.txt")), &content, mode, 1_600_000_000 + i as i64);
         files += 1;
         bytes += len as u64;
     }
@@ -38,11 +29,7 @@ fn build_tree(root: &std::path::Path) -> (u64, u64) {
         ("large/text.log", 9 << 20),
         ("large/odd-size.bin", (5 << 20) + 12345),
     ] {
-        let content = if name.ends_with(".log") {
-            rng.text(len)
-        } else {
-            rng.bytes(len)
-        };
+        let content = if name.ends_with(".log") { rng.text(len) } else { rng.bytes(len) };
         write_file(&root.join(name), &content, 0o600, 1_650_000_000);
         files += 1;
         bytes += len as u64;
@@ -69,12 +56,7 @@ fn build_tree(root: &std::path::Path) -> (u64, u64) {
         "*glob?[chars]".into(),
     ];
     for (i, name) in odd.iter().enumerate() {
-        write_file(
-            &root.join("odd").join(os(name)),
-            format!("odd {i}").as_bytes(),
-            0o644,
-            1_610_000_000,
-        );
+        write_file(&root.join("odd").join(os(name)), format!("odd {i}").as_bytes(), 0o644, 1_610_000_000);
         files += 1;
     }
     // Deep nesting.
@@ -82,12 +64,7 @@ fn build_tree(root: &std::path::Path) -> (u64, u64) {
     for i in 0..60 {
         deep = deep.join(format!("level{i}"));
     }
-    write_file(
-        &deep.join("bottom.txt"),
-        b"at the bottom",
-        0o644,
-        1_620_000_000,
-    );
+    write_file(&deep.join("bottom.txt"), b"at the bottom", 0o644, 1_620_000_000);
     files += 1;
     // Symlinks: to a file, to a folder, absolute, dangling, and one with an odd target.
     std::fs::create_dir_all(root.join("links")).unwrap();
@@ -100,12 +77,7 @@ fn build_tree(root: &std::path::Path) -> (u64, u64) {
         set_mtime(&root.join("links").join(l), 1_630_000_000, 5);
     }
     // Special permission bits and a fifo.
-    write_file(
-        &root.join("perms/setuid-exec"),
-        b"#!/bin/sh\n",
-        0o4755,
-        1_600_000_000,
-    );
+    write_file(&root.join("perms/setuid-exec"), b"#!/bin/sh\n", 0o4755, 1_600_000_000);
     write_file(&root.join("perms/readonly"), b"ro", 0o400, 1_600_000_000);
     write_file(&root.join("perms/sticky-dir/x"), b"x", 0o644, 1_600_000_000);
     std::fs::set_permissions(
@@ -165,30 +137,14 @@ fn include_restores_only_the_chosen_paths() {
     env.ok(&["backup"]);
     let target = env.path("restore");
     let inc = env.src.join("keep");
-    env.ok(&[
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--include",
-        inc.to_str().unwrap(),
-    ]);
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--include", inc.to_str().unwrap()]);
     let root = env.restored_src(&target);
     assert_eq!(std::fs::read(root.join("keep/sub/b.txt")).unwrap(), b"b");
     assert!(!root.join("skip").exists());
-    let (code, err) = env.fails(&[
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--include",
-        "/no/such/path",
-    ]);
+    let (code, err) =
+        env.fails(&["restore", "latest", "--target", target.to_str().unwrap(), "--include", "/no/such/path"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("/no/such/path") && err.contains("no such path"),
-        "{err}"
-    );
+    assert!(err.contains("/no/such/path") && err.contains("no such path"), "{err}");
 }
 
 #[test]
@@ -197,19 +153,11 @@ fn excludes_leave_out_matching_entries() {
     write_file(&env.src.join("a.txt"), b"a", 0o644, 1_600_000_000);
     write_file(&env.src.join("b.tmp"), b"b", 0o644, 1_600_000_000);
     write_file(&env.src.join("deep/x.tmp"), b"x", 0o644, 1_600_000_000);
-    write_file(
-        &env.src.join("proj/node_modules/lib.js"),
-        b"js",
-        0o644,
-        1_600_000_000,
-    );
+    write_file(&env.src.join("proj/node_modules/lib.js"), b"js", 0o644, 1_600_000_000);
     write_file(&env.src.join("proj/main.js"), b"main", 0o644, 1_600_000_000);
     env.ok(&["init"]);
     env.ok(&["backup"]);
     let ls = env.ok(&["ls", "latest"]);
-    assert!(
-        ls.contains("/a.txt") && ls.contains("/proj/main.js"),
-        "{ls}"
-    );
+    assert!(ls.contains("/a.txt") && ls.contains("/proj/main.js"), "{ls}");
     assert!(!ls.contains(".tmp") && !ls.contains("node_modules"), "{ls}");
 }

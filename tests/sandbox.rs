@@ -24,12 +24,7 @@ fn chaos_env(options: &str, grants: &str) -> Env {
 #[test]
 fn the_chaos_plugin_works_when_it_behaves() {
     let env = chaos_env("", "");
-    write_file(
-        &env.src.join("a.txt"),
-        b"through a plugin loaded from a file",
-        0o644,
-        1_600_000_000,
-    );
+    write_file(&env.src.join("a.txt"), b"through a plugin loaded from a file", 0o644, 1_600_000_000);
     env.ok(&["init"]);
     env.ok(&["backup"]);
     let target = env.path("restore");
@@ -51,16 +46,12 @@ fn reading_outside_the_grant_fails() {
     let env = chaos_env("", "");
     let link = env.repo.join("sneaky");
     std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
-    let text = std::fs::read_to_string(&env.config).unwrap().replace(
-        " }\npassword_env",
-        &format!(", escape = {:?} }}\npassword_env", link),
-    );
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(" }\npassword_env", &format!(", escape = {:?} }}\npassword_env", link));
     env.write_config(&text);
     let (_, err) = env.fails(&["init"]);
-    assert!(
-        err.contains("could not read") && err.contains("sneaky"),
-        "{err}"
-    );
+    assert!(err.contains("could not read") && err.contains("sneaky"), "{err}");
 }
 
 #[test]
@@ -69,14 +60,8 @@ fn a_plugin_that_loops_forever_is_stopped_at_its_deadline() {
     let started = std::time::Instant::now();
     let (code, err) = env.fails(&["init"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("plugin cairn_plugin_chaos was stopped"),
-        "{err}"
-    );
-    assert!(
-        err.contains("`open` did not return within its 2s deadline"),
-        "{err}"
-    );
+    assert!(err.contains("plugin cairn_plugin_chaos was stopped"), "{err}");
+    assert!(err.contains("`open` did not return within its 2s deadline"), "{err}");
     // Generous bound: the point is that it ends, not how fast.
     assert!(started.elapsed().as_secs() < 60);
 }
@@ -86,20 +71,14 @@ fn a_plugin_that_allocates_without_bound_is_stopped_at_its_memory_cap() {
     let env = chaos_env(", faults = \"open:alloc\"", ", memory_mib = 64");
     let (code, err) = env.fails(&["init"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("tried to use more than its 64 MiB memory limit"),
-        "{err}"
-    );
+    assert!(err.contains("tried to use more than its 64 MiB memory limit"), "{err}");
 }
 
 #[test]
 fn a_plugin_that_traps_is_reported_with_its_panic_message() {
     let env = chaos_env(", faults = \"open:trap\"", "");
     let (_, err) = env.fails(&["init"]);
-    assert!(
-        err.contains("plugin cairn_plugin_chaos crashed in `open`"),
-        "{err}"
-    );
+    assert!(err.contains("plugin cairn_plugin_chaos crashed in `open`"), "{err}");
     assert!(err.contains("chaos: deliberate trap in open"), "{err}");
 }
 
@@ -108,12 +87,7 @@ fn a_crash_mid_run_is_survived_with_a_fresh_instance() {
     // The 2nd write the repository sees traps; the upload is retried on a fresh instance.
     let env = chaos_env(", faults = \"write#2:trap\"", "");
     let mut rng = Rng::new(5);
-    write_file(
-        &env.src.join("big.bin"),
-        &rng.bytes(5 << 20),
-        0o644,
-        1_600_000_000,
-    );
+    write_file(&env.src.join("big.bin"), &rng.bytes(5 << 20), 0o644, 1_600_000_000);
     env.ok(&["init"]);
     env.ok(&["backup"]);
     let target = env.path("restore");

@@ -49,11 +49,7 @@ impl Backend {
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis)
             .unwrap_or(Duration::from_millis(250));
-        Backend {
-            pool,
-            traffic: Traffic::default(),
-            backoff,
-        }
+        Backend { pool, traffic: Traffic::default(), backoff }
     }
 
     pub fn name(&self) -> &str {
@@ -85,21 +81,13 @@ impl Backend {
         }
         let exp = self.backoff.saturating_mul(1 << (attempt - 1).min(8));
         let mut delay = exp.min(Duration::from_secs(30));
-        if let ErrorKind::RateLimited {
-            retry_after: Some(after),
-            ..
-        } = err.kind
-        {
+        if let ErrorKind::RateLimited { retry_after: Some(after), .. } = err.kind {
             delay = delay.max(after.min(Duration::from_secs(120)));
         }
         // Full jitter in [delay/2, delay*3/2): many clients must not retry in lockstep.
         let jitter = getrandom::u64().unwrap_or(0) % 1000;
         let delay = delay.mul_f64(0.5 + jitter as f64 / 1000.0);
-        tracing::warn!(
-            "{err}; retrying in {:.1}s (attempt {}/{limit})",
-            delay.as_secs_f64(),
-            attempt + 1
-        );
+        tracing::warn!("{err}; retrying in {:.1}s (attempt {}/{limit})", delay.as_secs_f64(), attempt + 1);
         self.traffic.retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(delay).await;
         true
@@ -131,12 +119,7 @@ impl Backend {
         let mut cursor: Option<String> = None;
         loop {
             let (objects, next) = self
-                .retry(|| async {
-                    self.lease()
-                        .await?
-                        .list(prefix, cursor.as_deref(), LIST_PAGE)
-                        .await
-                })
+                .retry(|| async { self.lease().await?.list(prefix, cursor.as_deref(), LIST_PAGE).await })
                 .await?;
             out.extend(objects.into_iter().filter(|o| o.name.starts_with(prefix)));
             match next {
@@ -149,10 +132,7 @@ impl Backend {
 
     /// Size of an object, or `None` if it does not exist.
     pub async fn stat(&self, name: &str) -> Result<Option<ObjectInfo>, BackendError> {
-        match self
-            .retry(|| async { self.lease().await?.stat(name).await })
-            .await
-        {
+        match self.retry(|| async { self.lease().await?.stat(name).await }).await {
             Ok(info) => Ok(Some(info)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
@@ -205,28 +185,12 @@ impl Backend {
     }
 
     /// Uploads `data` as `name`.
-    pub async fn upload_bytes(
-        &self,
-        name: &str,
-        data: &[u8],
-        if_absent: bool,
-    ) -> Result<(), BackendError> {
-        self.upload(
-            name,
-            data.len() as u64,
-            if_absent,
-            &mut std::io::Cursor::new(data),
-        )
-        .await
+    pub async fn upload_bytes(&self, name: &str, data: &[u8], if_absent: bool) -> Result<(), BackendError> {
+        self.upload(name, data.len() as u64, if_absent, &mut std::io::Cursor::new(data)).await
     }
 
     /// Uploads the file at `path` (of `size` bytes) as `name`.
-    pub async fn upload_file(
-        &self,
-        name: &str,
-        path: &Path,
-        size: u64,
-    ) -> Result<(), BackendError> {
+    pub async fn upload_file(&self, name: &str, path: &Path, size: u64) -> Result<(), BackendError> {
         let mut file = std::fs::File::open(path).map_err(|e| self.local_error(name, path, e))?;
         self.upload(name, size, false, &mut file).await
     }
@@ -249,11 +213,8 @@ impl Backend {
     ) -> Result<(), BackendError> {
         // A Mutex only to lend the source to one attempt at a time inside `retry`.
         let src = tokio::sync::Mutex::new(src);
-        self.retry(|| async {
-            self.upload_once(name, size, if_absent, &mut **src.lock().await)
-                .await
-        })
-        .await?;
+        self.retry(|| async { self.upload_once(name, size, if_absent, &mut **src.lock().await).await })
+            .await?;
         self.traffic.uploads.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -265,8 +226,7 @@ impl Backend {
         if_absent: bool,
         src: &mut R,
     ) -> Result<(), BackendError> {
-        src.seek(SeekFrom::Start(0))
-            .map_err(|e| self.local_error(name, Path::new("(source)"), e))?;
+        src.seek(SeekFrom::Start(0)).map_err(|e| self.local_error(name, Path::new("(source)"), e))?;
         let mut lease = self.lease().await?;
         let upload = lease.start_upload(name, size, if_absent).await?;
         let mut buf = vec![0u8; WRITE_PIECE.min(size as usize).max(1)];
@@ -278,9 +238,7 @@ impl Backend {
                     .map_err(|e| self.local_error(name, Path::new("(source)"), e))?;
                 lease.write(upload, name, &buf[..want]).await?;
                 sent += want as u64;
-                self.traffic
-                    .uploaded
-                    .fetch_add(want as u64, Ordering::Relaxed);
+                self.traffic.uploaded.fetch_add(want as u64, Ordering::Relaxed);
             }
             lease.finish(upload, name).await
         }
@@ -296,23 +254,17 @@ impl Backend {
     /// Deletes objects; missing ones are not an error.
     pub async fn delete(&self, names: &[String]) -> Result<(), BackendError> {
         for batch in names.chunks(DELETE_BATCH) {
-            self.retry(|| async { self.lease().await?.delete(batch).await })
-                .await?;
+            self.retry(|| async { self.lease().await?.delete(batch).await }).await?;
         }
         Ok(())
     }
 
     /// Unfinished uploads (id, intended name, size) below `prefix`.
-    pub async fn list_incomplete(
-        &self,
-        prefix: &str,
-    ) -> Result<Vec<(String, String, u64)>, BackendError> {
-        self.retry(|| async { self.lease().await?.list_incomplete(prefix).await })
-            .await
+    pub async fn list_incomplete(&self, prefix: &str) -> Result<Vec<(String, String, u64)>, BackendError> {
+        self.retry(|| async { self.lease().await?.list_incomplete(prefix).await }).await
     }
 
     pub async fn abort_incomplete(&self, id: &str) -> Result<(), BackendError> {
-        self.retry(|| async { self.lease().await?.abort_incomplete(id).await })
-            .await
+        self.retry(|| async { self.lease().await?.abort_incomplete(id).await }).await
     }
 }

@@ -21,6 +21,8 @@ pub struct Config {
     pub backup: BackupConfig,
     #[serde(default)]
     pub state: StateConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
     /// Where the config was read from (not part of the file).
     #[serde(skip)]
     pub path: PathBuf,
@@ -119,6 +121,28 @@ pub struct BackupConfig {
     pub threads: Option<usize>,
 }
 
+/// How often a running backup makes its progress durable: uploads what it has packed, an
+/// index, and a partial snapshot that a later run resumes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Seconds between checkpoints (default 300).
+    #[serde(default = "default_checkpoint_secs")]
+    pub interval_secs: u64,
+    /// New data between checkpoints, e.g. "1GiB" (the default).
+    pub interval_bytes: Option<String>,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { interval_secs: default_checkpoint_secs(), interval_bytes: None }
+    }
+}
+
+fn default_checkpoint_secs() -> u64 {
+    300
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
@@ -150,13 +174,10 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut config =
-            Config::parse(&text).map_err(|e| anyhow!("config {}: {e}", path.display()))?;
+        let mut config = Config::parse(&text).map_err(|e| anyhow!("config {}: {e}", path.display()))?;
         config.path = std::path::absolute(path)?;
         config.resolve_paths();
-        config
-            .validate()
-            .map_err(|e| anyhow!("config {}: {e}", path.display()))?;
+        config.validate().map_err(|e| anyhow!("config {}: {e}", path.display()))?;
         Ok(config)
     }
 
@@ -169,19 +190,12 @@ impl Config {
                 let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
                 format!("line {line}, column {col}: ")
             });
-            format!(
-                "{}{}",
-                place.unwrap_or_default(),
-                e.message().trim().replace('\n', " ")
-            )
+            format!("{}{}", place.unwrap_or_default(), e.message().trim().replace('\n', " "))
         })
     }
 
     fn base_dir(&self) -> PathBuf {
-        self.path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
+        self.path.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 
     fn resolve_paths(&mut self) {
@@ -212,6 +226,7 @@ impl Config {
             );
         }
         self.pack_size()?;
+        self.checkpoint_interval()?;
         if let Some(level) = self.backup.compression
             && !(0..=19).contains(&level)
         {
@@ -230,9 +245,8 @@ impl Config {
         match &self.backup.pack_size {
             None => Ok(DEFAULT_PACK_SIZE),
             Some(text) => {
-                let size = parse_size(text).ok_or_else(|| {
-                    anyhow!("[backup] pack_size {text:?} is not a size like \"16MiB\"")
-                })?;
+                let size = parse_size(text)
+                    .ok_or_else(|| anyhow!("[backup] pack_size {text:?} is not a size like \"16MiB\""))?;
                 if !(1 << 20..=1 << 30).contains(&size) {
                     bail!("[backup] pack_size must be between 1MiB and 1GiB, not {text}");
                 }
@@ -241,16 +255,29 @@ impl Config {
         }
     }
 
+    /// (seconds, bytes) between checkpoints.
+    pub fn checkpoint_interval(&self) -> Result<(std::time::Duration, u64)> {
+        let bytes = match &self.checkpoint.interval_bytes {
+            None => 1 << 30,
+            Some(t) => parse_size(t)
+                .filter(|b| *b > 0)
+                .ok_or_else(|| anyhow!("[checkpoint] interval_bytes {t:?} is not a size like \"1GiB\""))?,
+        };
+        if self.checkpoint.interval_secs == 0 {
+            bail!("[checkpoint] interval_secs must be at least 1");
+        }
+        Ok((std::time::Duration::from_secs(self.checkpoint.interval_secs), bytes))
+    }
+
     pub fn compression_level(&self) -> i32 {
         self.backup.compression.unwrap_or(3)
     }
 
     pub fn threads(&self) -> usize {
-        self.backup.threads.filter(|n| *n > 0).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        })
+        self.backup
+            .threads
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
     }
 
     /// The state folder: journal, lock, temporary packs.
@@ -276,15 +303,13 @@ impl Config {
     pub fn password(&self) -> Result<String> {
         let r = &self.repository;
         let pw = if let Some(var) = &r.password_env {
-            std::env::var(var).map_err(|_| {
-                anyhow!("the password variable ${var} (repository.password_env) is not set")
-            })?
+            std::env::var(var)
+                .map_err(|_| anyhow!("the password variable ${var} (repository.password_env) is not set"))?
         } else if let Some(cmd) = &r.password_command {
             run_secret_command(cmd).context("repository.password_command")?
         } else if let Some(file) = &r.password_file {
-            let text = std::fs::read_to_string(file).with_context(|| {
-                format!("cannot read repository.password_file {}", file.display())
-            })?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read repository.password_file {}", file.display()))?;
             text.lines().next().unwrap_or("").to_string()
         } else {
             bail!(
@@ -310,8 +335,8 @@ pub fn run_secret_command(cmd: &str) -> Result<String> {
     if !out.status.success() {
         bail!("command {cmd:?} failed with {}", out.status);
     }
-    let text = String::from_utf8(out.stdout)
-        .map_err(|_| anyhow!("command {cmd:?} printed non-UTF-8 output"))?;
+    let text =
+        String::from_utf8(out.stdout).map_err(|_| anyhow!("command {cmd:?} printed non-UTF-8 output"))?;
     Ok(text.lines().next().unwrap_or("").to_string())
 }
 
@@ -332,19 +357,13 @@ pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
     {
         return PathBuf::from(home).join(rest);
     }
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
 }
 
 /// Parses sizes like `16MiB`, `16M`, `512KiB`, `1GiB`, `1048576`.
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let num: f64 = num.parse().ok()?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -364,8 +383,9 @@ impl OptionValue {
             OptionValue::String(s) => Ok(s.clone()),
             OptionValue::Integer(i) => Ok(i.to_string()),
             OptionValue::Bool(b) => Ok(b.to_string()),
-            OptionValue::Env { env } => std::env::var(env)
-                .map_err(|_| anyhow!("option `{name}` comes from ${env}, which is not set")),
+            OptionValue::Env { env } => {
+                std::env::var(env).map_err(|_| anyhow!("option `{name}` comes from ${env}, which is not set"))
+            }
             OptionValue::Command { command } => {
                 run_secret_command(command).with_context(|| format!("option `{name}`"))
             }
@@ -418,10 +438,7 @@ mod tests {
             "[repository]\nbackend = \"x\"\noptions = { key = { env = \"CAIRN_TEST_NOPE_123\" }, n = 3 }\n",
         )
         .unwrap();
-        let err = c.repository.options["key"]
-            .resolve("key")
-            .unwrap_err()
-            .to_string();
+        let err = c.repository.options["key"].resolve("key").unwrap_err().to_string();
         assert!(err.contains("CAIRN_TEST_NOPE_123"), "{err}");
         assert_eq!(c.repository.options["n"].resolve("n").unwrap(), "3");
     }

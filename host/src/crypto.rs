@@ -39,11 +39,7 @@ impl MasterKey {
     fn from_raw(raw: [u8; 64]) -> MasterKey {
         let cipher = XChaCha20Poly1305::new(&Key::try_from(&raw[..32]).unwrap());
         let id_key: [u8; 32] = raw[32..].try_into().unwrap();
-        MasterKey {
-            cipher,
-            id_key,
-            raw,
-        }
+        MasterKey { cipher, id_key, raw }
     }
 
     /// The id of a blob: blake3 keyed with the repository's id key.
@@ -120,13 +116,7 @@ impl KeyFile {
     pub fn create(master: &MasterKey, password: &str, hostname: &str) -> Result<KeyFile> {
         let mut salt = [0u8; 32];
         getrandom::fill(&mut salt)?;
-        let wrap = derive(
-            password,
-            &salt,
-            KDF_MEMORY_KIB,
-            KDF_ITERATIONS,
-            KDF_PARALLELISM,
-        )?;
+        let wrap = derive(password, &salt, KDF_MEMORY_KIB, KDF_ITERATIONS, KDF_PARALLELISM)?;
         Ok(KeyFile {
             version: 1,
             kdf: "argon2id".into(),
@@ -143,11 +133,7 @@ impl KeyFile {
     /// Unwraps the master key; `Ok(None)` means the password does not open this key.
     pub fn unlock(&self, password: &str) -> Result<Option<MasterKey>> {
         if self.version != 1 || self.kdf != "argon2id" {
-            bail!(
-                "unsupported key file (version {}, kdf {})",
-                self.version,
-                self.kdf
-            );
+            bail!("unsupported key file (version {}, kdf {})", self.version, self.kdf);
         }
         // Bound the costs a (possibly forged) key file can make us pay.
         if self.memory_kib > 4 << 20 || self.iterations > 100 || self.parallelism > 64 {
@@ -155,18 +141,11 @@ impl KeyFile {
         }
         let salt = hex::decode(&self.salt).map_err(|_| anyhow!("key file salt is not hex"))?;
         let wrapped = hex::decode(&self.wrapped).map_err(|_| anyhow!("key file key is not hex"))?;
-        let wrap = derive(
-            password,
-            &salt,
-            self.memory_kib,
-            self.iterations,
-            self.parallelism,
-        )?;
+        let wrap = derive(password, &salt, self.memory_kib, self.iterations, self.parallelism)?;
         match wrap.open(KEY_AAD, &wrapped) {
             Ok(raw) => {
-                let raw: [u8; 64] = raw
-                    .try_into()
-                    .map_err(|_| anyhow!("key file holds a key of the wrong size"))?;
+                let raw: [u8; 64] =
+                    raw.try_into().map_err(|_| anyhow!("key file holds a key of the wrong size"))?;
                 Ok(Some(MasterKey::from_raw(raw)))
             }
             Err(AuthError) => Ok(None),
@@ -176,8 +155,7 @@ impl KeyFile {
 
 /// The key-wrapping key: argon2id(password, salt), used as an XChaCha20-Poly1305 key.
 fn derive(password: &str, salt: &[u8], m: u32, t: u32, p: u32) -> Result<MasterKey> {
-    let params =
-        argon2::Params::new(m, t, p, Some(32)).map_err(|e| anyhow!("argon2 parameters: {e}"))?;
+    let params = argon2::Params::new(m, t, p, Some(32)).map_err(|e| anyhow!("argon2 parameters: {e}"))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = [0u8; 64];
     argon

@@ -24,10 +24,7 @@ pub struct Exit {
 
 impl Exit {
     pub fn problems(message: impl Into<String>) -> Self {
-        Exit {
-            code: EXIT_PROBLEMS,
-            message: message.into(),
-        }
+        Exit { code: EXIT_PROBLEMS, message: message.into() }
     }
 }
 
@@ -55,8 +52,5 @@ pub fn one_line(err: &anyhow::Error) -> String {
 
 /// The exit code for an error: the code of an [`Exit`] anywhere in the chain, else 1.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    err.chain()
-        .find_map(|c| c.downcast_ref::<Exit>())
-        .map(|e| e.code)
-        .unwrap_or(EXIT_ERROR)
+    err.chain().find_map(|c| c.downcast_ref::<Exit>()).map(|e| e.code).unwrap_or(EXIT_ERROR)
 }

@@ -127,15 +127,12 @@ fn ids_to_blob(ids: &[Id]) -> Vec<u8> {
 }
 
 fn blob_to_ids(b: &[u8]) -> Vec<Id> {
-    b.chunks_exact(32)
-        .map(|c| Id(c.try_into().unwrap()))
-        .collect()
+    b.chunks_exact(32).map(|c| Id(c.try_into().unwrap())).collect()
 }
 
 /// The id of a pack from its object name (`data/ab/<hex>`).
 pub fn pack_id(name: &str) -> Result<Id> {
-    crate::repo::format::id_of_name(name)
-        .ok_or_else(|| anyhow!("bad pack name {name:?} in the journal"))
+    crate::repo::format::id_of_name(name).ok_or_else(|| anyhow!("bad pack name {name:?} in the journal"))
 }
 
 impl Journal {
@@ -161,11 +158,8 @@ impl Journal {
              PRAGMA cache_size = -8000;",
         )
         .with_context(hint)?;
-        let journal = Journal {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
-            staged: Mutex::new(Vec::new()),
-        };
+        let journal =
+            Journal { conn: Mutex::new(conn), path: path.to_path_buf(), staged: Mutex::new(Vec::new()) };
         journal.migrate().with_context(hint)?;
         Ok(journal)
     }
@@ -231,17 +225,12 @@ impl Journal {
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         let conn = self.conn.lock().unwrap();
-        Ok(conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?)
+        Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         let conn = self.conn.lock().unwrap();
-        conn.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-            params![key, value],
-        )?;
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
         Ok(())
     }
 
@@ -290,13 +279,23 @@ impl Journal {
 
     pub fn set_state(&self, name: &str, state: State) -> Result<()> {
         let conn = self.conn.lock().unwrap();
-        let n = conn.execute(
-            "UPDATE objects SET state = ?2 WHERE name = ?1",
-            params![name, state.as_str()],
-        )?;
+        let n =
+            conn.execute("UPDATE objects SET state = ?2 WHERE name = ?1", params![name, state.as_str()])?;
         if n == 0 {
             bail!("journal has no object {name}");
         }
+        Ok(())
+    }
+
+    /// Records that `name` is about to be deleted (inserting it if the journal did not know
+    /// it). Committed before the delete is sent.
+    pub fn begin_delete(&self, name: &str, kind: ObjectKind) -> Result<()> {
+        let conn = self.conn.lock().unwrap();
+        conn.execute(
+            "INSERT INTO objects (name, kind, state, size, created_at) VALUES (?1, ?2, 'deleting', 0, ?3)
+             ON CONFLICT(name) DO UPDATE SET state = 'deleting'",
+            params![name, kind.as_str(), now_secs()],
+        )?;
         Ok(())
     }
 
@@ -333,18 +332,16 @@ impl Journal {
 
     pub fn objects_in_state(&self, state: State) -> Result<Vec<ObjectRow>> {
         let conn = self.conn.lock().unwrap();
-        let mut stmt = conn.prepare(
-            "SELECT name, kind, state, size, hash FROM objects WHERE state = ?1 ORDER BY name",
-        )?;
+        let mut stmt =
+            conn.prepare("SELECT name, kind, state, size, hash FROM objects WHERE state = ?1 ORDER BY name")?;
         let rows = stmt.query_map([state.as_str()], row_to_object)?;
         rows.map(|r| r?).collect()
     }
 
     pub fn objects_of_kind(&self, kind: ObjectKind) -> Result<Vec<ObjectRow>> {
         let conn = self.conn.lock().unwrap();
-        let mut stmt = conn.prepare(
-            "SELECT name, kind, state, size, hash FROM objects WHERE kind = ?1 ORDER BY name",
-        )?;
+        let mut stmt =
+            conn.prepare("SELECT name, kind, state, size, hash FROM objects WHERE kind = ?1 ORDER BY name")?;
         let rows = stmt.query_map([kind.as_str()], row_to_object)?;
         rows.map(|r| r?).collect()
     }
@@ -368,12 +365,7 @@ impl Journal {
         )?;
         let row = stmt
             .query_row(params![&id.0[..], kind as u8], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
             })
             .optional()?;
         match row {
@@ -429,12 +421,7 @@ impl Journal {
         let conn = self.conn.lock().unwrap();
         conn.execute(
             "INSERT OR REPLACE INTO snapshots (id, time_ns, partial, data) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                id.hex(),
-                snap.time_ns,
-                snap.partial,
-                postcard::to_stdvec(snap)?
-            ],
+            params![id.hex(), snap.time_ns, snap.partial, postcard::to_stdvec(snap)?],
         )?;
         Ok(())
     }
@@ -449,14 +436,11 @@ impl Journal {
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         let conn = self.conn.lock().unwrap();
         let mut stmt = conn.prepare("SELECT id, data FROM snapshots ORDER BY time_ns, id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, data) = row?;
-            let id = Id::from_hex(&id)
-                .ok_or_else(|| anyhow!("bad snapshot id {id:?} in the journal"))?;
+            let id = Id::from_hex(&id).ok_or_else(|| anyhow!("bad snapshot id {id:?} in the journal"))?;
             out.push((id, postcard::from_bytes(&data)?));
         }
         Ok(out)
@@ -524,10 +508,7 @@ impl Journal {
         self.write_staged(batch)?;
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT OR REPLACE INTO file_cache SELECT * FROM temp.staged_files",
-            [],
-        )?;
+        tx.execute("INSERT OR REPLACE INTO file_cache SELECT * FROM temp.staged_files", [])?;
         tx.execute("DELETE FROM temp.staged_files", [])?;
         tx.commit()?;
         Ok(())
@@ -546,14 +527,7 @@ fn insert_blobs(tx: &rusqlite::Transaction<'_>, pack: &str, blobs: &[PackEntry])
         "INSERT OR REPLACE INTO blobs (id, pack, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for e in blobs {
-        stmt.execute(params![
-            &e.id.0[..],
-            pack,
-            e.kind as u8,
-            e.offset as i64,
-            e.length,
-            e.raw_length
-        ])?;
+        stmt.execute(params![&e.id.0[..], pack, e.kind as u8, e.offset as i64, e.length, e.raw_length])?;
     }
     Ok(())
 }
@@ -583,8 +557,7 @@ fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<PackEntry>> {
     let raw_length: u32 = r.get(4)?;
     Ok((|| {
         Ok(PackEntry {
-            kind: BlobKind::from_u8(kind)
-                .ok_or_else(|| anyhow!("bad blob kind {kind} in the journal"))?,
+            kind: BlobKind::from_u8(kind).ok_or_else(|| anyhow!("bad blob kind {kind} in the journal"))?,
             id: Id::from_slice(&id).ok_or_else(|| anyhow!("bad blob id in the journal"))?,
             offset: offset as u64,
             length,
@@ -602,39 +575,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
         let id = Id([1; 32]);
-        let e = PackEntry {
-            kind: BlobKind::Data,
-            id,
-            offset: 0,
-            length: 100,
-            raw_length: 60,
-        };
-        j.record_uploading("data/aa/x", ObjectKind::Pack, 200, &Id([9; 32]), &[e])
-            .unwrap();
+        let e = PackEntry { kind: BlobKind::Data, id, offset: 0, length: 100, raw_length: 60 };
+        j.record_uploading("data/aa/x", ObjectKind::Pack, 200, &Id([9; 32]), &[e]).unwrap();
         assert!(j.has_blob(&id).unwrap());
         // Not a usable location until uploaded.
         assert!(j.blob_location(&id, BlobKind::Data).unwrap().is_none());
         assert_eq!(j.objects_in_state(State::Uploading).unwrap().len(), 1);
         j.set_state("data/aa/x", State::Uploaded).unwrap();
-        assert!(
-            j.blob_location(&id, BlobKind::Data).is_err(),
-            "pack name must hold an id"
-        );
+        assert!(j.blob_location(&id, BlobKind::Data).is_err(), "pack name must hold an id");
         j.forget_object("data/aa/x").unwrap();
         assert!(!j.has_blob(&id).unwrap());
 
-        let f = CachedFile {
-            size: 5,
-            mtime_ns: 1,
-            ctime_ns: 2,
-            inode: 3,
-            content: vec![id],
-        };
+        let f = CachedFile { size: 5, mtime_ns: 1, ctime_ns: 2, inode: 3, content: vec![id] };
         j.stage_file(b"/a".to_vec(), f.clone()).unwrap();
-        assert!(
-            j.cached_file(b"/a").unwrap().is_none(),
-            "staged rows are not visible"
-        );
+        assert!(j.cached_file(b"/a").unwrap().is_none(), "staged rows are not visible");
         j.publish_staged_files().unwrap();
         assert_eq!(j.cached_file(b"/a").unwrap(), Some(f));
     }

@@ -48,11 +48,7 @@ impl Lock {
                 bail!(
                     "another cairn process holds the journal lock {} ({}); wait for it to finish",
                     path.display(),
-                    if previous.is_empty() {
-                        "holder unknown".to_string()
-                    } else {
-                        previous
-                    }
+                    if previous.is_empty() { "holder unknown".to_string() } else { previous }
                 );
             }
             return Err(err).with_context(|| format!("cannot lock {}", path.display()));
@@ -62,18 +58,9 @@ impl Lock {
         }
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
-        writeln!(
-            file,
-            "pid {} on {} since {}",
-            std::process::id(),
-            hostname(),
-            jiff::Timestamp::now()
-        )?;
+        writeln!(file, "pid {} on {} since {}", std::process::id(), hostname(), jiff::Timestamp::now())?;
         file.flush()?;
-        Ok(Lock {
-            file,
-            path: path.to_path_buf(),
-        })
+        Ok(Lock { file, path: path.to_path_buf() })
     }
 }
 
@@ -97,10 +84,7 @@ mod tests {
         // flock locks belong to the open file description, so a second open conflicts
         // even within one process.
         let err = Lock::acquire(&p).err().unwrap().to_string();
-        assert!(
-            err.contains(&format!("pid {}", std::process::id())),
-            "{err}"
-        );
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
         drop(held);
         Lock::acquire(&p).unwrap();
     }

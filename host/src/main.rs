@@ -24,31 +24,22 @@ fn main() -> ExitCode {
         .without_time()
         .init();
 
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    let ctx = Ctx {
-        config_path: cli.config,
-        json: cli.json,
-        rt,
-    };
+    let ctx = Ctx { config_path: cli.config, json: cli.json, rt };
     let result = match cli.command {
         Command::Init => commands::init::run(&ctx),
         Command::Backup { tags } => commands::backup::run(&ctx, &tags),
         Command::Snapshots => commands::snapshots::run(&ctx),
         Command::Ls { snapshot, long } => commands::ls::run(&ctx, &snapshot, long),
-        Command::Restore {
-            snapshot,
-            target,
-            include,
-        } => commands::restore::run(&ctx, &snapshot, target, include),
+        Command::Restore { snapshot, target, include } => {
+            commands::restore::run(&ctx, &snapshot, target, include)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,12 +31,7 @@ impl Progress {
         let counters = Arc::new(Counters::default());
         let done = Arc::new(AtomicBool::new(false));
         if !(wanted && std::io::stderr().is_terminal()) {
-            return Progress {
-                counters,
-                bar: None,
-                done,
-                ticker: None,
-            };
+            return Progress { counters, bar: None, done, ticker: None };
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));
         bar.set_style(
@@ -55,20 +50,11 @@ impl Progress {
                 b.set_position(bytes);
                 let tf = c.total_files.load(Ordering::Relaxed);
                 let f = c.files.load(Ordering::Relaxed);
-                b.set_message(if tf > 0 {
-                    format!("{f}/{tf} files")
-                } else {
-                    format!("{f} files")
-                });
+                b.set_message(if tf > 0 { format!("{f}/{tf} files") } else { format!("{f} files") });
                 std::thread::sleep(Duration::from_millis(200));
             }
         });
-        Progress {
-            counters,
-            bar: Some(bar),
-            done,
-            ticker: Some(ticker),
-        }
+        Progress { counters, bar: Some(bar), done, ticker: Some(ticker) }
     }
 
     pub fn enabled(&self) -> bool {

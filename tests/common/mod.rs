@@ -33,10 +33,7 @@ impl Env {
     }
 
     pub fn with_backup_toml(extra: &str) -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("cairn-e2e-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("cairn-e2e-").tempdir().unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
         let env = Env {
@@ -70,10 +67,7 @@ impl Env {
         c.env("CAIRN_TEST_PASSWORD", PASSWORD);
         c.env_remove("CAIRN_CONFIG");
         // One compiled-component cache for the whole test run: compile each plugin once.
-        c.env(
-            "CAIRN_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cairn-cache"),
-        );
+        c.env("CAIRN_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("cairn-cache"));
         c.env("CAIRN_RETRY_BASE_MS", "20");
         for (k, v) in &self.extra_env {
             c.env(k, v);
@@ -114,10 +108,7 @@ impl Env {
             "cairn {args:?} should have failed\nstdout: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     /// Where `restore --target T` puts this env's source folder.
@@ -153,8 +144,8 @@ impl Rng {
     /// Text-like, compressible content.
     pub fn text(&mut self, n: usize) -> Vec<u8> {
         const WORDS: [&str; 12] = [
-            "cairn", "backup", "chunk", "pack", "tree", "blob", "the", "of", "journal", "snapshot",
-            "\n", "restore",
+            "cairn", "backup", "chunk", "pack", "tree", "blob", "the", "of", "journal", "snapshot", "\n",
+            "restore",
         ];
         let mut v = Vec::with_capacity(n + 16);
         while v.len() < n {
@@ -219,19 +210,12 @@ fn compare(a: &Path, b: &Path, rel: &Path, diffs: &mut Vec<String>) {
     };
     let ta = ma.file_type();
     let tb = mb.file_type();
-    if ta.is_dir() != tb.is_dir()
-        || ta.is_file() != tb.is_file()
-        || ta.is_symlink() != tb.is_symlink()
-    {
+    if ta.is_dir() != tb.is_dir() || ta.is_file() != tb.is_file() || ta.is_symlink() != tb.is_symlink() {
         return diffs.push(format!("{}: type differs", rel.display()));
     }
     let r = rel.display();
     if !ta.is_symlink() && ma.mode() & 0o7777 != mb.mode() & 0o7777 {
-        diffs.push(format!(
-            "{r}: mode {:o} vs {:o}",
-            ma.mode() & 0o7777,
-            mb.mode() & 0o7777
-        ));
+        diffs.push(format!("{r}: mode {:o} vs {:o}", ma.mode() & 0o7777, mb.mode() & 0o7777));
     }
     if (ma.uid(), ma.gid()) != (mb.uid(), mb.gid()) {
         diffs.push(format!("{r}: owner differs"));
@@ -257,10 +241,7 @@ fn compare(a: &Path, b: &Path, rel: &Path, diffs: &mut Vec<String>) {
         }
     } else if ta.is_dir() {
         let names = |p: &Path| {
-            let mut v: Vec<_> = std::fs::read_dir(p)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
+            let mut v: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
             v.sort();
             v
         };

@@ -24,6 +24,8 @@ pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
         threads: config.threads(),
         compression: config.compression_level(),
         pack_size: config.pack_size()?,
+        checkpoint_every: config.checkpoint_interval()?.0,
+        checkpoint_bytes: config.checkpoint_interval()?.1,
     };
     let mut progress = Progress::new("backing up", !ctx.json);
     if progress.enabled() {
@@ -44,6 +46,8 @@ pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
             "dirs": s.dirs,
             "bytes": s.bytes,
             "files_read": s.files_read,
+            "bytes_read": s.bytes_read,
+            "checkpoints": out.checkpoints,
             "data_added": s.data_added,
             "packs_uploaded": out.upload.packs,
             "bytes_uploaded": repo.backend.traffic.uploaded.load(Ordering::Relaxed),

@@ -17,11 +17,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             "backend": repo.backend.name(),
         }));
     } else {
-        println!(
-            "created repository {} at {}",
-            repo.params.id,
-            describe(&config)
-        );
+        println!("created repository {} at {}", repo.params.id, describe(&config));
         println!("keep the password safe: without it the backups cannot be read");
     }
     Ok(())

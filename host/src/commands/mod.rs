@@ -26,10 +26,7 @@ impl Ctx {
     }
 
     pub fn print_json(&self, value: &serde_json::Value) {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).expect("JSON values serialise")
-        );
+        println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialise"));
     }
 }
 
@@ -42,9 +39,5 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }

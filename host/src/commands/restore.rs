@@ -16,20 +16,10 @@ pub fn run(ctx: &Ctx, spec: &str, target: PathBuf, includes: Vec<PathBuf>) -> Re
     let config = ctx.config()?;
     let repo = ctx.rt.block_on(Repository::open(&config, Access::Read))?;
     let (id, snap) = snapshots::find(&repo.journal, spec)?;
-    let settings = Settings {
-        target: std::path::absolute(&target)?,
-        includes,
-        threads: config.threads(),
-    };
+    let settings = Settings { target: std::path::absolute(&target)?, includes, threads: config.threads() };
     let mut progress = Progress::new("restoring", !ctx.json);
     let started = std::time::Instant::now();
-    let result = restore::run(
-        &repo,
-        ctx.rt.handle(),
-        &snap.tree,
-        &settings,
-        &progress.counters,
-    );
+    let result = restore::run(&repo, ctx.rt.handle(), &snap.tree, &settings, &progress.counters);
     progress.finish();
     let out = result?;
     let secs = started.elapsed().as_secs_f64();

@@ -38,16 +38,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         println!("no snapshots yet");
         return Ok(());
     }
-    println!(
-        "{:<10} {:<20} {:<16} {:>10} {:>8}  SOURCES",
-        "ID", "TIME (UTC)", "HOST", "SIZE", "FILES"
-    );
+    println!("{:<10} {:<20} {:<16} {:>10} {:>8}  SOURCES", "ID", "TIME (UTC)", "HOST", "SIZE", "FILES");
     for (id, s) in &snaps {
-        let sources: Vec<String> = s
-            .sources
-            .iter()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .collect();
+        let sources: Vec<String> =
+            s.sources.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
         let mut line = format!(
             "{:<10} {:<20} {:<16} {:>10} {:>8}  {}",
             id.short(),

@@ -16,8 +16,9 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -25,16 +26,14 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use crate::crypto::MasterKey;
 use crate::engine::chunker::Chunker;
 use crate::engine::packer::{Dedup, Packer};
-use crate::engine::upload::{self, UploadStats};
+use crate::engine::upload::{self, Job, UploadStats};
 use crate::engine::walk::{Excludes, Identity, node_from, normalise_sources};
 use crate::ids::Id;
 use crate::journal::{CachedFile, Journal, ObjectKind, State};
 use crate::lock::hostname;
 use crate::progress::Counters;
 use crate::repo::Repository;
-use crate::repo::format::{
-    self, BlobKind, IndexFile, IndexPack, Node, NodeKind, Snapshot, Summary, Tree,
-};
+use crate::repo::format::{self, BlobKind, IndexFile, IndexPack, Node, NodeKind, Snapshot, Summary, Tree};
 
 pub struct Settings {
     pub sources: Vec<PathBuf>,
@@ -43,6 +42,9 @@ pub struct Settings {
     pub threads: usize,
     pub compression: i32,
     pub pack_size: u64,
+    /// Make progress durable at least this often (time, new data).
+    pub checkpoint_every: std::time::Duration,
+    pub checkpoint_bytes: u64,
 }
 
 pub struct Outcome {
@@ -51,6 +53,8 @@ pub struct Outcome {
     /// Entries that could not be backed up (the first ones, with reasons).
     pub warnings: Vec<String>,
     pub upload: UploadStats,
+    /// Partial snapshots written during the run (then replaced by the complete one).
+    pub checkpoints: u64,
 }
 
 /// Most warnings kept for the report; all are counted.
@@ -77,11 +81,7 @@ struct FileJob {
 
 enum Pending {
     Ready,
-    Wait {
-        rx: Receiver<Result<FileDone, FileError>>,
-        path: Vec<u8>,
-        identity: Identity,
-    },
+    Wait { rx: Receiver<Result<FileDone, FileError>>, path: Vec<u8>, identity: Identity },
 }
 
 enum Event {
@@ -102,7 +102,22 @@ struct Shared<'a> {
     level: i32,
     counters: &'a Counters,
     files_read: AtomicU64,
+    bytes_read: AtomicU64,
     data_added: AtomicU64,
+    /// Workers hold it (shared) while storing a chunk; a checkpoint takes it exclusively,
+    /// so every chunk claimed before the checkpoint is in a pack when the packer flushes.
+    quiesce: RwLock<()>,
+}
+
+/// What a checkpoint needs besides the shared state.
+struct Run<'a> {
+    repo: &'a Repository,
+    rt: &'a tokio::runtime::Handle,
+    settings: &'a Settings,
+    sources: &'a [PathBuf],
+    parent: Option<Id>,
+    started: jiff::Timestamp,
+    uploads: tokio::sync::mpsc::Sender<Job>,
 }
 
 pub fn run(
@@ -122,17 +137,10 @@ pub fn run(
     let dedup = Arc::new(Dedup::new(repo.journal.clone()));
     let (up_tx, up_task) = upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), 2);
     let packer = |size, tx| {
-        Packer::new(
-            repo.key.clone(),
-            repo.journal.clone(),
-            dedup.clone(),
-            repo.tmp_dir(),
-            size,
-            tx,
-        )
+        Packer::new(repo.key.clone(), repo.journal.clone(), dedup.clone(), repo.tmp_dir(), size, tx)
     };
     let data = packer(s.pack_size, up_tx.clone());
-    let trees = packer(TREE_PACK_SIZE.min(s.pack_size), up_tx);
+    let trees = packer(TREE_PACK_SIZE.min(s.pack_size), up_tx.clone());
     let shared = Shared {
         key: &repo.key,
         journal: &repo.journal,
@@ -143,10 +151,13 @@ pub fn run(
         level: s.compression,
         counters,
         files_read: AtomicU64::new(0),
+        bytes_read: AtomicU64::new(0),
         data_added: AtomicU64::new(0),
+        quiesce: RwLock::new(()),
     };
+    let run = Run { repo, rt, settings: s, sources: &sources, parent, started, uploads: up_tx };
 
-    let scan = std::thread::scope(|scope| -> Result<(Id, Summary, Vec<String>)> {
+    let scan = std::thread::scope(|scope| -> Result<(Id, Summary, Vec<String>, u64)> {
         let (job_tx, job_rx) = bounded::<FileJob>(s.threads * 2);
         let (ev_tx, ev_rx) = bounded::<Event>(4096);
         for _ in 0..s.threads.max(1) {
@@ -156,30 +167,23 @@ pub fn run(
         }
         drop(job_rx);
         let (sources, excludes, shared_ref) = (&sources, &excludes, &shared);
-        let walker =
-            scope.spawn(move || walk_sources(sources, excludes, shared_ref, job_tx, ev_tx));
-        let assembled = assemble(ev_rx, &shared);
-        let walked = walker
-            .join()
-            .map_err(|_| anyhow!("the walker thread panicked"))?;
-        let (root, summary, warnings) = assembled?;
+        let walker = scope.spawn(move || walk_sources(sources, excludes, shared_ref, job_tx, ev_tx));
+        let assembled = assemble(ev_rx, &shared, &run);
+        let walked = walker.join().map_err(|_| anyhow!("the walker thread panicked"))?;
+        let assembled = assembled?;
         walked?;
-        Ok((root, summary, warnings))
+        Ok(assembled)
     });
 
     // Finish the packs in progress, then wait for every upload, also after a failure, so
     // the journal states are settled before we return.
-    let flushed = scan
-        .as_ref()
-        .ok()
-        .map(|_| data.flush().and_then(|_| trees.flush()));
+    let flushed = scan.as_ref().ok().map(|_| data.flush().and_then(|_| trees.flush()));
     drop(shared);
     drop(data);
     drop(trees);
-    let uploaded = rt
-        .block_on(up_task)
-        .map_err(|e| anyhow!("uploader panicked: {e}"))?;
-    let (root, mut summary, warnings) = scan?;
+    drop(run);
+    let uploaded = rt.block_on(up_task).map_err(|e| anyhow!("uploader panicked: {e}"))?;
+    let (root, mut summary, warnings, checkpoints) = scan?;
     flushed.unwrap_or(Ok(()))?;
     let upload = uploaded?;
 
@@ -187,45 +191,46 @@ pub fn run(
     repo.journal.publish_staged_files()?;
 
     summary.packed_bytes = upload.bytes;
-    let snapshot = Snapshot {
-        version: 1,
-        time_ns: started.as_nanosecond() as i64,
-        hostname: hostname(),
-        username: std::env::var("USER").unwrap_or_default(),
-        sources: sources
-            .iter()
-            .map(|p| serde_bytes::ByteBuf::from(p.as_os_str().as_bytes().to_vec()))
-            .collect(),
-        tags: s.tags.clone(),
-        parent,
-        tree: root,
-        partial: false,
-        summary,
-        program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
-    };
+    let snapshot = new_snapshot(&sources, s, parent, root, started, summary, false);
     let id = write_snapshot(repo, rt, &snapshot)?;
-    Ok(Outcome {
-        id,
-        snapshot,
-        warnings,
-        upload,
-    })
+    remove_partials(repo, rt, &sources, &id)?;
+    Ok(Outcome { id, snapshot, warnings, upload, checkpoints })
+}
+
+/// Deletes the partial snapshots of these sources from this host: the complete snapshot
+/// `keep` supersedes them (those of this run, and those an interrupted run left).
+fn remove_partials(
+    repo: &Repository,
+    rt: &tokio::runtime::Handle,
+    sources: &[PathBuf],
+    keep: &Id,
+) -> Result<()> {
+    let host = hostname();
+    for (id, s) in repo.journal.snapshots()? {
+        if id == *keep || !s.partial || s.hostname != host || !same_sources(&s, sources) {
+            continue;
+        }
+        let name = format::snapshot_name(&id);
+        repo.journal.begin_delete(&name, ObjectKind::Snapshot)?;
+        rt.block_on(repo.backend.delete(std::slice::from_ref(&name)))?;
+        repo.journal.forget_object(&name)?;
+        repo.journal.remove_snapshot(&id)?;
+    }
+    Ok(())
+}
+
+fn same_sources(s: &Snapshot, sources: &[PathBuf]) -> bool {
+    s.sources.iter().map(|b| b.as_slice()).eq(sources.iter().map(|p| p.as_os_str().as_bytes()))
 }
 
 /// The newest snapshot of the same sources from this host: the parent of the new one.
+/// Partial snapshots count: resuming an interrupted run starts from its last checkpoint.
 fn latest_for(journal: &Journal, sources: &[PathBuf]) -> Result<Option<Id>> {
     let host = hostname();
-    let want: Vec<&[u8]> = sources.iter().map(|p| p.as_os_str().as_bytes()).collect();
     Ok(journal
         .snapshots()?
         .into_iter()
-        .filter(|(_, s)| {
-            s.hostname == host
-                && s.sources
-                    .iter()
-                    .map(|b| b.as_slice())
-                    .eq(want.iter().copied())
-        })
+        .filter(|(_, s)| s.hostname == host && same_sources(s, sources))
         .max_by_key(|(_, s)| s.time_ns)
         .map(|(id, _)| id))
 }
@@ -239,25 +244,23 @@ fn worker(jobs: Receiver<FileJob>, shared: &Shared<'_>) {
 }
 
 fn back_up_file(path: &Path, buf: &mut Vec<u8>, sh: &Shared<'_>) -> Result<FileDone, FileError> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| FileError::Source(format!("{}: {e}", path.display())))?;
+    let mut file =
+        std::fs::File::open(path).map_err(|e| FileError::Source(format!("{}: {e}", path.display())))?;
     let mut content = Vec::new();
     let mut fatal = None;
     let read = sh.chunker.chunk(&mut file, buf, |chunk| {
         let id = sh.key.blob_id(chunk);
         content.push(id);
         let stored = (|| -> Result<()> {
+            let _storing = sh.quiesce.read().unwrap();
             if sh.dedup.claim(&id)? {
                 let sealed = format::encode_blob(sh.key, BlobKind::Data, &id, chunk, sh.level);
                 sh.data.add(BlobKind::Data, id, &sealed, chunk.len())?;
-                sh.data_added
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                sh.data_added.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
             Ok(())
         })();
-        sh.counters
-            .bytes
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        sh.counters.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         stored.map_err(|e| {
             fatal = Some(e);
             anyhow!("stopped")
@@ -266,6 +269,7 @@ fn back_up_file(path: &Path, buf: &mut Vec<u8>, sh: &Shared<'_>) -> Result<FileD
     match read {
         Ok(read) => {
             sh.files_read.fetch_add(1, Ordering::Relaxed);
+            sh.bytes_read.fetch_add(read, Ordering::Relaxed);
             Ok(FileDone { content, read })
         }
         Err(e) => Err(match fatal {
@@ -287,12 +291,8 @@ fn walk_sources(
     let send = |e: Event| events.send(e).map_err(|_| anyhow!("backup stopped"));
     let mut open: Vec<PathBuf> = Vec::new();
     for src in sources {
-        let above: Vec<PathBuf> = src
-            .ancestors()
-            .skip(1)
-            .filter(|p| p.parent().is_some())
-            .map(Path::to_path_buf)
-            .collect();
+        let above: Vec<PathBuf> =
+            src.ancestors().skip(1).filter(|p| p.parent().is_some()).map(Path::to_path_buf).collect();
         let above: Vec<PathBuf> = above.into_iter().rev().collect();
         let common = open.iter().zip(&above).take_while(|(a, b)| a == b).count();
         while open.len() > common {
@@ -300,11 +300,11 @@ fn walk_sources(
             send(Event::Leave)?;
         }
         for dir in &above[common..] {
-            let meta = std::fs::symlink_metadata(dir)
-                .with_context(|| format!("cannot read {}", dir.display()))?;
+            let meta =
+                std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
             let name = dir.file_name().unwrap_or(OsStr::new("")).as_bytes();
-            let (node, _) = node_from(name, &meta)
-                .ok_or_else(|| anyhow!("{} is not a folder", dir.display()))?;
+            let (node, _) =
+                node_from(name, &meta).ok_or_else(|| anyhow!("{} is not a folder", dir.display()))?;
             send(Event::Enter(node))?;
             open.push(dir.clone());
         }
@@ -343,10 +343,7 @@ fn walk_children(
             v
         }
         Err(e) => {
-            send(Event::Warn(format!(
-                "{}: cannot list folder: {e}",
-                dir.display()
-            )))?;
+            send(Event::Warn(format!("{}: cannot list folder: {e}", dir.display())))?;
             return Ok(());
         }
     };
@@ -373,10 +370,7 @@ fn walk_entry(
     send: &dyn Fn(Event) -> Result<()>,
 ) -> Result<()> {
     let Some((mut node, identity)) = node_from(name.as_bytes(), meta) else {
-        tracing::info!(
-            "skipping {}: sockets and device files are not backed up",
-            path.display()
-        );
+        tracing::info!("skipping {}: sockets and device files are not backed up", path.display());
         return Ok(());
     };
     match node.kind {
@@ -387,14 +381,9 @@ fn walk_entry(
         }
         NodeKind::Symlink => {
             match std::fs::read_link(path) {
-                Ok(t) => {
-                    node.target = serde_bytes::ByteBuf::from(t.as_os_str().as_bytes().to_vec())
-                }
+                Ok(t) => node.target = serde_bytes::ByteBuf::from(t.as_os_str().as_bytes().to_vec()),
                 Err(e) => {
-                    return send(Event::Warn(format!(
-                        "{}: cannot read link: {e}",
-                        path.display()
-                    )));
+                    return send(Event::Warn(format!("{}: cannot read link: {e}", path.display())));
                 }
             }
             send(Event::Item(node, Pending::Ready))?;
@@ -418,34 +407,30 @@ fn walk_entry(
                 return Ok(());
             }
             let (tx, rx) = bounded(1);
-            jobs.send(FileJob {
-                path: path.to_path_buf(),
-                reply: tx,
-            })
-            .map_err(|_| anyhow!("backup stopped"))?;
-            send(Event::Item(
-                node,
-                Pending::Wait {
-                    rx,
-                    path: key.to_vec(),
-                    identity,
-                },
-            ))?;
+            jobs.send(FileJob { path: path.to_path_buf(), reply: tx })
+                .map_err(|_| anyhow!("backup stopped"))?;
+            send(Event::Item(node, Pending::Wait { rx, path: key.to_vec(), identity }))?;
         }
     }
     Ok(())
 }
 
-/// Builds the trees from the walk, in order. Returns the root tree id.
-fn assemble(events: Receiver<Event>, sh: &Shared<'_>) -> Result<(Id, Summary, Vec<String>)> {
-    struct Frame {
-        node: Option<Node>,
-        children: Vec<Node>,
-    }
-    let mut stack = vec![Frame {
-        node: None,
-        children: Vec::new(),
-    }];
+/// A folder being assembled: its node (none for the snapshot root) and children so far.
+struct Frame {
+    node: Option<Node>,
+    children: Vec<Node>,
+}
+
+/// Builds the trees from the walk, in order, with checkpoints on the way. Returns the root
+/// tree id, the summary, warnings, and the number of checkpoints.
+fn assemble(
+    events: Receiver<Event>,
+    sh: &Shared<'_>,
+    run: &Run<'_>,
+) -> Result<(Id, Summary, Vec<String>, u64)> {
+    let mut stack = vec![Frame { node: None, children: Vec::new() }];
+    let mut last_checkpoint = (Instant::now(), 0u64);
+    let mut checkpoints = 0u64;
     let mut summary = Summary::default();
     let mut warnings = Vec::new();
     let mut warn = |msg: String, summary: &mut Summary| {
@@ -459,27 +444,17 @@ fn assemble(events: Receiver<Event>, sh: &Shared<'_>) -> Result<(Id, Summary, Ve
         match ev {
             Event::Enter(node) => {
                 summary.dirs += 1;
-                stack.push(Frame {
-                    node: Some(node),
-                    children: Vec::new(),
-                });
+                stack.push(Frame { node: Some(node), children: Vec::new() });
             }
             Event::Leave => {
                 let frame = stack.pop().ok_or_else(|| anyhow!("unbalanced walk"))?;
                 let mut node = frame.node.ok_or_else(|| anyhow!("unbalanced walk"))?;
                 node.subtree = Some(store_tree(frame.children, sh)?);
-                stack
-                    .last_mut()
-                    .ok_or_else(|| anyhow!("unbalanced walk"))?
-                    .children
-                    .push(node);
+                stack.last_mut().ok_or_else(|| anyhow!("unbalanced walk"))?.children.push(node);
             }
             Event::Item(mut node, pending) => {
                 if let Pending::Wait { rx, path, identity } = pending {
-                    match rx
-                        .recv()
-                        .map_err(|_| anyhow!("a backup worker stopped unexpectedly"))?
-                    {
+                    match rx.recv().map_err(|_| anyhow!("a backup worker stopped unexpectedly"))? {
                         Ok(done) => {
                             if done.read == node.size {
                                 sh.journal.stage_file(
@@ -508,13 +483,17 @@ fn assemble(events: Receiver<Event>, sh: &Shared<'_>) -> Result<(Id, Summary, Ve
                     summary.bytes += node.size;
                     sh.counters.files.fetch_add(1, Ordering::Relaxed);
                 }
-                stack
-                    .last_mut()
-                    .ok_or_else(|| anyhow!("unbalanced walk"))?
-                    .children
-                    .push(node);
+                stack.last_mut().ok_or_else(|| anyhow!("unbalanced walk"))?.children.push(node);
             }
             Event::Warn(msg) => warn(msg, &mut summary),
+        }
+        let added = sh.data_added.load(Ordering::Relaxed);
+        if last_checkpoint.0.elapsed() >= run.settings.checkpoint_every
+            || added - last_checkpoint.1 >= run.settings.checkpoint_bytes
+        {
+            checkpoint(&stack, sh, run, &summary)?;
+            checkpoints += 1;
+            last_checkpoint = (Instant::now(), added);
         }
     }
     if stack.len() != 1 {
@@ -522,9 +501,80 @@ fn assemble(events: Receiver<Event>, sh: &Shared<'_>) -> Result<(Id, Summary, Ve
     }
     let root = stack.pop().unwrap();
     let id = store_tree(root.children, sh)?;
+    fill_counts(&mut summary, sh);
+    Ok((id, summary, warnings, checkpoints))
+}
+
+fn fill_counts(summary: &mut Summary, sh: &Shared<'_>) {
     summary.files_read = sh.files_read.load(Ordering::Relaxed);
+    summary.bytes_read = sh.bytes_read.load(Ordering::Relaxed);
     summary.data_added = sh.data_added.load(Ordering::Relaxed);
-    Ok((id, summary, warnings))
+}
+
+/// Makes everything assembled so far durable and restorable: a root tree of the finished
+/// part of the walk, every pack uploaded, an index, the file cache rows, and a partial
+/// snapshot. A run interrupted later resumes from here.
+fn checkpoint(stack: &[Frame], sh: &Shared<'_>, run: &Run<'_>, summary: &Summary) -> Result<Id> {
+    // Close the open folders virtually, deepest first, with what they hold so far.
+    let mut carry: Option<Node> = None;
+    let mut root = None;
+    for frame in stack.iter().rev() {
+        let mut children = frame.children.clone();
+        children.extend(carry.take());
+        let id = store_tree(children, sh)?;
+        match &frame.node {
+            Some(node) => {
+                let mut n = node.clone();
+                n.subtree = Some(id);
+                carry = Some(n);
+            }
+            None => root = Some(id),
+        }
+    }
+    let root = root.ok_or_else(|| anyhow!("no root frame"))?;
+    {
+        let _quiet = sh.quiesce.write().unwrap();
+        sh.data.flush()?;
+    }
+    sh.trees.flush()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    run.uploads.blocking_send(Job::Barrier(done_tx)).map_err(|_| anyhow!("the uploader stopped"))?;
+    done_rx.blocking_recv().map_err(|_| anyhow!("the uploader stopped"))?;
+    write_index(run.repo, run.rt)?;
+    run.repo.journal.publish_staged_files()?;
+    let mut summary = summary.clone();
+    fill_counts(&mut summary, sh);
+    let snap = new_snapshot(run.sources, run.settings, run.parent, root, run.started, summary, true);
+    let id = write_snapshot(run.repo, run.rt, &snap)?;
+    tracing::info!("checkpoint: partial snapshot {} saved", id.short());
+    Ok(id)
+}
+
+fn new_snapshot(
+    sources: &[PathBuf],
+    s: &Settings,
+    parent: Option<Id>,
+    tree: Id,
+    started: jiff::Timestamp,
+    summary: Summary,
+    partial: bool,
+) -> Snapshot {
+    Snapshot {
+        version: 1,
+        time_ns: started.as_nanosecond() as i64,
+        hostname: hostname(),
+        username: std::env::var("USER").unwrap_or_default(),
+        sources: sources
+            .iter()
+            .map(|p| serde_bytes::ByteBuf::from(p.as_os_str().as_bytes().to_vec()))
+            .collect(),
+        tags: s.tags.clone(),
+        parent,
+        tree,
+        partial,
+        summary,
+        program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+    }
 }
 
 fn store_tree(mut nodes: Vec<Node>, sh: &Shared<'_>) -> Result<Id> {
@@ -542,10 +592,7 @@ fn store_tree(mut nodes: Vec<Node>, sh: &Shared<'_>) -> Result<Id> {
 pub fn write_index(repo: &Repository, rt: &tokio::runtime::Handle) -> Result<()> {
     let packs = repo.journal.unindexed_packs()?;
     for group in packs.chunks(4096) {
-        let mut index = IndexFile {
-            version: 1,
-            packs: Vec::new(),
-        };
+        let mut index = IndexFile { version: 1, packs: Vec::new() };
         for p in group {
             index.packs.push(IndexPack {
                 id: crate::journal::pack_id(&p.name)?,
@@ -556,8 +603,7 @@ pub fn write_index(repo: &Repository, rt: &tokio::runtime::Handle) -> Result<()>
         let bytes = format::seal_object(&repo.key, format::AAD_INDEX, &index, false)?;
         let id = Id::of_bytes(&bytes);
         let name = format::index_name(&id);
-        repo.journal
-            .record_uploading(&name, ObjectKind::Index, bytes.len() as u64, &id, &[])?;
+        repo.journal.record_uploading(&name, ObjectKind::Index, bytes.len() as u64, &id, &[])?;
         rt.block_on(repo.backend.upload_bytes(&name, &bytes, false))?;
         repo.journal.set_state(&name, State::Uploaded)?;
         let names: Vec<String> = group.iter().map(|p| p.name.clone()).collect();
@@ -567,16 +613,11 @@ pub fn write_index(repo: &Repository, rt: &tokio::runtime::Handle) -> Result<()>
 }
 
 /// Uploads a snapshot object and records it.
-pub fn write_snapshot(
-    repo: &Repository,
-    rt: &tokio::runtime::Handle,
-    snap: &Snapshot,
-) -> Result<Id> {
+pub fn write_snapshot(repo: &Repository, rt: &tokio::runtime::Handle, snap: &Snapshot) -> Result<Id> {
     let bytes = format::seal_object(&repo.key, format::AAD_SNAPSHOT, snap, false)?;
     let id = Id::of_bytes(&bytes);
     let name = format::snapshot_name(&id);
-    repo.journal
-        .record_uploading(&name, ObjectKind::Snapshot, bytes.len() as u64, &id, &[])?;
+    repo.journal.record_uploading(&name, ObjectKind::Snapshot, bytes.len() as u64, &id, &[])?;
     rt.block_on(repo.backend.upload_bytes(&name, &bytes, true))?;
     repo.journal.set_state(&name, State::Uploaded)?;
     repo.journal.add_snapshot(&id, snap)?;

@@ -117,12 +117,7 @@ mod tests {
     use super::*;
 
     fn params() -> ChunkerParams {
-        ChunkerParams {
-            min_size: 16 << 10,
-            avg_size: 64 << 10,
-            max_size: 256 << 10,
-            seed: 42,
-        }
+        ChunkerParams { min_size: 16 << 10, avg_size: 64 << 10, max_size: 256 << 10, seed: 42 }
     }
 
     fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
@@ -157,17 +152,9 @@ mod tests {
         let chunks = chunks_of(&c, &data);
         assert_eq!(chunks.concat(), data);
         for ch in &chunks[..chunks.len() - 1] {
-            assert!(
-                ch.len() >= 16 << 10 && ch.len() <= 256 << 10,
-                "{}",
-                ch.len()
-            );
+            assert!(ch.len() >= 16 << 10 && ch.len() <= 256 << 10, "{}", ch.len());
         }
-        assert!(
-            chunks.len() > 20,
-            "average near 64 KiB: {} chunks",
-            chunks.len()
-        );
+        assert!(chunks.len() > 20, "average near 64 KiB: {} chunks", chunks.len());
         assert!(chunks_of(&c, &[]).is_empty());
     }
 
@@ -186,26 +173,14 @@ mod tests {
         inserted.insert(1 << 20, 0x42);
         let b = chunks_of(&c, &inserted);
         let differing = b.iter().filter(|ch| !a.contains(ch)).count();
-        assert!(
-            differing <= 3,
-            "{differing} chunks changed after an insertion"
-        );
+        assert!(differing <= 3, "{differing} chunks changed after an insertion");
     }
 
     #[test]
     fn the_seed_moves_boundaries() {
         let data = pseudo_random(2 << 20, 11);
         let a = chunks_of(&Chunker::new(&params()), &data);
-        let b = chunks_of(
-            &Chunker::new(&ChunkerParams {
-                seed: 43,
-                ..params()
-            }),
-            &data,
-        );
-        assert_ne!(
-            a.iter().map(Vec::len).collect::<Vec<_>>(),
-            b.iter().map(Vec::len).collect::<Vec<_>>()
-        );
+        let b = chunks_of(&Chunker::new(&ChunkerParams { seed: 43, ..params() }), &data);
+        assert_ne!(a.iter().map(Vec::len).collect::<Vec<_>>(), b.iter().map(Vec::len).collect::<Vec<_>>());
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, anyhow};
 
 use crate::crypto::MasterKey;
+use crate::engine::upload::Job;
 use crate::ids::Id;
 use crate::journal::{Journal, ObjectKind};
 use crate::repo::format::{self, BlobKind, PackEntry};
@@ -28,10 +29,7 @@ pub struct Dedup {
 
 impl Dedup {
     pub fn new(journal: Arc<Journal>) -> Dedup {
-        Dedup {
-            journal,
-            pending: Mutex::new(HashSet::new()),
-        }
+        Dedup { journal, pending: Mutex::new(HashSet::new()) }
     }
 
     /// True if `id` is new: the caller must then store it.
@@ -50,6 +48,11 @@ impl Dedup {
             pending.remove(&id);
         }
     }
+}
+
+/// The temporary file of a finished pack, in the state folder's `tmp/`.
+pub fn finished_file_name(id: &Id) -> String {
+    format!("{}.pack", id.hex())
 }
 
 /// A finished pack on local disk, recorded as `uploading`, waiting for upload.
@@ -75,8 +78,7 @@ impl PackWriter {
         let mut rnd = [0u8; 12];
         getrandom::fill(&mut rnd)?;
         let path = dir.join(format!("pack-{}", hex::encode(rnd)));
-        let file =
-            File::create_new(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file = File::create_new(&path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(PackWriter {
             file: BufWriter::with_capacity(1 << 20, file),
             path,
@@ -101,7 +103,7 @@ pub struct Packer {
     tmp_dir: PathBuf,
     target_size: u64,
     current: Mutex<Option<PackWriter>>,
-    out: tokio::sync::mpsc::Sender<FinishedPack>,
+    out: tokio::sync::mpsc::Sender<Job>,
 }
 
 impl Packer {
@@ -111,17 +113,9 @@ impl Packer {
         dedup: Arc<Dedup>,
         tmp_dir: PathBuf,
         target_size: u64,
-        out: tokio::sync::mpsc::Sender<FinishedPack>,
+        out: tokio::sync::mpsc::Sender<Job>,
     ) -> Packer {
-        Packer {
-            key,
-            journal,
-            dedup,
-            tmp_dir,
-            target_size,
-            current: Mutex::new(None),
-            out,
-        }
+        Packer { key, journal, dedup, tmp_dir, target_size, current: Mutex::new(None), out }
     }
 
     /// Adds one sealed blob (claimed through [`Dedup::claim`]). Finishes and hands over the
@@ -142,11 +136,7 @@ impl Packer {
                 length: u32::try_from(sealed.len())?,
                 raw_length: u32::try_from(raw_length)?,
             });
-            if w.size >= self.target_size {
-                cur.take()
-            } else {
-                None
-            }
+            if w.size >= self.target_size { cur.take() } else { None }
         };
         match full {
             Some(w) => self.seal_and_send(w),
@@ -166,28 +156,20 @@ impl Packer {
     fn seal_and_send(&self, mut w: PackWriter) -> Result<()> {
         let trailer = format::pack_trailer(&self.key, &w.entries)?;
         w.append(&trailer)?;
-        let file = w
-            .file
-            .into_inner()
-            .map_err(|e| anyhow!("write {}: {}", w.path.display(), e.error()))?;
+        let file = w.file.into_inner().map_err(|e| anyhow!("write {}: {}", w.path.display(), e.error()))?;
         // The temporary pack need not survive a crash (it is rebuilt from the sources), so
         // no fsync here.
         drop(file);
         let id = Id(*w.hasher.finalize().as_bytes());
         let name = format::pack_name(&id);
-        self.journal
-            .record_uploading(&name, ObjectKind::Pack, w.size, &id, &w.entries)?;
+        // Named by its id, so after a crash the next run can find it and upload it instead
+        // of discarding it.
+        let path = self.tmp_dir.join(finished_file_name(&id));
+        std::fs::rename(&w.path, &path)?;
+        self.journal.record_uploading(&name, ObjectKind::Pack, w.size, &id, &w.entries)?;
         self.dedup.release(w.entries.iter().map(|e| e.id));
-        let pack = FinishedPack {
-            name,
-            id,
-            path: w.path,
-            size: w.size,
-            blobs: w.entries.len(),
-        };
-        self.out
-            .blocking_send(pack)
-            .map_err(|_| anyhow!("the uploader stopped"))?;
+        let pack = FinishedPack { name, id, path, size: w.size, blobs: w.entries.len() };
+        self.out.blocking_send(Job::Pack(pack)).map_err(|_| anyhow!("the uploader stopped"))?;
         Ok(())
     }
 }

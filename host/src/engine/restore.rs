@@ -84,11 +84,7 @@ pub fn run(
         .iter()
         .map(|p| {
             let b = p.as_os_str().as_bytes();
-            let b = if b.len() > 1 {
-                b.strip_suffix(b"/").unwrap_or(b)
-            } else {
-                b
-            };
+            let b = if b.len() > 1 { b.strip_suffix(b"/").unwrap_or(b) } else { b };
             b.to_vec()
         })
         .collect();
@@ -130,10 +126,7 @@ pub fn run(
                 f.set_len(node.size)?;
                 counters.total_bytes.fetch_add(node.size, Ordering::Relaxed);
                 counters.total_files.fetch_add(1, Ordering::Relaxed);
-                files.push(FileItem {
-                    path: dest,
-                    node: node.clone(),
-                });
+                files.push(FileItem { path: dest, node: node.clone() });
             }
             NodeKind::Symlink => {
                 let _ = std::fs::remove_file(&dest);
@@ -192,8 +185,7 @@ pub fn run(
     for (idx, reason) in &failed {
         let f = &files[*idx as usize];
         let _ = std::fs::remove_file(&f.path);
-        out.failed
-            .push((f.path.display().to_string(), reason.clone()));
+        out.failed.push((f.path.display().to_string(), reason.clone()));
     }
     out.failed.sort();
 
@@ -229,8 +221,9 @@ fn create_dir(path: &Path) -> Result<()> {
             std::fs::remove_file(path)?;
             std::fs::create_dir(path)?;
         }
-        Err(_) => std::fs::create_dir_all(path)
-            .with_context(|| format!("cannot create {}", path.display()))?,
+        Err(_) => {
+            std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?
+        }
     }
     // Writable while we fill it; the real mode is applied at the end.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
@@ -303,10 +296,7 @@ fn plan(repo: &Repository, files: &[FileItem]) -> Result<Plan> {
                     offset += bp.raw_length as u64;
                 }
                 None => {
-                    missing.push((
-                        i as u32,
-                        format!("chunk {} is in no known pack", id.short()),
-                    ));
+                    missing.push((i as u32, format!("chunk {} is in no known pack", id.short())));
                     break;
                 }
             }
@@ -379,9 +369,7 @@ fn restore_pack(
                         if let Err(e) = write_at(open, files, idx, off, &plain) {
                             fail(&[(idx, off)], &format!("cannot write: {e}"));
                         }
-                        counters
-                            .bytes
-                            .fetch_add(plain.len() as u64, Ordering::Relaxed);
+                        counters.bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
                     }
                 }
             }
@@ -401,9 +389,7 @@ fn write_at(
         if open.len() >= 64 {
             open.clear();
         }
-        let f = OpenOptions::new()
-            .write(true)
-            .open(&files[idx as usize].path)?;
+        let f = OpenOptions::new().write(true).open(&files[idx as usize].path)?;
         open.insert(idx, f);
     }
     open[&idx].write_all_at(data, off)

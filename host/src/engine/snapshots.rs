@@ -20,10 +20,8 @@ pub fn find(journal: &Journal, spec: &str) -> Result<(Id, Snapshot)> {
             "{spec:?} is not a snapshot id: give `latest` or at least 4 hex digits of an id (see `cairn snapshots`)"
         );
     }
-    let mut matches: Vec<(Id, Snapshot)> = all
-        .into_iter()
-        .filter(|(id, _)| id.hex().starts_with(&spec))
-        .collect();
+    let mut matches: Vec<(Id, Snapshot)> =
+        all.into_iter().filter(|(id, _)| id.hex().starts_with(&spec)).collect();
     match matches.len() {
         0 => bail!("no snapshot id starts with {spec} (see `cairn snapshots`)"),
         1 => Ok(matches.pop().unwrap()),

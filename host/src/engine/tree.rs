@@ -7,25 +7,15 @@ use crate::repo::Repository;
 use crate::repo::format::{self, BlobKind, Tree};
 
 /// Reads and fully verifies one blob.
-pub fn read_blob(
-    repo: &Repository,
-    rt: &tokio::runtime::Handle,
-    kind: BlobKind,
-    id: &Id,
-) -> Result<Vec<u8>> {
-    let loc = repo.journal.blob_location(id, kind)?.ok_or_else(|| {
-        anyhow!(
-            "blob {} is not in any known pack; run `cairn verify`",
-            id.short()
-        )
-    })?;
+pub fn read_blob(repo: &Repository, rt: &tokio::runtime::Handle, kind: BlobKind, id: &Id) -> Result<Vec<u8>> {
+    let loc = repo
+        .journal
+        .blob_location(id, kind)?
+        .ok_or_else(|| anyhow!("blob {} is not in any known pack; run `cairn verify`", id.short()))?;
     let name = format::pack_name(&loc.pack);
     let stored = rt.block_on(repo.backend.read(&name, loc.offset, loc.length as u64))?;
     if stored.len() != loc.length as usize {
-        anyhow::bail!(
-            "pack {name} is truncated (blob {} cut short); run `cairn verify`",
-            id.short()
-        );
+        anyhow::bail!("pack {name} is truncated (blob {} cut short); run `cairn verify`", id.short());
     }
     format::decode_blob(&repo.key, kind, id, &stored, loc.raw_length as usize)
         .with_context(|| format!("in pack {name}"))
@@ -33,14 +23,10 @@ pub fn read_blob(
 
 pub fn load_tree(repo: &Repository, rt: &tokio::runtime::Handle, id: &Id) -> Result<Tree> {
     let bytes = read_blob(repo, rt, BlobKind::Tree, id)?;
-    let tree: Tree = postcard::from_bytes(&bytes)
-        .with_context(|| format!("tree {} cannot be decoded", id.short()))?;
+    let tree: Tree =
+        postcard::from_bytes(&bytes).with_context(|| format!("tree {} cannot be decoded", id.short()))?;
     if tree.version != 1 {
-        anyhow::bail!(
-            "tree {} has unsupported version {}",
-            id.short(),
-            tree.version
-        );
+        anyhow::bail!("tree {} has unsupported version {}", id.short(), tree.version);
     }
     Ok(tree)
 }

@@ -14,6 +14,13 @@ use crate::backend::Backend;
 use crate::engine::packer::FinishedPack;
 use crate::journal::{Journal, State};
 
+/// What the uploader is asked to do.
+pub enum Job {
+    Pack(FinishedPack),
+    /// Reply once every pack sent before this is uploaded (used by checkpoints).
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
 #[derive(Default, Debug, Clone, Copy)]
 pub struct UploadStats {
     pub packs: u64,
@@ -28,11 +35,8 @@ pub fn spawn(
     backend: Arc<Backend>,
     journal: Arc<Journal>,
     queue: usize,
-) -> (
-    mpsc::Sender<FinishedPack>,
-    tokio::task::JoinHandle<Result<UploadStats>>,
-) {
-    let (tx, mut rx) = mpsc::channel::<FinishedPack>(queue.max(1));
+) -> (mpsc::Sender<Job>, tokio::task::JoinHandle<Result<UploadStats>>) {
+    let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
     let concurrency = backend.concurrency();
     let handle = rt.spawn(async move {
         let mut stats = UploadStats::default();
@@ -52,11 +56,20 @@ pub fn spawn(
                 }
             }
             tokio::select! {
-                pack = rx.recv() => match pack {
-                    Some(pack) => {
+                job = rx.recv() => match job {
+                    Some(Job::Pack(pack)) => {
                         let backend = backend.clone();
                         let journal = journal.clone();
                         running.spawn(async move { upload_one(&backend, &journal, pack).await.map(|b| (1, b)) });
+                    }
+                    Some(Job::Barrier(done)) => {
+                        while let Some(r) = running.join_next().await {
+                            if let Err(e) = collect(r, &mut stats) {
+                                rx.close();
+                                return Err(e);
+                            }
+                        }
+                        let _ = done.send(());
                     }
                     None => break,
                 },
@@ -82,15 +95,11 @@ const SHORT_WRITE_ATTEMPTS: u32 = 3;
 async fn upload_one(backend: &Backend, journal: &Journal, pack: FinishedPack) -> Result<u64> {
     let mut attempt = 1;
     loop {
-        backend
-            .upload_file(&pack.name, &pack.path, pack.size)
-            .await?;
+        backend.upload_file(&pack.name, &pack.path, pack.size).await?;
         match backend.stat(&pack.name).await? {
             Some(info) if info.size == pack.size => break,
             found => {
-                let stored = found
-                    .map(|i| i.size.to_string())
-                    .unwrap_or_else(|| "nothing".into());
+                let stored = found.map(|i| i.size.to_string()).unwrap_or_else(|| "nothing".into());
                 // Ours and wrong: remove it, through the journal's deleting state.
                 journal.set_state(&pack.name, State::Deleting)?;
                 backend.delete(std::slice::from_ref(&pack.name)).await?;

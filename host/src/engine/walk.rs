@@ -31,10 +31,7 @@ impl Excludes {
                 names.add(glob);
             }
         }
-        Ok(Excludes {
-            names: names.build()?,
-            paths: paths.build()?,
-        })
+        Ok(Excludes { names: names.build()?, paths: paths.build()? })
     }
 
     pub fn is_excluded(&self, path: &Path, name: &OsStr) -> bool {
@@ -71,19 +68,12 @@ pub fn node_from(name: &[u8], meta: &std::fs::Metadata) -> Option<(Node, Identit
         uid: meta.uid(),
         gid: meta.gid(),
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        size: if kind == NodeKind::File {
-            meta.len()
-        } else {
-            0
-        },
+        size: if kind == NodeKind::File { meta.len() } else { 0 },
         content: Vec::new(),
         subtree: None,
         target: ByteBuf::new(),
     };
-    let id = Identity {
-        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        inode: meta.ino(),
-    };
+    let id = Identity { ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(), inode: meta.ino() };
     Some((node, id))
 }
 
@@ -108,10 +98,7 @@ pub fn normalise_sources(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
             }
         }
         if std::fs::symlink_metadata(&clean).is_err() {
-            bail!(
-                "source {} does not exist (check [backup] sources)",
-                clean.display()
-            );
+            bail!("source {} does not exist (check [backup] sources)", clean.display());
         }
         out.push(clean);
     }
@@ -132,12 +119,7 @@ mod tests {
 
     #[test]
     fn excludes_match_names_and_paths() {
-        let ex = Excludes::new(&[
-            "*.tmp".into(),
-            "**/node_modules".into(),
-            "/data/cache/".into(),
-        ])
-        .unwrap();
+        let ex = Excludes::new(&["*.tmp".into(), "**/node_modules".into(), "/data/cache/".into()]).unwrap();
         let check = |p: &str| {
             let p = Path::new(p);
             ex.is_excluded(p, p.file_name().unwrap())

@@ -88,11 +88,7 @@ impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = &self.plugin;
         let c = self.call;
-        let on = self
-            .object
-            .as_deref()
-            .map(|o| format!(" {o}"))
-            .unwrap_or_default();
+        let on = self.object.as_deref().map(|o| format!(" {o}")).unwrap_or_default();
         match &self.kind {
             ErrorKind::NotFound(m) => write!(f, "backend {p}: {c}{on}: not found ({m})"),
             ErrorKind::AlreadyExists(m) => write!(f, "backend {p}: {c}{on}: already exists ({m})"),

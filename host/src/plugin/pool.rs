@@ -82,9 +82,7 @@ impl PluginPool {
             }
         })?;
         let pre = StorageBackendPre::new(pre).map_err(|e| {
-            anyhow!(
-                "plugin {name} does not export the cairn:storage/backend@0.1.0 interface: {e:#}"
-            )
+            anyhow!("plugin {name} does not export the cairn:storage/backend@0.1.0 interface: {e:#}")
         })?;
         let mut probe = Instance::new(engine, &pre, &sandbox)
             .await
@@ -125,44 +123,28 @@ impl PluginPool {
 
     /// Waits for a free slot and returns an instance (idle, or freshly started and opened).
     pub async fn lease(self: &Arc<Self>) -> Result<Lease, BackendError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
+        let permit = self.permits.clone().acquire_owned().await.expect("semaphore never closed");
         let idle = self.idle.lock().unwrap().pop();
         let inst = match idle {
             Some(i) => i,
             None => {
                 let mut inst = Instance::new(self.runtime.engine(), &self.pre, &self.sandbox)
                     .await
-                    .map_err(|e| {
-                        self.error("instantiate", None, ErrorKind::Other(format!("{e:#}")))
-                    })?;
-                inst.open(&self.name, &self.options, &self.sandbox)
-                    .await
-                    .map_err(|e| match e.downcast::<BackendError>() {
-                        Ok(be) => be,
-                        Err(e) => self.error("open", None, ErrorKind::Other(format!("{e:#}"))),
-                    })?;
+                    .map_err(|e| self.error("instantiate", None, ErrorKind::Other(format!("{e:#}"))))?;
+                inst.open(&self.name, &self.options, &self.sandbox).await.map_err(|e| match e
+                    .downcast::<BackendError>()
+                {
+                    Ok(be) => be,
+                    Err(e) => self.error("open", None, ErrorKind::Other(format!("{e:#}"))),
+                })?;
                 inst
             }
         };
-        Ok(Lease {
-            pool: self.clone(),
-            inst: Some(inst),
-            _permit: permit,
-        })
+        Ok(Lease { pool: self.clone(), inst: Some(inst), _permit: permit })
     }
 
     fn error(&self, call: &'static str, object: Option<&str>, kind: ErrorKind) -> BackendError {
-        BackendError {
-            plugin: self.name.clone(),
-            call,
-            object: object.map(str::to_string),
-            kind,
-        }
+        BackendError { plugin: self.name.clone(), call, object: object.map(str::to_string), kind }
     }
 }
 
@@ -186,15 +168,7 @@ impl Instance {
         let g = self.bindings.cairn_storage_backend();
         let timeout = sandbox.call_timeout;
         let r = tokio::time::timeout(timeout, g.call_open(&mut self.store, options)).await;
-        Ok(settle(
-            name,
-            &mut self.store,
-            "open",
-            None,
-            timeout,
-            sandbox.memory_bytes,
-            r,
-        )?)
+        Ok(settle(name, &mut self.store, "open", None, timeout, sandbox.memory_bytes, r)?)
     }
 }
 
@@ -209,12 +183,8 @@ fn settle<T>(
     memory_bytes: usize,
     outcome: Result<wasmtime::Result<Result<T, WitError>>, Elapsed>,
 ) -> Result<T, BackendError> {
-    let err = |kind| BackendError {
-        plugin: plugin.to_string(),
-        call,
-        object: object.map(str::to_string),
-        kind,
-    };
+    let err =
+        |kind| BackendError { plugin: plugin.to_string(), call, object: object.map(str::to_string), kind };
     match outcome {
         Ok(Ok(Ok(v))) => {
             // A plugin may hide a refused request behind a success; refusals are still named
@@ -267,11 +237,7 @@ macro_rules! guest_call {
         let pool = $lease.pool.clone();
         let timeout = pool.sandbox.call_timeout;
         let Some(inst) = $lease.inst.as_mut() else {
-            return Err(pool.error(
-                $call,
-                $object,
-                ErrorKind::Other("instance already stopped".into()),
-            ));
+            return Err(pool.error($call, $object, ErrorKind::Other("instance already stopped".into())));
         };
         let outcome = {
             let $store = &mut inst.store;
@@ -279,15 +245,8 @@ macro_rules! guest_call {
             tokio::time::timeout(timeout, $body).await
         };
         let crashed = matches!(outcome, Err(_) | Ok(Err(_)));
-        let r = settle(
-            &pool.name,
-            &mut inst.store,
-            $call,
-            $object,
-            timeout,
-            pool.sandbox.memory_bytes,
-            outcome,
-        );
+        let r =
+            settle(&pool.name, &mut inst.store, $call, $object, timeout, pool.sandbox.memory_bytes, outcome);
         if crashed {
             $lease.inst = None;
         }
@@ -306,24 +265,17 @@ impl Lease {
         cursor: Option<&str>,
         max: u32,
     ) -> Result<(Vec<ObjectInfo>, Option<String>), BackendError> {
-        let page = guest_call!(self, "list", Some(prefix), |g, store| g
-            .call_list(store, prefix, cursor, max))?;
+        let page =
+            guest_call!(self, "list", Some(prefix), |g, store| g.call_list(store, prefix, cursor, max))?;
         Ok((page.objects, page.next_cursor))
     }
 
     pub async fn stat(&mut self, name: &str) -> Result<ObjectInfo, BackendError> {
-        guest_call!(self, "stat", Some(name), |g, store| g
-            .call_stat(store, name))
+        guest_call!(self, "stat", Some(name), |g, store| g.call_stat(store, name))
     }
 
-    pub async fn read(
-        &mut self,
-        name: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, BackendError> {
-        let data = guest_call!(self, "read", Some(name), |g, store| g
-            .call_read(store, name, offset, len))?;
+    pub async fn read(&mut self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        let data = guest_call!(self, "read", Some(name), |g, store| g.call_read(store, name, offset, len))?;
         if data.len() as u64 > len {
             return Err(self.pool.error(
                 "read",
@@ -344,21 +296,12 @@ impl Lease {
             .call_start_upload(store, name, size, if_absent))
     }
 
-    pub async fn write(
-        &mut self,
-        upload: ResourceAny,
-        name: &str,
-        data: &[u8],
-    ) -> Result<(), BackendError> {
-        guest_call!(self, "write", Some(name), |g, store| g
-            .upload()
-            .call_write(store, upload, data))
+    pub async fn write(&mut self, upload: ResourceAny, name: &str, data: &[u8]) -> Result<(), BackendError> {
+        guest_call!(self, "write", Some(name), |g, store| g.upload().call_write(store, upload, data))
     }
 
     pub async fn finish(&mut self, upload: ResourceAny, name: &str) -> Result<(), BackendError> {
-        guest_call!(self, "finish", Some(name), |g, store| g
-            .upload()
-            .call_finish(store, upload))
+        guest_call!(self, "finish", Some(name), |g, store| g.upload().call_finish(store, upload))
     }
 
     pub async fn abort(&mut self, upload: ResourceAny, name: &str) -> Result<(), BackendError> {
@@ -371,8 +314,7 @@ impl Lease {
     pub async fn drop_upload(&mut self, upload: ResourceAny) {
         if let Some(inst) = self.inst.as_mut() {
             let timeout = self.pool.sandbox.call_timeout;
-            let r =
-                tokio::time::timeout(timeout, upload.resource_drop_async(&mut inst.store)).await;
+            let r = tokio::time::timeout(timeout, upload.resource_drop_async(&mut inst.store)).await;
             if !matches!(r, Ok(Ok(()))) {
                 self.inst = None;
             }
@@ -389,8 +331,7 @@ impl Lease {
     }
 
     pub async fn abort_incomplete(&mut self, id: &str) -> Result<(), BackendError> {
-        guest_call!(self, "abort-incomplete", Some(id), |g, store| g
-            .call_abort_incomplete(store, id))
+        guest_call!(self, "abort-incomplete", Some(id), |g, store| g.call_abort_incomplete(store, id))
     }
 
     pub async fn delete(&mut self, names: &[String]) -> Result<(), BackendError> {
@@ -403,11 +344,6 @@ impl Lease {
                 ),
             ));
         }
-        guest_call!(
-            self,
-            "delete",
-            names.first().map(String::as_str),
-            |g, store| g.call_delete(store, names)
-        )
+        guest_call!(self, "delete", names.first().map(String::as_str), |g, store| g.call_delete(store, names))
     }
 }

@@ -26,19 +26,14 @@ impl Runtime {
         let engine = Engine::new(&config)
             .map_err(|e| anyhow::anyhow!("cannot create the WebAssembly engine: {e:#}"))?;
         let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("epoch-ticker".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })?;
-        Ok(Arc::new(Runtime {
-            engine,
-            cache_dir: cache_dir.join("components"),
-        }))
+        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+        Ok(Arc::new(Runtime { engine, cache_dir: cache_dir.join("components") }))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -74,8 +69,7 @@ impl Runtime {
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let engine_fp = h.finish();
         let id = blake3::hash(wasm).to_hex();
-        self.cache_dir
-            .join(format!("{}-{engine_fp:016x}.cwasm", &id[..32]))
+        self.cache_dir.join(format!("{}-{engine_fp:016x}.cwasm", &id[..32]))
     }
 }
 

@@ -40,20 +40,13 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
@@ -72,10 +65,7 @@ impl ResourceLimiter for MemoryCap {
     ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.exceeded = true;
-            return Err(wasmtime::format_err!(
-                "memory limit of {} bytes reached",
-                self.max_bytes
-            ));
+            return Err(wasmtime::format_err!("memory limit of {} bytes reached", self.max_bytes));
         }
         Ok(true)
     }
@@ -100,16 +90,8 @@ pub struct AllowList {
 
 /// `scheme://host:port` with the default port filled in, lower-cased.
 pub fn normalise_origin(scheme: &str, host: &str, port: Option<u16>) -> String {
-    let port = port.unwrap_or(if scheme.eq_ignore_ascii_case("https") {
-        443
-    } else {
-        80
-    });
-    format!(
-        "{}://{}:{port}",
-        scheme.to_ascii_lowercase(),
-        host.to_ascii_lowercase()
-    )
+    let port = port.unwrap_or(if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 });
+    format!("{}://{}:{port}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase())
 }
 
 /// Parses a grant entry such as `http://127.0.0.1:8333` into its normal form.
@@ -152,10 +134,7 @@ impl WasiHttpHooks for AllowList {
         Box::new(async move {
             use http_body_util::BodyExt;
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
     }
 }
@@ -165,18 +144,13 @@ impl Sandbox {
     pub fn new_store(&self, engine: &wasmtime::Engine) -> Result<Store<HostState>> {
         let stderr = MemoryOutputPipe::new(64 * 1024);
         let mut b = WasiCtxBuilder::new();
-        b.allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
+        b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         b.stderr(stderr.clone());
         for dir in &self.dirs {
-            let guest = dir
-                .to_str()
-                .with_context(|| format!("granted folder {} is not UTF-8", dir.display()))?;
+            let guest =
+                dir.to_str().with_context(|| format!("granted folder {} is not UTF-8", dir.display()))?;
             b.preopened_dir(dir, guest, FsPerms::ReadWrite)
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot open granted folder {}: {e:#}", dir.display())
-                })?;
+                .map_err(|e| anyhow::anyhow!("cannot open granted folder {}: {e:#}", dir.display()))?;
         }
         let state = HostState {
             wasi: b.build(),
@@ -187,10 +161,7 @@ impl Sandbox {
                 denied: Arc::new(AtomicBool::new(false)),
                 last_denied: Arc::new(std::sync::Mutex::new(None)),
             },
-            limiter: MemoryCap {
-                max_bytes: self.memory_bytes,
-                exceeded: false,
-            },
+            limiter: MemoryCap { max_bytes: self.memory_bytes, exceeded: false },
             stderr,
         };
         let mut store = Store::new(engine, state);
@@ -216,11 +187,8 @@ impl HostState {
     pub fn stderr_tail(&self) -> Option<String> {
         let bytes = self.stderr.contents();
         let text = String::from_utf8_lossy(&bytes);
-        let lines: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("note:"))
-            .collect();
+        let lines: Vec<&str> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note:")).collect();
         // A Rust panic prints "panicked at FILE:LINE:COL:" then the message.
         match lines.as_slice() {
             [] => None,

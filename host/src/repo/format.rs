@@ -107,13 +107,7 @@ fn decompress_payload(payload: &[u8], size_hint: usize) -> Result<Vec<u8>> {
 
 /// Encodes one blob as it is stored in a pack: sealed, with its kind and id as associated
 /// data, so a blob cannot be passed off as another.
-pub fn encode_blob(
-    key: &MasterKey,
-    kind: BlobKind,
-    id: &Id,
-    plaintext: &[u8],
-    level: i32,
-) -> Vec<u8> {
+pub fn encode_blob(key: &MasterKey, kind: BlobKind, id: &Id, plaintext: &[u8], level: i32) -> Vec<u8> {
     let payload = compress_payload(plaintext, level);
     key.seal(&blob_aad(kind, id), &payload)
 }
@@ -138,11 +132,9 @@ pub fn decode_blob(
     stored: &[u8],
     raw_len: usize,
 ) -> Result<Vec<u8>, BlobError> {
-    let payload = key
-        .open(&blob_aad(kind, id), stored)
-        .map_err(|AuthError| BlobError::Auth(id.short()))?;
-    let plain = decompress_payload(&payload, raw_len)
-        .map_err(|e| BlobError::Corrupt(id.short(), e.to_string()))?;
+    let payload = key.open(&blob_aad(kind, id), stored).map_err(|AuthError| BlobError::Auth(id.short()))?;
+    let plain =
+        decompress_payload(&payload, raw_len).map_err(|e| BlobError::Corrupt(id.short(), e.to_string()))?;
     if key.blob_id(&plain) != *id {
         return Err(BlobError::HashMismatch(id.short()));
     }
@@ -150,17 +142,8 @@ pub fn decode_blob(
 }
 
 /// Seals a whole object (index, snapshot, config) with a role-specific associated data.
-pub fn seal_object<T: Serialize>(
-    key: &MasterKey,
-    aad: &[u8],
-    value: &T,
-    json: bool,
-) -> Result<Vec<u8>> {
-    let plain = if json {
-        serde_json::to_vec(value)?
-    } else {
-        postcard::to_stdvec(value)?
-    };
+pub fn seal_object<T: Serialize>(key: &MasterKey, aad: &[u8], value: &T, json: bool) -> Result<Vec<u8>> {
+    let plain = if json { serde_json::to_vec(value)? } else { postcard::to_stdvec(value)? };
     Ok(key.seal(aad, &compress_payload(&plain, 3)))
 }
 
@@ -172,11 +155,7 @@ pub fn open_object<T: for<'de> Deserialize<'de>>(
 ) -> Result<T> {
     let payload = key.open(aad, stored)?;
     let plain = decompress_payload(&payload, 64 << 20)?;
-    if json {
-        Ok(serde_json::from_slice(&plain)?)
-    } else {
-        Ok(postcard::from_bytes(&plain)?)
-    }
+    if json { Ok(serde_json::from_slice(&plain)?) } else { Ok(postcard::from_bytes(&plain)?) }
 }
 
 pub const AAD_CONFIG: &[u8] = b"cairn config";
@@ -223,10 +202,7 @@ struct PackHeader {
 
 /// Builds a pack's trailer: sealed header, its length, and the magic.
 pub fn pack_trailer(key: &MasterKey, entries: &[PackEntry]) -> Result<Vec<u8>> {
-    let header = PackHeader {
-        version: 1,
-        entries: entries.to_vec(),
-    };
+    let header = PackHeader { version: 1, entries: entries.to_vec() };
     let mut out = seal_object(key, AAD_PACK_HEADER, &header, false)?;
     let len = u32::try_from(out.len())?;
     out.extend_from_slice(&len.to_le_bytes());
@@ -251,19 +227,14 @@ pub fn read_pack_header(key: &MasterKey, tail: &[u8], pack_size: u64) -> Result<
         bail!("pack tail too short for its header");
     }
     let start = tail.len() - PACK_TRAILER - hlen;
-    let header: PackHeader = open_object(
-        key,
-        AAD_PACK_HEADER,
-        &tail[start..tail.len() - PACK_TRAILER],
-        false,
-    )
-    .context("pack header")?;
+    let header: PackHeader =
+        open_object(key, AAD_PACK_HEADER, &tail[start..tail.len() - PACK_TRAILER], false)
+            .context("pack header")?;
     if header.version != 1 {
         bail!("unsupported pack version {}", header.version);
     }
-    let data_end = pack_size
-        .checked_sub((hlen + PACK_TRAILER) as u64)
-        .ok_or_else(|| anyhow!("pack too small"))?;
+    let data_end =
+        pack_size.checked_sub((hlen + PACK_TRAILER) as u64).ok_or_else(|| anyhow!("pack too small"))?;
     for e in &header.entries {
         if e.offset + e.length as u64 > data_end || (e.length as usize) < OVERHEAD {
             bail!("pack header entry out of bounds");
@@ -310,8 +281,9 @@ pub struct Summary {
     pub files: u64,
     pub dirs: u64,
     pub bytes: u64,
-    /// Files read this run (not found unchanged in the file cache).
+    /// Files read this run (not found unchanged in the file cache), and their bytes.
     pub files_read: u64,
+    pub bytes_read: u64,
     /// Plaintext bytes of chunks new to the repository.
     pub data_added: u64,
     /// Bytes of packs uploaded.
@@ -361,20 +333,14 @@ mod tests {
         let id = key.blob_id(&data);
         let stored = encode_blob(&key, BlobKind::Data, &id, &data, 3);
         assert!(stored.len() < data.len(), "compressible data is compressed");
-        assert_eq!(
-            decode_blob(&key, BlobKind::Data, &id, &stored, data.len()).unwrap(),
-            data
-        );
+        assert_eq!(decode_blob(&key, BlobKind::Data, &id, &stored, data.len()).unwrap(), data);
         // Kind and id are bound.
         assert!(decode_blob(&key, BlobKind::Tree, &id, &stored, data.len()).is_err());
         let other = key.blob_id(b"x");
         assert!(decode_blob(&key, BlobKind::Data, &other, &stored, data.len()).is_err());
         let mut bad = stored.clone();
         bad[40] ^= 0x80;
-        assert!(matches!(
-            decode_blob(&key, BlobKind::Data, &id, &bad, data.len()),
-            Err(BlobError::Auth(_))
-        ));
+        assert!(matches!(decode_blob(&key, BlobKind::Data, &id, &bad, data.len()), Err(BlobError::Auth(_))));
     }
 
     #[test]

@@ -50,16 +50,11 @@ fn component_bytes(config: &Config) -> Result<(String, Vec<u8>)> {
         return Ok(("fs".into(), crate::plugin::BUILTIN_FS.to_vec()));
     }
     if backend.ends_with(".wasm") {
-        let path = crate::config::resolve_path(
-            config.path.parent().unwrap_or(Path::new(".")),
-            Path::new(backend),
-        );
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("cannot read plugin {}", path.display()))?;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| backend.clone());
+        let path =
+            crate::config::resolve_path(config.path.parent().unwrap_or(Path::new(".")), Path::new(backend));
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+        let name =
+            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| backend.clone());
         return Ok((name, bytes));
     }
     bail!(
@@ -91,8 +86,7 @@ pub async fn open_backend(config: &Config, creating: bool) -> Result<Backend> {
     }
     for dir in &dirs {
         if creating && !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
         if !dir.is_dir() {
             bail!(
@@ -116,9 +110,7 @@ pub async fn open_backend(config: &Config, creating: bool) -> Result<Backend> {
         call_timeout: std::time::Duration::from_secs(grants.call_timeout_secs),
     };
     let runtime = Runtime::new(&config.cache_dir()?)?;
-    let component = runtime
-        .load(&wasm)
-        .with_context(|| format!("plugin {name}"))?;
+    let component = runtime.load(&wasm).with_context(|| format!("plugin {name}"))?;
     let instances = config.threads().max(4);
     let pool = PluginPool::start(runtime, &name, &component, sandbox, options, instances).await?;
     Ok(Backend::new(pool))
@@ -129,10 +121,7 @@ impl Repository {
     pub async fn init(config: &Config) -> Result<(Repository, String)> {
         let backend = open_backend(config, true).await?;
         if backend.stat(CONFIG_NAME).await?.is_some() || !backend.list("keys/").await?.is_empty() {
-            bail!(
-                "a repository already exists at {}; nothing was changed",
-                describe(config)
-            );
+            bail!("a repository already exists at {}; nothing was changed", describe(config));
         }
         let password = config.password()?;
         let key = MasterKey::generate();
@@ -163,13 +152,7 @@ impl Repository {
             Some(&Id::of_bytes(&keyfile)),
             &[],
         )?;
-        repo.journal.record_present(
-            CONFIG_NAME,
-            ObjectKind::Config,
-            sealed.len() as u64,
-            None,
-            &[],
-        )?;
+        repo.journal.record_present(CONFIG_NAME, ObjectKind::Config, sealed.len() as u64, None, &[])?;
         Ok((repo, key_name))
     }
 
@@ -178,10 +161,7 @@ impl Repository {
         let backend = open_backend(config, false).await?;
         let keys = backend.list("keys/").await?;
         if keys.is_empty() {
-            bail!(
-                "no cairn repository at {} (it has no keys/); run `cairn init` first",
-                describe(config)
-            );
+            bail!("no cairn repository at {} (it has no keys/); run `cairn init` first", describe(config));
         }
         let password = config.password()?;
         let mut key = None;
@@ -205,17 +185,11 @@ impl Repository {
                 keys.len()
             )
         })?;
-        let sealed = backend
-            .read_all(CONFIG_NAME)
-            .await
-            .context("cannot read the repository config")?;
+        let sealed = backend.read_all(CONFIG_NAME).await.context("cannot read the repository config")?;
         let params: RepoConfig = format::open_object(&key, format::AAD_CONFIG, &sealed, true)
             .context("the repository config object is damaged")?;
         if params.version != 1 {
-            bail!(
-                "repository format version {} is not supported by this cairn",
-                params.version
-            );
+            bail!("repository format version {} is not supported by this cairn", params.version);
         }
         let repo = Repository::attach(config, backend, key, params, access)?;
         if access == Access::Write {

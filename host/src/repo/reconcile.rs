@@ -4,8 +4,9 @@
 //! in flight. For each object the journal left in a transient state:
 //! - `uploading`: if the backend has it with the expected size and its bytes hash to the
 //!   recorded hash, the upload completed: keep it (`uploaded`). Otherwise whatever is there
-//!   is a partial object of ours: delete it and forget the object and its blobs, so their
-//!   data is uploaded again. Unfinished uploads of those names are aborted too.
+//!   is a partial object of ours: delete it. If the finished pack is still whole in the
+//!   local `tmp/` folder, upload it from there; else forget the object and its blobs, so
+//!   their data is packed again. Unfinished uploads of those names are aborted too.
 //! - `deleting`: delete again (deleting is idempotent), then forget.
 //!
 //! Objects the journal has no record of are never touched here: they may belong to another
@@ -14,7 +15,7 @@
 use anyhow::Result;
 
 use crate::ids::Id;
-use crate::journal::State;
+use crate::journal::{ObjectKind, State};
 use crate::repo::Repository;
 
 #[derive(Default, Debug)]
@@ -22,6 +23,8 @@ pub struct Report {
     /// Interrupted uploads found complete and kept.
     pub kept: u64,
     pub kept_bytes: u64,
+    /// Finished packs found whole in the local tmp/ folder and uploaded from there.
+    pub resumed: u64,
     /// Partial or missing objects forgotten (their data will be uploaded again).
     pub discarded: u64,
     /// Deletions completed.
@@ -32,18 +35,13 @@ pub struct Report {
 
 pub async fn reconcile(repo: &Repository) -> Result<Report> {
     let mut report = Report::default();
-    // Temporary packs of a dead run: their blobs were never committed as uploaded.
-    let tmp = repo.tmp_dir();
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
     let backend = &repo.backend;
     let journal = &repo.journal;
+    let tmp = repo.tmp_dir();
 
     let uploading = journal.objects_in_state(State::Uploading)?;
     if !uploading.is_empty() {
-        let names: std::collections::HashSet<&str> =
-            uploading.iter().map(|o| o.name.as_str()).collect();
+        let names: std::collections::HashSet<&str> = uploading.iter().map(|o| o.name.as_str()).collect();
         for (id, name, _) in backend.list_incomplete("").await? {
             if names.contains(name.as_str()) {
                 backend.abort_incomplete(&id).await?;
@@ -52,46 +50,60 @@ pub async fn reconcile(repo: &Repository) -> Result<Report> {
         }
     }
     for obj in uploading {
-        let complete = match backend.stat(&obj.name).await? {
-            Some(info) if info.size == obj.size => match obj.hash {
-                Some(hash) => {
-                    let data = backend.read(&obj.name, 0, obj.size).await?;
-                    Id::of_bytes(&data) == hash
-                }
-                None => true,
-            },
-            Some(_) => false,
-            None => {
-                journal.forget_object(&obj.name)?;
-                report.discarded += 1;
-                continue;
+        let remote = backend.stat(&obj.name).await?;
+        let complete = match (&remote, obj.hash) {
+            (Some(info), Some(hash)) if info.size == obj.size => {
+                Id::of_bytes(&backend.read(&obj.name, 0, obj.size).await?) == hash
             }
+            (Some(info), None) => info.size == obj.size,
+            _ => false,
         };
         if complete {
             journal.set_state(&obj.name, State::Uploaded)?;
             report.kept += 1;
             report.kept_bytes += obj.size;
-        } else {
-            tracing::warn!(
-                "removing partial upload {} left by an interrupted run",
-                obj.name
-            );
+            continue;
+        }
+        if remote.is_some() {
+            tracing::warn!("removing partial upload {} left by an interrupted run", obj.name);
             journal.set_state(&obj.name, State::Deleting)?;
             backend.delete(std::slice::from_ref(&obj.name)).await?;
-            journal.forget_object(&obj.name)?;
-            report.discarded += 1;
+            journal.set_state(&obj.name, State::Uploading)?;
         }
+        // A pack that was finished locally but not (fully) uploaded is still in tmp/:
+        // upload it rather than pack its data again.
+        if obj.kind == ObjectKind::Pack
+            && let Some(hash) = obj.hash
+            && let Some(local) = intact_local_pack(&tmp, &hash, obj.size)
+        {
+            backend.upload_file(&obj.name, &local, obj.size).await?;
+            if backend.stat(&obj.name).await?.is_some_and(|i| i.size == obj.size) {
+                journal.set_state(&obj.name, State::Uploaded)?;
+                report.resumed += 1;
+                report.kept_bytes += obj.size;
+                continue;
+            }
+        }
+        journal.forget_object(&obj.name)?;
+        report.discarded += 1;
     }
     for obj in journal.objects_in_state(State::Deleting)? {
         backend.delete(std::slice::from_ref(&obj.name)).await?;
         journal.forget_object(&obj.name)?;
         report.deleted += 1;
     }
-    if report.kept + report.discarded + report.deleted + report.aborted > 0 {
+    // Whatever is left in tmp/ belongs to no recorded object: packs being filled when the
+    // run died. Their data is read again from the sources.
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    if report.kept + report.resumed + report.discarded + report.deleted + report.aborted > 0 {
         tracing::info!(
-            "resumed after an interruption: kept {} finished upload(s) ({} bytes), discarded {} partial, \
-             finished {} deletion(s), aborted {} unfinished upload(s)",
+            "resumed after an interruption: kept {} finished upload(s), uploaded {} finished pack(s) from \
+             local disk ({} bytes in all), discarded {} partial, finished {} deletion(s), aborted {} \
+             unfinished upload(s)",
             report.kept,
+            report.resumed,
             report.kept_bytes,
             report.discarded,
             report.deleted,
@@ -99,4 +111,16 @@ pub async fn reconcile(repo: &Repository) -> Result<Report> {
         );
     }
     Ok(report)
+}
+
+/// The local copy of a finished pack, if it is whole (right size and hash).
+fn intact_local_pack(tmp: &std::path::Path, hash: &Id, size: u64) -> Option<std::path::PathBuf> {
+    let path = tmp.join(crate::engine::packer::finished_file_name(hash));
+    let meta = std::fs::metadata(&path).ok()?;
+    if meta.len() != size {
+        return None;
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(&path).ok()?).ok()?;
+    (Id(*hasher.finalize().as_bytes()) == *hash).then_some(path)
 }

@@ -11,11 +11,8 @@ use crate::repo::format::{self, IndexFile, Snapshot};
 
 pub async fn sync_remote(repo: &Repository) -> Result<()> {
     let journal = &repo.journal;
-    let known: std::collections::HashSet<String> = journal
-        .objects_of_kind(ObjectKind::Index)?
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
+    let known: std::collections::HashSet<String> =
+        journal.objects_of_kind(ObjectKind::Index)?.into_iter().map(|o| o.name).collect();
     for obj in repo.backend.list("index/").await? {
         if known.contains(&obj.name) {
             continue;
@@ -33,8 +30,7 @@ pub async fn sync_remote(repo: &Repository) -> Result<()> {
         journal.mark_indexed(&packs, &obj.name)?;
     }
 
-    let known: std::collections::HashSet<Id> =
-        journal.snapshots()?.into_iter().map(|(id, _)| id).collect();
+    let known: std::collections::HashSet<Id> = journal.snapshots()?.into_iter().map(|(id, _)| id).collect();
     for obj in repo.backend.list("snapshots/").await? {
         let Some(id) = format::id_of_name(&obj.name) else {
             continue;
@@ -56,9 +52,7 @@ pub async fn fetch_checked(repo: &Repository, name: &str) -> Result<(Id, Vec<u8>
     let bytes = repo.backend.read_all(name).await?;
     let id = Id::of_bytes(&bytes);
     if format::id_of_name(name) != Some(id) {
-        bail!(
-            "object {name} does not match its name (its content was altered); run `cairn verify`"
-        );
+        bail!("object {name} does not match its name (its content was altered); run `cairn verify`");
     }
     Ok((id, bytes))
 }

@@ -22,8 +22,8 @@ mod store;
 use std::cell::RefCell;
 
 use cairn_plugin_sdk::{
-    Capabilities, Error, Guest, GuestUpload, IncompleteUpload, ListPage, ObjectInfo, OptionSpec,
-    PluginInfo, Upload,
+    Capabilities, Error, Guest, GuestUpload, IncompleteUpload, ListPage, ObjectInfo, OptionSpec, PluginInfo,
+    Upload,
 };
 use store::{FsStore, FsUpload};
 
@@ -78,11 +78,7 @@ fn parse_faults(spec: &str) -> Result<Vec<Fault>, Error> {
             "forge" => Action::Forge,
             _ => return Err(bad()),
         };
-        out.push(Fault {
-            call: call.to_string(),
-            nth,
-            action,
-        });
+        out.push(Fault { call: call.to_string(), nth, action });
     }
     Ok(out)
 }
@@ -93,11 +89,7 @@ fn count(path: &str, call: &str) -> u64 {
         return 1;
     }
     let file = format!("{path}/.chaos-count-{call}");
-    let n = std::fs::read_to_string(&file)
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        + 1;
+    let n = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0) + 1;
     let _ = std::fs::write(&file, n.to_string());
     n
 }
@@ -111,10 +103,7 @@ fn enter(call: &str) -> Result<Option<Action>, Error> {
             return None;
         }
         let n = count(&s.path, call);
-        s.faults
-            .iter()
-            .find(|f| f.call == call && f.nth.is_none_or(|k| k == n))
-            .map(|f| f.action)
+        s.faults.iter().find(|f| f.call == call && f.nth.is_none_or(|k| k == n)).map(|f| f.action)
     });
     match action {
         Some(Action::Spin) => {
@@ -135,9 +124,7 @@ fn enter(call: &str) -> Result<Option<Action>, Error> {
             std::thread::sleep(std::time::Duration::from_secs(3600));
             Err(Error::Transient(format!("chaos: {call} hung")))
         }
-        Some(Action::Transient) => Err(Error::Transient(format!(
-            "chaos: transient fault in {call}"
-        ))),
+        Some(Action::Transient) => Err(Error::Transient(format!("chaos: transient fault in {call}"))),
         Some(Action::Permanent) => Err(Error::Other(format!("chaos: permanent fault in {call}"))),
         other => Ok(other),
     }
@@ -177,11 +164,7 @@ impl Guest for Chaos {
             options: vec![
                 opt("path", true, "Repository folder"),
                 opt("fsync", false, "Sync objects before publishing them"),
-                opt(
-                    "escape",
-                    false,
-                    "A host file to try to read, outside every grant",
-                ),
+                opt("escape", false, "A host file to try to read, outside every grant"),
                 opt("faults", false, "CALL[#N]:ACTION,... (see the crate docs)"),
             ],
         }
@@ -189,9 +172,7 @@ impl Guest for Chaos {
 
     fn open(options: Vec<(String, String)>) -> Result<Capabilities, Error> {
         let faults = parse_faults(cairn_plugin_sdk::option(&options, "faults").unwrap_or(""))?;
-        let path = cairn_plugin_sdk::option(&options, "path")
-            .unwrap_or("")
-            .to_string();
+        let path = cairn_plugin_sdk::option(&options, "path").unwrap_or("").to_string();
         STATE.with(|s| {
             let mut s = s.borrow_mut();
             s.faults = faults;
@@ -201,9 +182,7 @@ impl Guest for Chaos {
         if let Some(target) = cairn_plugin_sdk::option(&options, "escape")
             && let Err(e) = std::fs::read(target)
         {
-            return Err(Error::PermissionDenied(format!(
-                "chaos: could not read {target}: {e}"
-            )));
+            return Err(Error::PermissionDenied(format!("chaos: could not read {target}: {e}")));
         }
         let (store, caps) = FsStore::open(&options)?;
         STATE.with(|s| s.borrow_mut().store = Some(store));
@@ -242,11 +221,7 @@ impl Guest for Chaos {
     fn start_upload(name: String, size: u64, if_absent: bool) -> Result<Upload, Error> {
         enter("start-upload")?;
         let inner = with_store(|s| s.start_upload(&name, size, if_absent))?;
-        Ok(Upload::new(ChaosUpload {
-            inner,
-            truncate_to: RefCell::new(None),
-            name,
-        }))
+        Ok(Upload::new(ChaosUpload { inner, truncate_to: RefCell::new(None), name }))
     }
 
     fn list_incomplete(prefix: String) -> Result<Vec<IncompleteUpload>, Error> {

@@ -10,8 +10,8 @@ mod component {
     use std::cell::RefCell;
 
     use cairn_plugin_sdk::{
-        Capabilities, Error, Guest, GuestUpload, IncompleteUpload, ListPage, ObjectInfo,
-        OptionSpec, PluginInfo, Upload,
+        Capabilities, Error, Guest, GuestUpload, IncompleteUpload, ListPage, ObjectInfo, OptionSpec,
+        PluginInfo, Upload,
     };
 
     use crate::store::{FsStore, FsUpload};

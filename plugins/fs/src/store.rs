@@ -39,15 +39,9 @@ pub fn check_name(name: &str) -> Result<(), Error> {
         && name.split('/').all(|seg| {
             !seg.is_empty()
                 && !seg.starts_with('.')
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         });
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidName(format!("invalid object name {name:?}")))
-    }
+    if ok { Ok(()) } else { Err(Error::InvalidName(format!("invalid object name {name:?}"))) }
 }
 
 impl FsStore {
@@ -64,8 +58,7 @@ impl FsStore {
             }
         };
         let root = PathBuf::from(path);
-        let meta =
-            fs::metadata(&root).map_err(|e| io_error(&format!("repository folder {path}"), e))?;
+        let meta = fs::metadata(&root).map_err(|e| io_error(&format!("repository folder {path}"), e))?;
         if !meta.is_dir() {
             return Err(Error::InvalidConfig(format!("{path} is not a folder")));
         }
@@ -89,10 +82,7 @@ impl FsStore {
         let mut out = Vec::new();
         walk(&self.root, &self.root, prefix, &mut |rel, meta| {
             if !rel.rsplit('/').next().unwrap_or("").starts_with('.') {
-                out.push(ObjectInfo {
-                    name: rel.to_string(),
-                    size: meta.len(),
-                });
+                out.push(ObjectInfo { name: rel.to_string(), size: meta.len() });
             }
         })?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -114,18 +104,12 @@ impl FsStore {
         } else {
             None
         };
-        Ok(ListPage {
-            objects,
-            next_cursor,
-        })
+        Ok(ListPage { objects, next_cursor })
     }
 
     pub fn stat(&self, name: &str) -> Result<ObjectInfo, Error> {
         let meta = fs::metadata(self.path_of(name)?).map_err(|e| io_error(name, e))?;
-        Ok(ObjectInfo {
-            name: name.to_string(),
-            size: meta.len(),
-        })
+        Ok(ObjectInfo { name: name.to_string(), size: meta.len() })
     }
 
     pub fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
@@ -133,32 +117,23 @@ impl FsStore {
         let size = f.metadata().map_err(|e| io_error(name, e))?.len();
         let start = offset.min(size);
         let want = len.min(size - start);
-        f.seek(SeekFrom::Start(start))
-            .map_err(|e| io_error(name, e))?;
+        f.seek(SeekFrom::Start(start)).map_err(|e| io_error(name, e))?;
         let mut buf = Vec::with_capacity(want as usize);
-        f.take(want)
-            .read_to_end(&mut buf)
-            .map_err(|e| io_error(name, e))?;
+        f.take(want).read_to_end(&mut buf).map_err(|e| io_error(name, e))?;
         Ok(buf)
     }
 
     pub fn start_upload(&self, name: &str, size: u64, if_absent: bool) -> Result<FsUpload, Error> {
         let path = self.path_of(name)?;
-        let parent = path
-            .parent()
-            .expect("object path has a parent")
-            .to_path_buf();
+        let parent = path.parent().expect("object path has a parent").to_path_buf();
         fs::create_dir_all(&parent).map_err(|e| io_error(name, e))?;
         if if_absent && fs::symlink_metadata(&path).is_ok() {
             return Err(Error::AlreadyExists(name.to_string()));
         }
         let base = path.file_name().unwrap().to_string_lossy().into_owned();
         let tmp = parent.join(format!(".{base}{UPLOAD_MARKER}{:016x}", random_u64()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| io_error(name, e))?;
+        let file =
+            OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_error(name, e))?;
         Ok(FsUpload {
             state: RefCell::new(Some(Pending { file, written: 0 })),
             tmp,
@@ -173,29 +148,20 @@ impl FsStore {
     pub fn list_incomplete(&self, prefix: &str) -> Result<Vec<IncompleteUpload>, Error> {
         let mut out = Vec::new();
         // Temporary files live beside their final name, so walk what could hold that name.
-        walk(
-            &self.root,
-            &self.root,
-            prefix_dir(prefix),
-            &mut |rel, meta| {
-                let (dir, file) = match rel.rsplit_once('/') {
-                    Some((d, f)) => (format!("{d}/"), f),
-                    None => (String::new(), rel),
-                };
-                if let Some(stem) = file.strip_prefix('.')
-                    && let Some((base, _)) = stem.split_once(UPLOAD_MARKER)
-                {
-                    let name = format!("{dir}{base}");
-                    if name.starts_with(prefix) {
-                        out.push(IncompleteUpload {
-                            id: rel.to_string(),
-                            name,
-                            size: meta.len(),
-                        });
-                    }
+        walk(&self.root, &self.root, prefix_dir(prefix), &mut |rel, meta| {
+            let (dir, file) = match rel.rsplit_once('/') {
+                Some((d, f)) => (format!("{d}/"), f),
+                None => (String::new(), rel),
+            };
+            if let Some(stem) = file.strip_prefix('.')
+                && let Some((base, _)) = stem.split_once(UPLOAD_MARKER)
+            {
+                let name = format!("{dir}{base}");
+                if name.starts_with(prefix) {
+                    out.push(IncompleteUpload { id: rel.to_string(), name, size: meta.len() });
                 }
-            },
-        )?;
+            }
+        })?;
         Ok(out)
     }
 
@@ -205,9 +171,7 @@ impl FsStore {
             && file.starts_with('.')
             && file.contains(UPLOAD_MARKER);
         if !valid {
-            return Err(Error::InvalidName(format!(
-                "{id:?} is not an unfinished upload"
-            )));
+            return Err(Error::InvalidName(format!("{id:?} is not an unfinished upload")));
         }
         match fs::remove_file(self.root.join(id)) {
             Ok(()) => Ok(()),
@@ -252,11 +216,7 @@ fn walk(
     for entry in entries {
         let entry = entry.map_err(|e| io_error("listing", e))?;
         let path = entry.path();
-        let rel = path
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
         let ft = entry.file_type().map_err(|e| io_error(&rel, e))?;
         if ft.is_dir() {
             let as_dir = format!("{rel}/");
@@ -274,9 +234,7 @@ fn walk(
 fn random_u64() -> u64 {
     // RandomState is seeded from wasi:random, which is all a unique temporary name needs.
     use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 struct Pending {
@@ -298,18 +256,15 @@ pub struct FsUpload {
 impl FsUpload {
     pub fn write(&self, data: &[u8]) -> Result<(), Error> {
         let mut state = self.state.borrow_mut();
-        let p = state
-            .as_mut()
-            .ok_or_else(|| Error::Other(format!("{}: upload already closed", self.name)))?;
+        let p =
+            state.as_mut().ok_or_else(|| Error::Other(format!("{}: upload already closed", self.name)))?;
         if p.written + data.len() as u64 > self.size {
             return Err(Error::Other(format!(
                 "{}: more bytes written than the announced {}",
                 self.name, self.size
             )));
         }
-        p.file
-            .write_all(data)
-            .map_err(|e| io_error(&self.name, e))?;
+        p.file.write_all(data).map_err(|e| io_error(&self.name, e))?;
         p.written += data.len() as u64;
         Ok(())
     }

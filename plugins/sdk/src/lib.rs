@@ -34,8 +34,5 @@ impl Error {
 
 /// Convenience for reading an option from the `(name, value)` list given to `open`.
 pub fn option<'a>(options: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    options
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+    options.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }

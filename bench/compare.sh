@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Benchmark cairn against restic (and borg, rustic when installed) on the same data, in one
+# run: initial backup, no-change rerun, incremental backup after a ~1% mutation, restore.
+# Prints wall time, peak RSS and repository size side by side, with cairn/restic ratios.
+#
+# usage: bench/compare.sh [-d DATASET] [-n REPS] [-t "cairn restic borg rustic"] [-o OUT]
+#   DATASET: a tree made by ../shared/bench/gen_dataset.py (default /tmp/bench/datasets/ds-1g;
+#            generated if missing: `gen_dataset.py DATASET --size 1G --seed 42`)
+# Needs: restic (apt install restic), /usr/bin/time, python3. Uses a release build of cairn.
+# Warm page cache, like ../shared/bench/run_peers.sh; WORK (default /tmp/bench/work) must
+# be on the same disk as the dataset.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
+DS=/tmp/bench/datasets/ds-1g
+REPS=1
+TOOLS=""
+OUT=""
+while getopts "d:n:t:o:" o; do
+  case $o in
+    d) DS=$OPTARG;; n) REPS=$OPTARG;; t) TOOLS=$OPTARG;; o) OUT=$OPTARG;;
+    *) sed -n 2,14p "$0"; exit 2;;
+  esac
+done
+if [ ! -d "$DS" ]; then
+  echo "generating dataset $DS"
+  python3 "$SHARED/gen_dataset.py" "$DS" --size 1G --seed 42
+fi
+DS=$(readlink -f "$DS")
+if [ -z "$TOOLS" ]; then
+  TOOLS=cairn
+  for t in restic borg rustic; do command -v $t >/dev/null && TOOLS="$TOOLS $t"; done
+fi
+WORK=${WORK:-/tmp/bench/work}
+OUT=${OUT:-/tmp/bench/results/cairn-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT" "$WORK"
+RESULTS=$OUT/results.tsv
+: >"$RESULTS"
+
+(cd "$ROOT" && cargo build --release --quiet)
+CAIRN=$ROOT/target/release/cairn
+export RESTIC_PASSWORD=bench-password BORG_PASSPHRASE=bench-password RUSTIC_PASSWORD=bench-password
+export CAIRN_PASSWORD=bench-password
+export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
+
+# step TOOL NAME CMD...: runs CMD under /usr/bin/time, records wall seconds and peak RSS.
+step() {
+  local tool=$1 name=$2; shift 2
+  local log="$OUT/$tool-$name-r$REP.log"
+  /usr/bin/time -f "%e %M" -o "$OUT/time" "$@" >"$log" 2>&1 || { echo "!! $tool $name failed, see $log" >&2; cat "$log" >&2; exit 1; }
+  read -r wall rss <"$OUT/time"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$REP" "$tool" "$name" "$wall" "$rss" >>"$RESULTS"
+  printf '  %-7s %-16s %7.2fs  %6d MiB\n' "$tool" "$name" "$wall" $((rss / 1024))
+}
+note() { printf '%s\t%s\t%s\t%s\t0\n' "$REP" "$1" "$2" "$3" >>"$RESULTS"; }
+warm() { tar cf - -C "$1" . | cat >/dev/null; }
+
+run_tool() {
+  local tool=$1
+  local SRC=$WORK/src REPO=$WORK/repo RESTORE=$WORK/restore STATE=$WORK/state
+  rm -rf "$SRC" "$REPO" "$RESTORE" "$STATE" "$WORK/cache"
+  mkdir -p "$RESTORE"
+  cp -a "$DS" "$SRC"; sync; warm "$SRC"
+  echo "== rep $REP: $tool"
+  case $tool in
+    cairn)
+      cat >"$WORK/cairn.toml" <<TOML
+[repository]
+backend = "fs"
+options = { path = "$REPO" }
+password_env = "CAIRN_PASSWORD"
+[backup]
+sources = ["$SRC"]
+[state]
+dir = "$STATE"
+cache_dir = "$WORK/cache"
+TOML
+      c() { "$CAIRN" --config "$WORK/cairn.toml" "$@"; }
+      step cairn init c init
+      step cairn backup_initial c backup
+      note cairn repo_bytes "$(du -sb "$REPO" | cut -f1)"
+      step cairn backup_nochange c backup
+      python3 "$SHARED/mutate.py" "$SRC" --seed 7 >/dev/null; sync
+      step cairn backup_incr c backup
+      warm "$REPO"
+      step cairn restore c restore latest --target "$RESTORE"
+      ;;
+    restic)
+      export RESTIC_REPOSITORY=$REPO RESTIC_CACHE_DIR=$WORK/cache
+      step restic init restic init
+      step restic backup_initial restic backup --host bench "$SRC"
+      note restic repo_bytes "$(du -sb "$REPO" | cut -f1)"
+      step restic backup_nochange restic backup --host bench "$SRC"
+      python3 "$SHARED/mutate.py" "$SRC" --seed 7 >/dev/null; sync
+      step restic backup_incr restic backup --host bench "$SRC"
+      warm "$REPO"
+      step restic restore restic restore latest --target "$RESTORE"
+      ;;
+    rustic)
+      export RUSTIC_REPOSITORY=$REPO RUSTIC_CACHE_DIR=$WORK/cache
+      step rustic init rustic init
+      step rustic backup_initial rustic backup --host bench "$SRC"
+      note rustic repo_bytes "$(du -sb "$REPO" | cut -f1)"
+      step rustic backup_nochange rustic backup --host bench "$SRC"
+      python3 "$SHARED/mutate.py" "$SRC" --seed 7 >/dev/null; sync
+      step rustic backup_incr rustic backup --host bench "$SRC"
+      warm "$REPO"
+      step rustic restore rustic restore latest "$RESTORE"
+      ;;
+    borg)
+      export BORG_BASE_DIR=$WORK/cache
+      step borg init borg init --encryption=repokey "$REPO"
+      step borg backup_initial borg create --compression lz4 "$REPO::b1" "$SRC"
+      note borg repo_bytes "$(du -sb "$REPO" | cut -f1)"
+      step borg backup_nochange borg create --compression lz4 "$REPO::b2" "$SRC"
+      python3 "$SHARED/mutate.py" "$SRC" --seed 7 >/dev/null; sync
+      step borg backup_incr borg create --compression lz4 "$REPO::b3" "$SRC"
+      warm "$REPO"
+      (cd "$RESTORE" && step borg restore borg extract "$REPO::b3")
+      ;;
+  esac
+  local root
+  root=$(find "$RESTORE" -name .bench_root -printf '%h\n' | head -1)
+  if [ -n "$root" ] && python3 "$SHARED/verify_tree.py" "$SRC" "$root" >"$OUT/$tool-verify-r$REP.json"; then
+    echo "  restore identical: yes"
+    note "$tool" identical 1
+  else
+    echo "  !! restore differs: $(cat "$OUT/$tool-verify-r$REP.json" 2>/dev/null)" >&2
+    note "$tool" identical 0
+  fi
+  rm -rf "$SRC" "$REPO" "$RESTORE" "$STATE" "$WORK/cache"
+}
+
+for ((REP = 1; REP <= REPS; REP++)); do
+  for t in $TOOLS; do run_tool "$t"; done
+done
+
+python3 - "$RESULTS" <<'PY'
+import sys, collections, statistics
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+t = collections.defaultdict(list)
+for rep, tool, step, a, b in rows:
+    t[(tool, step)].append((float(a), int(b)))
+tools = sorted({k[0] for k in t}, key=lambda x: (x != "cairn", x))
+steps = ["backup_initial", "backup_nochange", "backup_incr", "restore"]
+print()
+print("| step | " + " | ".join(f"{x} s (peak RSS)" for x in tools) + " | cairn/restic |")
+print("|---|" + "---|" * (len(tools) + 1))
+for s in steps:
+    cells, med = [], {}
+    for x in tools:
+        v = t.get((x, s))
+        if not v:
+            cells.append("-"); continue
+        w = statistics.median(a for a, _ in v); r = max(b for _, b in v) // 1024
+        med[x] = w
+        cells.append(f"{w:.2f} ({r} MiB)")
+    ratio = f"{med['cairn'] / med['restic']:.2f}" if "cairn" in med and "restic" in med and med["restic"] > 0 else "-"
+    print(f"| {s} | " + " | ".join(cells) + f" | {ratio} |")
+cells = []
+for x in tools:
+    v = t.get((x, "repo_bytes"))
+    cells.append(f"{v[0][0] / 2**20:.0f} MiB" if v else "-")
+print("| repository after initial | " + " | ".join(cells) + " | |")
+ok = all(a == 1.0 for (x, s), v in t.items() if s == "identical" for a, _ in v)
+print(f"\nrestores identical: {'yes' if ok else 'NO'}")
+PY
+echo "results: $OUT"
