@@ -248,7 +248,25 @@ impl Backend {
             let _ = lease.abort(upload, name).await;
         }
         lease.drop_upload(upload).await;
+        if result.is_err() && lease.crashed() {
+            // The instance died holding the upload, so it never cleaned up: remove the
+            // unfinished upload of this name through a fresh instance.
+            drop(lease);
+            let _ = self.abort_incomplete_of(name).await;
+        }
         result
+    }
+
+    /// Aborts every unfinished upload whose intended name is exactly `name`.
+    pub async fn abort_incomplete_of(&self, name: &str) -> Result<usize, BackendError> {
+        let mut n = 0;
+        for (id, target, _) in self.list_incomplete(name).await? {
+            if target == name {
+                self.abort_incomplete(&id).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Deletes objects; missing ones are not an error.

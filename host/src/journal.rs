@@ -510,6 +510,7 @@ impl Journal {
         let tx = conn.transaction()?;
         tx.execute("INSERT OR REPLACE INTO file_cache SELECT * FROM temp.staged_files", [])?;
         tx.execute("DELETE FROM temp.staged_files", [])?;
+        crate::testing::pause_point("journal-publish-file-cache");
         tx.commit()?;
         Ok(())
     }

@@ -21,3 +21,4 @@ pub mod lock;
 pub mod plugin;
 pub mod progress;
 pub mod repo;
+pub mod testing;

@@ -279,3 +279,107 @@ pub fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 pub fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
 }
+
+/// A realistic mixed tree: `small` text/binary files of up to 16 KiB in nested folders,
+/// `medium` random files of the given sizes, and a few duplicates. Returns total bytes.
+pub fn gen_dataset(root: &Path, seed: u64, small: usize, medium: &[usize]) -> u64 {
+    let mut rng = Rng::new(seed);
+    let mut total = 0u64;
+    for i in 0..small {
+        let dir = root.join(format!("s{}/d{:02}", seed % 1000, i % 37)).join(format!("e{}", i % 5));
+        let len = (rng.below(16 << 10) + 1) as usize;
+        let content = if i % 3 == 0 { rng.bytes(len) } else { rng.text(len) };
+        write_file(&dir.join(format!("f{i}.dat")), &content, 0o644, 1_600_000_000 + i as i64);
+        total += len as u64;
+    }
+    for (i, &len) in medium.iter().enumerate() {
+        let content = rng.bytes(len);
+        write_file(&root.join(format!("m{}/medium-{i}.bin", seed % 1000)), &content, 0o600, 1_650_000_000);
+        total += len as u64;
+        if i == 0 {
+            // A duplicate: deduplicated, never stored twice.
+            write_file(
+                &root.join(format!("m{}/copy-of-medium-0.bin", seed % 1000)),
+                &content,
+                0o600,
+                1_650_000_000,
+            );
+            total += len as u64;
+        }
+    }
+    total
+}
+
+/// Reads the journal of the (single) repository under `state`: (object name, state, size).
+pub fn journal_objects(state: &Path) -> Vec<(String, String, u64, Option<String>)> {
+    let db = find_journal(state);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut stmt = conn.prepare("SELECT name, state, size, indexed_by FROM objects ORDER BY name").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+pub fn find_journal(state: &Path) -> PathBuf {
+    for e in std::fs::read_dir(state).unwrap() {
+        let p = e.unwrap().path().join("journal.sqlite");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("no journal under {}", state.display());
+}
+
+/// Objects in a fs repository: (name, size), excluding hidden files (chaos counters).
+pub fn repo_objects(repo: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![repo.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(repo).unwrap().to_string_lossy().into_owned();
+                out.push((rel, e.metadata().unwrap().len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Checks that the repository holds exactly what the journal says: no partial uploads, no
+/// object the journal does not know as complete, no recorded object missing, every pack
+/// listed by an index.
+pub fn assert_repo_matches_journal(repo: &Path, state: &Path) {
+    let objects = repo_objects(repo);
+    let leftovers: Vec<_> = objects.iter().filter(|(n, _)| n.contains(".cairn-upload-")).collect();
+    assert!(leftovers.is_empty(), "partial uploads left in the repository: {leftovers:?}");
+    let journal = journal_objects(state);
+    let known: std::collections::HashMap<&str, (&str, u64, &Option<String>)> =
+        journal.iter().map(|(n, s, z, i)| (n.as_str(), (s.as_str(), *z, i))).collect();
+    for (name, size) in objects.iter().filter(|(n, _)| !n.rsplit('/').next().unwrap().starts_with('.')) {
+        let Some((st, sz, indexed)) = known.get(name.as_str()) else {
+            panic!("orphan object {name} ({size} bytes): not in the journal");
+        };
+        assert!(matches!(*st, "uploaded" | "verified"), "{name} is {st} in the journal");
+        if name != "config" {
+            assert_eq!(sz, size, "{name}: journal size {sz}, stored {size}");
+        }
+        if name.starts_with("data/") {
+            assert!(indexed.is_some(), "pack {name} is not listed by any index");
+        }
+    }
+    let stored: std::collections::HashSet<&str> = objects.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, st, _, _) in &journal {
+        assert!(stored.contains(name.as_str()), "journal has {name} ({st}) but the repository does not");
+    }
+}
+
+/// Total bytes of the packs in a fs repository.
+pub fn pack_bytes(repo: &Path) -> u64 {
+    repo_objects(repo).iter().filter(|(n, _)| n.starts_with("data/")).map(|(_, s)| s).sum()
+}

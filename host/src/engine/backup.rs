@@ -183,9 +183,10 @@ pub fn run(
     drop(trees);
     drop(run);
     let uploaded = rt.block_on(up_task).map_err(|e| anyhow!("uploader panicked: {e}"))?;
+    // A failed upload stops the producers too; its error is the one that explains.
+    let upload = uploaded?;
     let (root, mut summary, warnings, checkpoints) = scan?;
     flushed.unwrap_or(Ok(()))?;
-    let upload = uploaded?;
 
     write_index(repo, rt)?;
     repo.journal.publish_staged_files()?;

@@ -259,6 +259,11 @@ impl Lease {
         &self.pool.name
     }
 
+    /// Whether a call crashed the instance (it is then discarded, not returned to the pool).
+    pub fn crashed(&self) -> bool {
+        self.inst.is_none()
+    }
+
     pub async fn list(
         &mut self,
         prefix: &str,

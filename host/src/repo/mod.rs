@@ -165,12 +165,14 @@ impl Repository {
         }
         let password = config.password()?;
         let mut key = None;
+        let mut damaged = Vec::new();
         for k in &keys {
             let bytes = backend.read_all(&k.name).await?;
             let file: KeyFile = match serde_json::from_slice(&bytes) {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::warn!("ignoring unreadable key file {}: {e}", k.name);
+                    tracing::warn!("ignoring damaged key file {}: {e}", k.name);
+                    damaged.push(k.name.clone());
                     continue;
                 }
             };
@@ -178,6 +180,12 @@ impl Repository {
                 key = Some(k);
                 break;
             }
+        }
+        if key.is_none() && damaged.len() == keys.len() {
+            bail!(
+                "every key file in the repository is damaged ({}); restore keys/ from a copy, nothing was changed",
+                damaged.join(", ")
+            );
         }
         let key = key.ok_or_else(|| {
             anyhow!(
@@ -210,7 +218,11 @@ impl Repository {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create state folder {}", dir.display()))?;
         let lock = match access {
-            Access::Write => Some(Lock::acquire(&dir.join("lock"))?),
+            Access::Write => {
+                let lock = Lock::acquire(&dir.join("lock"))?;
+                crate::testing::pause_point("lock-held");
+                Some(lock)
+            }
             Access::Read => None,
         };
         let journal = Journal::open(&dir.join("journal.sqlite"))?;

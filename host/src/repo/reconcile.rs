@@ -39,16 +39,15 @@ pub async fn reconcile(repo: &Repository) -> Result<Report> {
     let journal = &repo.journal;
     let tmp = repo.tmp_dir();
 
-    let uploading = journal.objects_in_state(State::Uploading)?;
-    if !uploading.is_empty() {
-        let names: std::collections::HashSet<&str> = uploading.iter().map(|o| o.name.as_str()).collect();
-        for (id, name, _) in backend.list_incomplete("").await? {
-            if names.contains(name.as_str()) {
-                backend.abort_incomplete(&id).await?;
-                report.aborted += 1;
-            }
+    // Unfinished uploads of names the journal knows are ours: left by a dead process, or
+    // by a plugin instance that crashed mid-upload before its retry succeeded.
+    for (id, name, _) in backend.list_incomplete("").await? {
+        if journal.object(&name)?.is_some() {
+            backend.abort_incomplete(&id).await?;
+            report.aborted += 1;
         }
     }
+    let uploading = journal.objects_in_state(State::Uploading)?;
     for obj in uploading {
         let remote = backend.stat(&obj.name).await?;
         let complete = match (&remote, obj.hash) {

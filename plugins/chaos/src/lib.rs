@@ -10,7 +10,7 @@
 //!   `spin` (loop forever), `alloc` (allocate without bound), `trap` (panic), `hang` (sleep
 //!   for an hour), `transient` / `permanent` (return that kind of error), `truncate` (finish:
 //!   store half the object and report success), `hide` (list: omit every other object),
-//!   `forge` (read: flip the bytes returned).
+//!   `forge` (read of a pack under `data/`: flip the bytes returned).
 //!
 //! Calls are counted across instances and processes, in hidden files `.chaos-count-CALL` in
 //! the repository folder (the fs backend never lists hidden names), so "the 3rd write"
@@ -210,7 +210,7 @@ impl Guest for Chaos {
     fn read(name: String, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
         let action = enter("read")?;
         let mut data = with_store(|s| s.read(&name, offset, len))?;
-        if action == Some(Action::Forge) {
+        if action == Some(Action::Forge) && name.starts_with("data/") {
             for b in data.iter_mut() {
                 *b ^= 0x5A;
             }
