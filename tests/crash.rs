@@ -233,3 +233,22 @@ fn a_second_process_is_refused_and_a_dead_holder_is_taken_over() {
     // The dead holder's lock is taken over without asking.
     env.ok(&["backup"]);
 }
+
+#[test]
+fn unknown_objects_are_reported_after_an_interruption_and_never_deleted() {
+    let env = Env::new();
+    write_file(&env.src.join("a.txt"), b"a", 0o644, 1_600_000_000);
+    env.ok(&["init"]);
+    env.ok(&["backup"]);
+    let mut holder = spawn_paused(&env, "lock-held");
+    assert!(kill(&mut holder));
+    // Another client's pack, or one from a lost journal: cairn has no record of it.
+    let foreign = env.repo.join(format!("data/ab/{}", "ab".repeat(32)));
+    std::fs::create_dir_all(foreign.parent().unwrap()).unwrap();
+    std::fs::write(&foreign, b"not ours").unwrap();
+    let out = env.run(&["backup"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("not in this journal") && err.contains("left alone"), "{err}");
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"not ours");
+}

@@ -15,6 +15,8 @@ use anyhow::{Context, Result, bail};
 pub struct Lock {
     file: File,
     path: PathBuf,
+    /// The previous holder died without releasing the lock (its run was interrupted).
+    pub took_over: bool,
 }
 
 pub fn hostname() -> String {
@@ -60,7 +62,7 @@ impl Lock {
         file.seek(SeekFrom::Start(0))?;
         writeln!(file, "pid {} on {} since {}", std::process::id(), hostname(), jiff::Timestamp::now())?;
         file.flush()?;
-        Ok(Lock { file, path: path.to_path_buf() })
+        Ok(Lock { file, path: path.to_path_buf(), took_over: !previous.is_empty() })
     }
 }
 

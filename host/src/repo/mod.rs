@@ -32,7 +32,7 @@ pub struct Repository {
     pub journal: Arc<Journal>,
     /// `<state dir>/<repository id>`: journal, lock, temporary packs.
     pub dir: PathBuf,
-    _lock: Option<Lock>,
+    lock: Option<Lock>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -200,10 +200,15 @@ impl Repository {
             bail!("repository format version {} is not supported by this cairn", params.version);
         }
         let repo = Repository::attach(config, backend, key, params, access)?;
-        if access == Access::Write {
-            reconcile::reconcile(&repo).await?;
-        }
+        let report = match access {
+            Access::Write => Some(reconcile::reconcile(&repo).await?),
+            Access::Read => None,
+        };
         sync::sync_remote(&repo).await?;
+        let took_over = repo.lock.as_ref().is_some_and(|l| l.took_over);
+        if took_over || report.is_some_and(|r| r.interrupted()) {
+            reconcile::report_unknown(&repo).await?;
+        }
         Ok(repo)
     }
 
@@ -232,7 +237,7 @@ impl Repository {
             params,
             journal: Arc::new(journal),
             dir,
-            _lock: lock,
+            lock,
         })
     }
 

@@ -33,6 +33,36 @@ pub struct Report {
     pub aborted: u64,
 }
 
+impl Report {
+    /// Whether an earlier run left anything to settle.
+    pub fn interrupted(&self) -> bool {
+        self.kept + self.resumed + self.discarded + self.deleted + self.aborted > 0
+    }
+}
+
+/// After an interruption: names remote objects the journal does not know (after syncing
+/// other clients' indexes and snapshots). They are reported, never deleted here; they may
+/// be another client's work in progress. `cairn verify` and `cairn repair` deal with them.
+pub async fn report_unknown(repo: &Repository) -> Result<Vec<String>> {
+    let mut unknown = Vec::new();
+    for prefix in ["data/", "index/", "snapshots/", "keys/"] {
+        for obj in repo.backend.list(prefix).await? {
+            if repo.journal.object(&obj.name)?.is_none() {
+                unknown.push(obj.name);
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        tracing::warn!(
+            "{} object(s) in the repository are not in this journal (another client's, or from a lost \
+             journal), e.g. {}; they are left alone",
+            unknown.len(),
+            unknown[0]
+        );
+    }
+    Ok(unknown)
+}
+
 pub async fn reconcile(repo: &Repository) -> Result<Report> {
     let mut report = Report::default();
     let backend = &repo.backend;
@@ -96,7 +126,7 @@ pub async fn reconcile(repo: &Repository) -> Result<Report> {
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
-    if report.kept + report.resumed + report.discarded + report.deleted + report.aborted > 0 {
+    if report.interrupted() {
         tracing::info!(
             "resumed after an interruption: kept {} finished upload(s), uploaded {} finished pack(s) from \
              local disk ({} bytes in all), discarded {} partial, finished {} deletion(s), aborted {} \
