@@ -75,15 +75,15 @@ sources = ["$SRC"]
 dir = "$STATE"
 cache_dir = "$WORK/cache"
 TOML
-      c() { "$CAIRN" --config "$WORK/cairn.toml" "$@"; }
-      step cairn init c init
-      step cairn backup_initial c backup
+      local C=("$CAIRN" --config "$WORK/cairn.toml")
+      step cairn init "${C[@]}" init
+      step cairn backup_initial "${C[@]}" backup
       note cairn repo_bytes "$(du -sb "$REPO" | cut -f1)"
-      step cairn backup_nochange c backup
+      step cairn backup_nochange "${C[@]}" backup
       python3 "$SHARED/mutate.py" "$SRC" --seed 7 >/dev/null; sync
-      step cairn backup_incr c backup
+      step cairn backup_incr "${C[@]}" backup
       warm "$REPO"
-      step cairn restore c restore latest --target "$RESTORE"
+      step cairn restore "${C[@]}" restore latest --target "$RESTORE"
       ;;
     restic)
       export RESTIC_REPOSITORY=$REPO RESTIC_CACHE_DIR=$WORK/cache

@@ -115,7 +115,8 @@ pub struct BackupConfig {
     pub tags: Vec<String>,
     /// Target pack size, e.g. "16MiB" (between 1 MiB and 1 GiB).
     pub pack_size: Option<String>,
-    /// zstd level 1-19, or 0 for no compression. Default 3.
+    /// zstd level 1-19, or 0 for no compression. Default 1 (fast; higher levels trade
+    /// speed for a slightly smaller repository).
     pub compression: Option<i32>,
     /// Worker threads for chunking, hashing, compression and encryption (default: cores).
     pub threads: Option<usize>,
@@ -270,7 +271,7 @@ impl Config {
     }
 
     pub fn compression_level(&self) -> i32 {
-        self.backup.compression.unwrap_or(3)
+        self.backup.compression.unwrap_or(1)
     }
 
     pub fn threads(&self) -> usize {

@@ -14,7 +14,7 @@
 //! rows of this run are published, and the snapshot is written last.
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -74,15 +74,31 @@ struct FileDone {
     read: u64,
 }
 
+/// Files for one worker, in walk order. Small files travel in batches, so a folder of
+/// thousands of small files costs a few hand-offs between threads, not thousands.
 struct FileJob {
-    path: PathBuf,
-    reply: Sender<Result<FileDone, FileError>>,
+    paths: Vec<PathBuf>,
+    reply: Sender<Vec<Result<FileDone, FileError>>>,
 }
+
+/// The results of one job, fetched once by the assembler and handed out by position.
+struct Batch {
+    rx: Receiver<Vec<Result<FileDone, FileError>>>,
+    results: Vec<Option<Result<FileDone, FileError>>>,
+}
+
+type SharedBatch = Arc<std::sync::Mutex<Batch>>;
 
 enum Pending {
     Ready,
-    Wait { rx: Receiver<Result<FileDone, FileError>>, path: Vec<u8>, identity: Identity },
+    Wait { batch: SharedBatch, slot: usize, path: Vec<u8>, identity: Identity },
 }
+
+/// Files up to this size are batched (they are one chunk each).
+const SMALL_FILE: u64 = 256 << 10;
+/// A batch closes at this many files or bytes.
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 2 << 20;
 
 enum Event {
     Enter(Node),
@@ -157,6 +173,7 @@ pub fn run(
     };
     let run = Run { repo, rt, settings: s, sources: &sources, parent, started, uploads: up_tx };
 
+    let phase = Instant::now();
     let scan = std::thread::scope(|scope| -> Result<(Id, Summary, Vec<String>, u64)> {
         let (job_tx, job_rx) = bounded::<FileJob>(s.threads * 2);
         let (ev_tx, ev_rx) = bounded::<Event>(4096);
@@ -167,7 +184,17 @@ pub fn run(
         }
         drop(job_rx);
         let (sources, excludes, shared_ref) = (&sources, &excludes, &shared);
-        let walker = scope.spawn(move || walk_sources(sources, excludes, shared_ref, job_tx, ev_tx));
+        let walker = scope.spawn(move || {
+            let mut w = Walker {
+                excludes,
+                sh: shared_ref,
+                jobs: job_tx,
+                events: ev_tx,
+                batch: Vec::new(),
+                batch_bytes: 0,
+            };
+            w.walk_sources(sources)
+        });
         let assembled = assemble(ev_rx, &shared, &run);
         let walked = walker.join().map_err(|_| anyhow!("the walker thread panicked"))?;
         let assembled = assembled?;
@@ -177,6 +204,7 @@ pub fn run(
 
     // Finish the packs in progress, then wait for every upload, also after a failure, so
     // the journal states are settled before we return.
+    tracing::debug!("walk and pack: {:.2}s", phase.elapsed().as_secs_f64());
     let flushed = scan.as_ref().ok().map(|_| data.flush().and_then(|_| trees.flush()));
     drop(shared);
     drop(data);
@@ -188,8 +216,10 @@ pub fn run(
     let (root, mut summary, warnings, checkpoints) = scan?;
     flushed.unwrap_or(Ok(()))?;
 
+    tracing::debug!("uploads finished: {:.2}s", phase.elapsed().as_secs_f64());
     write_index(repo, rt)?;
     repo.journal.publish_staged_files()?;
+    tracing::debug!("index and file cache: {:.2}s", phase.elapsed().as_secs_f64());
 
     summary.packed_bytes = upload.bytes;
     let snapshot = new_snapshot(&sources, s, parent, root, started, summary, false);
@@ -239,8 +269,16 @@ fn latest_for(journal: &Journal, sources: &[PathBuf]) -> Result<Option<Id>> {
 fn worker(jobs: Receiver<FileJob>, shared: &Shared<'_>) {
     let mut buf = Vec::new();
     for job in jobs {
-        let r = back_up_file(&job.path, &mut buf, shared);
-        let _ = job.reply.send(r);
+        let mut results = Vec::with_capacity(job.paths.len());
+        for path in &job.paths {
+            let r = back_up_file(path, &mut buf, shared);
+            let fatal = matches!(r, Err(FileError::Fatal(_)));
+            results.push(r);
+            if fatal {
+                break;
+            }
+        }
+        let _ = job.reply.send(results);
     }
 }
 
@@ -280,140 +318,165 @@ fn back_up_file(path: &Path, buf: &mut Vec<u8>, sh: &Shared<'_>) -> Result<FileD
     }
 }
 
-/// Sends the walk of all sources as events: the folders above each source are entered as
-/// plain folders, so the snapshot mirrors absolute paths.
-fn walk_sources(
-    sources: &[PathBuf],
-    excludes: &Excludes,
-    sh: &Shared<'_>,
+/// Walks the sources and sends the walk to the assembler as events, in order; files to
+/// read go to the workers first.
+struct Walker<'a, 'b> {
+    excludes: &'a Excludes,
+    sh: &'a Shared<'b>,
     jobs: Sender<FileJob>,
     events: Sender<Event>,
-) -> Result<()> {
-    let send = |e: Event| events.send(e).map_err(|_| anyhow!("backup stopped"));
-    let mut open: Vec<PathBuf> = Vec::new();
-    for src in sources {
-        let above: Vec<PathBuf> =
-            src.ancestors().skip(1).filter(|p| p.parent().is_some()).map(Path::to_path_buf).collect();
-        let above: Vec<PathBuf> = above.into_iter().rev().collect();
-        let common = open.iter().zip(&above).take_while(|(a, b)| a == b).count();
-        while open.len() > common {
-            open.pop();
-            send(Event::Leave)?;
-        }
-        for dir in &above[common..] {
-            let meta =
-                std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-            let name = dir.file_name().unwrap_or(OsStr::new("")).as_bytes();
-            let (node, _) =
-                node_from(name, &meta).ok_or_else(|| anyhow!("{} is not a folder", dir.display()))?;
-            send(Event::Enter(node))?;
-            open.push(dir.clone());
-        }
-        match src.file_name() {
-            Some(name) => {
-                let meta = std::fs::symlink_metadata(src)
-                    .with_context(|| format!("cannot read {}", src.display()))?;
-                walk_entry(src, name, &meta, excludes, sh, &jobs, &send)?;
-            }
-            // The root folder itself: its entries go straight into the snapshot's root.
-            None => walk_children(src, excludes, sh, &jobs, &send)?,
-        }
-    }
-    while open.pop().is_some() {
-        send(Event::Leave)?;
-    }
-    Ok(())
+    /// Small files waiting to be sent as one job: node, path, identity.
+    batch: Vec<(Node, PathBuf, Identity)>,
+    batch_bytes: u64,
 }
 
-fn walk_children(
-    dir: &Path,
-    excludes: &Excludes,
-    sh: &Shared<'_>,
-    jobs: &Sender<FileJob>,
-    send: &dyn Fn(Event) -> Result<()>,
-) -> Result<()> {
-    let mut entries: Vec<(std::ffi::OsString, PathBuf)> = match std::fs::read_dir(dir) {
-        Ok(rd) => {
-            let mut v = Vec::new();
-            for e in rd {
-                match e {
-                    Ok(e) => v.push((e.file_name(), e.path())),
-                    Err(e) => send(Event::Warn(format!("{}: {e}", dir.display())))?,
-                }
-            }
-            v
-        }
-        Err(e) => {
-            send(Event::Warn(format!("{}: cannot list folder: {e}", dir.display())))?;
+impl Walker<'_, '_> {
+    /// Sends an event, after any batch waiting before it (order is everything).
+    fn emit(&mut self, e: Event) -> Result<()> {
+        self.flush()?;
+        self.events.send(e).map_err(|_| anyhow!("backup stopped"))
+    }
+
+    /// Sends the waiting batch: the job first, then its events, so the assembler never
+    /// waits for a job that was not sent.
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
             return Ok(());
         }
-    };
-    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    for (name, path) in entries {
-        if excludes.is_excluded(&path, &name) {
-            continue;
+        let (tx, rx) = bounded(1);
+        let paths = self.batch.iter().map(|(_, p, _)| p.clone()).collect();
+        self.jobs.send(FileJob { paths, reply: tx }).map_err(|_| anyhow!("backup stopped"))?;
+        let batch = Arc::new(std::sync::Mutex::new(Batch { rx, results: Vec::new() }));
+        self.batch_bytes = 0;
+        for (slot, (node, path, identity)) in self.batch.drain(..).enumerate() {
+            let path = path.into_os_string().into_vec();
+            let pending = Pending::Wait { batch: batch.clone(), slot, path, identity };
+            self.events.send(Event::Item(node, pending)).map_err(|_| anyhow!("backup stopped"))?;
         }
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) => walk_entry(&path, &name, &meta, excludes, sh, jobs, send)?,
-            Err(e) => send(Event::Warn(format!("{}: {e}", path.display())))?,
-        }
+        Ok(())
     }
-    Ok(())
-}
 
-fn walk_entry(
-    path: &Path,
-    name: &OsStr,
-    meta: &std::fs::Metadata,
-    excludes: &Excludes,
-    sh: &Shared<'_>,
-    jobs: &Sender<FileJob>,
-    send: &dyn Fn(Event) -> Result<()>,
-) -> Result<()> {
-    let Some((mut node, identity)) = node_from(name.as_bytes(), meta) else {
-        tracing::info!("skipping {}: sockets and device files are not backed up", path.display());
-        return Ok(());
-    };
-    match node.kind {
-        NodeKind::Dir => {
-            send(Event::Enter(node))?;
-            walk_children(path, excludes, sh, jobs, send)?;
-            send(Event::Leave)?;
+    /// Queues a file that must be read. Large files go alone.
+    fn read_file(&mut self, node: Node, path: &Path, identity: Identity) -> Result<()> {
+        let small = node.size <= SMALL_FILE;
+        if !small {
+            self.flush()?;
         }
-        NodeKind::Symlink => {
-            match std::fs::read_link(path) {
-                Ok(t) => node.target = serde_bytes::ByteBuf::from(t.as_os_str().as_bytes().to_vec()),
-                Err(e) => {
-                    return send(Event::Warn(format!("{}: cannot read link: {e}", path.display())));
-                }
-            }
-            send(Event::Item(node, Pending::Ready))?;
+        self.batch_bytes += node.size;
+        self.batch.push((node, path.to_path_buf(), identity));
+        if !small || self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            self.flush()?;
         }
-        NodeKind::Fifo => send(Event::Item(node, Pending::Ready))?,
-        NodeKind::File => {
-            let key = path.as_os_str().as_bytes();
-            if node.size == 0 {
-                send(Event::Item(node, Pending::Ready))?;
-                return Ok(());
-            }
-            if let Some(c) = sh.journal.cached_file(key)?
-                && c.size == node.size
-                && c.mtime_ns == node.mtime_ns
-                && c.ctime_ns == identity.ctime_ns
-                && c.inode == identity.inode
-            {
-                sh.counters.bytes.fetch_add(node.size, Ordering::Relaxed);
-                node.content = c.content;
-                send(Event::Item(node, Pending::Ready))?;
-                return Ok(());
-            }
-            let (tx, rx) = bounded(1);
-            jobs.send(FileJob { path: path.to_path_buf(), reply: tx })
-                .map_err(|_| anyhow!("backup stopped"))?;
-            send(Event::Item(node, Pending::Wait { rx, path: key.to_vec(), identity }))?;
-        }
+        Ok(())
     }
-    Ok(())
+
+    /// The folders above each source are entered as plain folders, so the snapshot mirrors
+    /// absolute paths.
+    fn walk_sources(&mut self, sources: &[PathBuf]) -> Result<()> {
+        let mut open: Vec<PathBuf> = Vec::new();
+        for src in sources {
+            let above: Vec<PathBuf> =
+                src.ancestors().skip(1).filter(|p| p.parent().is_some()).map(Path::to_path_buf).collect();
+            let above: Vec<PathBuf> = above.into_iter().rev().collect();
+            let common = open.iter().zip(&above).take_while(|(a, b)| a == b).count();
+            while open.len() > common {
+                open.pop();
+                self.emit(Event::Leave)?;
+            }
+            for dir in &above[common..] {
+                let meta = std::fs::symlink_metadata(dir)
+                    .with_context(|| format!("cannot read {}", dir.display()))?;
+                let name = dir.file_name().unwrap_or(OsStr::new("")).as_bytes();
+                let (node, _) =
+                    node_from(name, &meta).ok_or_else(|| anyhow!("{} is not a folder", dir.display()))?;
+                self.emit(Event::Enter(node))?;
+                open.push(dir.clone());
+            }
+            match src.file_name() {
+                Some(name) => {
+                    let meta = std::fs::symlink_metadata(src)
+                        .with_context(|| format!("cannot read {}", src.display()))?;
+                    self.walk_entry(src, name, &meta)?;
+                }
+                // The root folder itself: its entries go straight into the snapshot's root.
+                None => self.walk_children(src)?,
+            }
+        }
+        while open.pop().is_some() {
+            self.emit(Event::Leave)?;
+        }
+        self.flush()
+    }
+
+    fn walk_children(&mut self, dir: &Path) -> Result<()> {
+        let mut entries: Vec<(std::ffi::OsString, PathBuf)> = match std::fs::read_dir(dir) {
+            Ok(rd) => {
+                let mut v = Vec::new();
+                for e in rd {
+                    match e {
+                        Ok(e) => v.push((e.file_name(), e.path())),
+                        Err(e) => self.emit(Event::Warn(format!("{}: {e}", dir.display())))?,
+                    }
+                }
+                v
+            }
+            Err(e) => {
+                return self.emit(Event::Warn(format!("{}: cannot list folder: {e}", dir.display())));
+            }
+        };
+        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (name, path) in entries {
+            if self.excludes.is_excluded(&path, &name) {
+                continue;
+            }
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) => self.walk_entry(&path, &name, &meta)?,
+                Err(e) => self.emit(Event::Warn(format!("{}: {e}", path.display())))?,
+            }
+        }
+        Ok(())
+    }
+
+    fn walk_entry(&mut self, path: &Path, name: &OsStr, meta: &std::fs::Metadata) -> Result<()> {
+        let Some((mut node, identity)) = node_from(name.as_bytes(), meta) else {
+            tracing::info!("skipping {}: sockets and device files are not backed up", path.display());
+            return Ok(());
+        };
+        match node.kind {
+            NodeKind::Dir => {
+                self.emit(Event::Enter(node))?;
+                self.walk_children(path)?;
+                self.emit(Event::Leave)?;
+            }
+            NodeKind::Symlink => {
+                match std::fs::read_link(path) {
+                    Ok(t) => node.target = serde_bytes::ByteBuf::from(t.as_os_str().as_bytes().to_vec()),
+                    Err(e) => {
+                        return self.emit(Event::Warn(format!("{}: cannot read link: {e}", path.display())));
+                    }
+                }
+                self.emit(Event::Item(node, Pending::Ready))?;
+            }
+            NodeKind::Fifo => self.emit(Event::Item(node, Pending::Ready))?,
+            NodeKind::File => {
+                if node.size == 0 {
+                    return self.emit(Event::Item(node, Pending::Ready));
+                }
+                if let Some(c) = self.sh.journal.cached_file(path.as_os_str().as_bytes())?
+                    && c.size == node.size
+                    && c.mtime_ns == node.mtime_ns
+                    && c.ctime_ns == identity.ctime_ns
+                    && c.inode == identity.inode
+                {
+                    self.sh.counters.bytes.fetch_add(node.size, Ordering::Relaxed);
+                    node.content = c.content;
+                    return self.emit(Event::Item(node, Pending::Ready));
+                }
+                self.read_file(node, path, identity)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A folder being assembled: its node (none for the snapshot root) and children so far.
@@ -454,8 +517,18 @@ fn assemble(
                 stack.last_mut().ok_or_else(|| anyhow!("unbalanced walk"))?.children.push(node);
             }
             Event::Item(mut node, pending) => {
-                if let Pending::Wait { rx, path, identity } = pending {
-                    match rx.recv().map_err(|_| anyhow!("a backup worker stopped unexpectedly"))? {
+                if let Pending::Wait { batch, slot, path, identity } = pending {
+                    let result = {
+                        let mut b = batch.lock().unwrap();
+                        if b.results.is_empty() {
+                            let r =
+                                b.rx.recv().map_err(|_| anyhow!("a backup worker stopped unexpectedly"))?;
+                            b.results = r.into_iter().map(Some).collect();
+                        }
+                        b.results.get_mut(slot).and_then(Option::take)
+                    };
+                    let result = result.ok_or_else(|| anyhow!("a backup worker stopped early"))?;
+                    match result {
                         Ok(done) => {
                             if done.read == node.size {
                                 sh.journal.stage_file(

@@ -72,13 +72,52 @@ fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 34] {
     aad
 }
 
+/// Chunks larger than this are sampled before compressing: incompressible data (media,
+/// archives, encrypted files) then costs a fraction of a full compression attempt.
+const SAMPLE_ABOVE: usize = 128 << 10;
+const SAMPLE_WINDOW: usize = 16 << 10;
+
+thread_local! {
+    /// One compression context per thread: creating one per chunk costs more than
+    /// compressing a small chunk.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses `src` into `dst` at `level` with this thread's context; `None` if it does
+/// not fit.
+fn zstd_into(src: &[u8], dst: &mut [u8], level: i32) -> Option<usize> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        c.as_mut()?.1.compress_to_buffer(src, dst).ok()
+    })
+}
+
+/// Whether a large chunk looks compressible: three windows (start, middle, end) must
+/// shrink by at least 3% at the fastest level.
+fn looks_compressible(data: &[u8]) -> bool {
+    if data.len() <= SAMPLE_ABOVE {
+        return true;
+    }
+    let mid = data.len() / 2;
+    let mut sample = Vec::with_capacity(3 * SAMPLE_WINDOW);
+    sample.extend_from_slice(&data[..SAMPLE_WINDOW]);
+    sample.extend_from_slice(&data[mid..mid + SAMPLE_WINDOW]);
+    sample.extend_from_slice(&data[data.len() - SAMPLE_WINDOW..]);
+    let mut out = vec![0u8; zstd::zstd_safe::compress_bound(sample.len())];
+    zstd_into(&sample, &mut out, 1).is_some_and(|n| n * 100 < sample.len() * 97)
+}
+
 /// Compresses `plaintext` (when it pays) behind the one-byte compression marker.
 fn compress_payload(plaintext: &[u8], level: i32) -> Vec<u8> {
-    if level > 0 && plaintext.len() > 64 {
+    if level > 0 && plaintext.len() > 64 && looks_compressible(plaintext) {
         let bound = zstd::zstd_safe::compress_bound(plaintext.len());
         let mut out = vec![0u8; bound + 1];
         out[0] = ZSTD;
-        if let Ok(n) = zstd::bulk::compress_to_buffer(plaintext, &mut out[1..], level)
+        if let Some(n) = zstd_into(plaintext, &mut out[1..], level)
             && n + 1 < plaintext.len()
         {
             out.truncate(n + 1);
