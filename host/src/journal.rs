@@ -110,9 +110,34 @@ pub struct CachedFile {
 }
 
 pub struct Journal {
+    /// The one connection that writes (commits are serialised by SQLite anyway).
     conn: Mutex<Connection>,
+    /// Read-only connections: WAL lets them read while the writer commits, so a commit's
+    /// fsync never stalls the workers' lookups.
+    readers: Mutex<Vec<Connection>>,
     pub path: PathBuf,
     staged: Mutex<Vec<(Vec<u8>, CachedFile)>>,
+}
+
+/// A pooled read-only connection; returned to the pool when dropped.
+struct Reader<'a> {
+    journal: &'a Journal,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.journal.readers.lock().unwrap().push(c);
+        }
+    }
 }
 
 /// Staged file-cache rows are written to a temporary table in batches of this many.
@@ -158,10 +183,32 @@ impl Journal {
              PRAGMA cache_size = -8000;",
         )
         .with_context(hint)?;
-        let journal =
-            Journal { conn: Mutex::new(conn), path: path.to_path_buf(), staged: Mutex::new(Vec::new()) };
+        let journal = Journal {
+            conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_path_buf(),
+            staged: Mutex::new(Vec::new()),
+        };
         journal.migrate().with_context(hint)?;
         Ok(journal)
+    }
+
+    /// A read-only connection from the pool (opened on demand).
+    fn reader(&self) -> Result<Reader<'_>> {
+        let pooled = self.readers.lock().unwrap().pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c.execute_batch("PRAGMA cache_size = -2000;")?;
+                c
+            }
+        };
+        Ok(Reader { journal: self, conn: Some(conn) })
     }
 
     fn migrate(&self) -> Result<()> {
@@ -224,7 +271,7 @@ impl Journal {
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.reader()?;
         Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
@@ -319,7 +366,7 @@ impl Journal {
     }
 
     pub fn object(&self, name: &str) -> Result<Option<ObjectRow>> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.reader()?;
         let row = conn
             .query_row(
                 "SELECT name, kind, state, size, hash FROM objects WHERE name = ?1",
@@ -331,7 +378,7 @@ impl Journal {
     }
 
     pub fn objects_in_state(&self, state: State) -> Result<Vec<ObjectRow>> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.reader()?;
         let mut stmt =
             conn.prepare("SELECT name, kind, state, size, hash FROM objects WHERE state = ?1 ORDER BY name")?;
         let rows = stmt.query_map([state.as_str()], row_to_object)?;
@@ -339,7 +386,7 @@ impl Journal {
     }
 
     pub fn objects_of_kind(&self, kind: ObjectKind) -> Result<Vec<ObjectRow>> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.reader()?;
         let mut stmt =
             conn.prepare("SELECT name, kind, state, size, hash FROM objects WHERE kind = ?1 ORDER BY name")?;
         let rows = stmt.query_map([kind.as_str()], row_to_object)?;
@@ -350,14 +397,14 @@ impl Journal {
 
     /// Whether some pack in the journal holds blob `id`.
     pub fn has_blob(&self, id: &Id) -> Result<bool> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1")?;
         Ok(stmt.exists([&id.0[..]])?)
     }
 
     /// Where blob `id` of `kind` is stored, preferring packs known to be complete.
     pub fn blob_location(&self, id: &Id, kind: BlobKind) -> Result<Option<BlobLocation>> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(
             "SELECT b.pack, b.offset, b.length, b.raw_length FROM blobs b JOIN objects o ON o.name = b.pack
              WHERE b.id = ?1 AND b.kind = ?2 AND o.state IN ('uploaded', 'verified')
@@ -381,7 +428,7 @@ impl Journal {
 
     /// The blobs of one pack, by offset.
     pub fn pack_entries(&self, pack: &str) -> Result<Vec<PackEntry>> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(
             "SELECT id, kind, offset, length, raw_length FROM blobs WHERE pack = ?1 ORDER BY offset",
         )?;
@@ -393,7 +440,7 @@ impl Journal {
 
     /// Uploaded packs that no index object lists yet.
     pub fn unindexed_packs(&self) -> Result<Vec<ObjectRow>> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare(
             "SELECT name, kind, state, size, hash FROM objects
              WHERE kind = 'pack' AND state IN ('uploaded', 'verified') AND indexed_by IS NULL ORDER BY name",
@@ -434,7 +481,7 @@ impl Journal {
 
     /// All snapshots, oldest first.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare("SELECT id, data FROM snapshots ORDER BY time_ns, id")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
         let mut out = Vec::new();
@@ -449,7 +496,7 @@ impl Journal {
     // ---- file cache -----------------------------------------------------------------------
 
     pub fn cached_file(&self, path: &[u8]) -> Result<Option<CachedFile>> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(
             "SELECT size, mtime_ns, ctime_ns, inode, content FROM file_cache WHERE path = ?1",
         )?;

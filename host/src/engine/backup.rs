@@ -151,10 +151,8 @@ pub fn run(
     let parent = latest_for(&repo.journal, &sources)?;
     let started = jiff::Timestamp::now();
     let dedup = Arc::new(Dedup::new(repo.journal.clone()));
-    let (up_tx, up_task) = upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), 2);
-    let packer = |size, tx| {
-        Packer::new(repo.key.clone(), repo.journal.clone(), dedup.clone(), repo.tmp_dir(), size, tx)
-    };
+    let (up_tx, up_task) = upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), dedup.clone(), 2);
+    let packer = |size, tx| Packer::new(repo.key.clone(), repo.tmp_dir(), size, tx);
     let data = packer(s.pack_size, up_tx.clone());
     let trees = packer(TREE_PACK_SIZE.min(s.pack_size), up_tx.clone());
     let shared = Shared {
@@ -180,7 +178,10 @@ pub fn run(
         for _ in 0..s.threads.max(1) {
             let jobs = job_rx.clone();
             let shared = &shared;
-            scope.spawn(move || worker(jobs, shared));
+            scope.spawn(move || {
+                worker(jobs, shared);
+                tracing::debug!("worker thread: {:.2}s CPU", thread_cpu());
+            });
         }
         drop(job_rx);
         let (sources, excludes, shared_ref) = (&sources, &excludes, &shared);
@@ -193,9 +194,12 @@ pub fn run(
                 batch: Vec::new(),
                 batch_bytes: 0,
             };
-            w.walk_sources(sources)
+            let r = w.walk_sources(sources);
+            tracing::debug!("walker thread: {:.2}s CPU", thread_cpu());
+            r
         });
         let assembled = assemble(ev_rx, &shared, &run);
+        tracing::debug!("assembler thread: {:.2}s CPU", thread_cpu());
         let walked = walker.join().map_err(|_| anyhow!("the walker thread panicked"))?;
         let assembled = assembled?;
         walked?;
@@ -220,6 +224,9 @@ pub fn run(
     write_index(repo, rt)?;
     repo.journal.publish_staged_files()?;
     tracing::debug!("index and file cache: {:.2}s", phase.elapsed().as_secs_f64());
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        log_thread_times();
+    }
 
     summary.packed_bytes = upload.bytes;
     let snapshot = new_snapshot(&sources, s, parent, root, started, summary, false);
@@ -696,4 +703,33 @@ pub fn write_snapshot(repo: &Repository, rt: &tokio::runtime::Handle, snap: &Sna
     repo.journal.set_state(&name, State::Uploaded)?;
     repo.journal.add_snapshot(&id, snap)?;
     Ok(id)
+}
+
+/// Debug aid: CPU seconds per thread of this process, to see which stage is the bottleneck.
+fn log_thread_times() {
+    let tick = 100.0; // USER_HZ
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return };
+    let mut by_name: std::collections::BTreeMap<String, (u32, f64)> = Default::default();
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let name = stat[stat.find('(').unwrap_or(0) + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let cpu = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        let e = by_name.entry(name).or_default();
+        e.0 += 1;
+        e.1 += cpu / tick;
+    }
+    for (name, (n, secs)) in by_name {
+        tracing::debug!("thread {name} x{n}: {secs:.2}s CPU");
+    }
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }

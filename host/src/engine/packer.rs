@@ -1,9 +1,9 @@
 //! Packing encrypted blobs into pack files.
 //!
 //! A pack is assembled in a temporary file in the state folder (so memory stays bounded
-//! whatever the pack size, and a failed upload can be retried from disk), then recorded in
-//! the journal as `uploading` with its size, hash and blobs, and only then handed to the
-//! uploader.
+//! whatever the pack size, and a failed upload can be retried from disk), then handed to
+//! the uploader, which records it in the journal as `uploading` with its size, hash and
+//! blobs before sending its first byte.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -16,7 +16,7 @@ use anyhow::{Context, Result, anyhow};
 use crate::crypto::MasterKey;
 use crate::engine::upload::Job;
 use crate::ids::Id;
-use crate::journal::{Journal, ObjectKind};
+use crate::journal::Journal;
 use crate::repo::format::{self, BlobKind, PackEntry};
 
 /// Decides which blobs are new. A blob is new unless the journal knows it or another worker
@@ -42,7 +42,8 @@ impl Dedup {
         Ok(true)
     }
 
-    fn release(&self, ids: impl Iterator<Item = Id>) {
+    /// Drops claims once the journal records the blobs (they are then found there).
+    pub fn release(&self, ids: impl Iterator<Item = Id>) {
         let mut pending = self.pending.lock().unwrap();
         for id in ids {
             pending.remove(&id);
@@ -55,13 +56,13 @@ pub fn finished_file_name(id: &Id) -> String {
     format!("{}.pack", id.hex())
 }
 
-/// A finished pack on local disk, recorded as `uploading`, waiting for upload.
+/// A finished pack on local disk, waiting to be recorded as `uploading` and uploaded.
 pub struct FinishedPack {
     pub name: String,
     pub id: Id,
     pub path: PathBuf,
     pub size: u64,
-    pub blobs: usize,
+    pub entries: Vec<PackEntry>,
 }
 
 struct PackWriter {
@@ -98,8 +99,6 @@ impl PackWriter {
 
 pub struct Packer {
     key: Arc<MasterKey>,
-    journal: Arc<Journal>,
-    dedup: Arc<Dedup>,
     tmp_dir: PathBuf,
     target_size: u64,
     current: Mutex<Option<PackWriter>>,
@@ -109,13 +108,11 @@ pub struct Packer {
 impl Packer {
     pub fn new(
         key: Arc<MasterKey>,
-        journal: Arc<Journal>,
-        dedup: Arc<Dedup>,
         tmp_dir: PathBuf,
         target_size: u64,
         out: tokio::sync::mpsc::Sender<Job>,
     ) -> Packer {
-        Packer { key, journal, dedup, tmp_dir, target_size, current: Mutex::new(None), out }
+        Packer { key, tmp_dir, target_size, current: Mutex::new(None), out }
     }
 
     /// Adds one sealed blob (claimed through [`Dedup::claim`]). Finishes and hands over the
@@ -166,9 +163,9 @@ impl Packer {
         // of discarding it.
         let path = self.tmp_dir.join(finished_file_name(&id));
         std::fs::rename(&w.path, &path)?;
-        self.journal.record_uploading(&name, ObjectKind::Pack, w.size, &id, &w.entries)?;
-        self.dedup.release(w.entries.iter().map(|e| e.id));
-        let pack = FinishedPack { name, id, path, size: w.size, blobs: w.entries.len() };
+        // The uploader records it in the journal (off this worker's path: a commit waits
+        // for fsync) and then releases its blobs' claims.
+        let pack = FinishedPack { name, id, path, size: w.size, entries: w.entries };
         self.out.blocking_send(Job::Pack(pack)).map_err(|_| anyhow!("the uploader stopped"))?;
         Ok(())
     }

@@ -52,7 +52,7 @@ struct FileItem {
 /// Coalesce blobs into one read when the gap between them is at most this.
 const MAX_GAP: u64 = 1 << 20;
 /// The largest single read.
-const MAX_READ: u64 = 16 << 20;
+const MAX_READ: u64 = 4 << 20;
 
 /// Whether `path` is selected by the includes, and whether anything below it may be.
 fn selected(path: &[u8], includes: &[Vec<u8>]) -> (bool, bool) {

@@ -1,6 +1,7 @@
 //! The uploader: takes finished packs from the packers and uploads them, several at once.
 //!
-//! For each pack: upload from the temporary file, check with `stat` that the backend holds
+//! For each pack: record it as `uploading` in the journal, upload from the temporary file,
+//! check with `stat` that the backend holds
 //! the full size (a plugin that claims success for a truncated object is caught here), then
 //! commit `uploaded` in the journal, and only then delete the temporary file.
 
@@ -11,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::backend::Backend;
-use crate::engine::packer::FinishedPack;
-use crate::journal::{Journal, State};
+use crate::engine::packer::{Dedup, FinishedPack};
+use crate::journal::{Journal, ObjectKind, State};
 
 /// What the uploader is asked to do.
 pub enum Job {
@@ -34,6 +35,7 @@ pub fn spawn(
     rt: &tokio::runtime::Handle,
     backend: Arc<Backend>,
     journal: Arc<Journal>,
+    dedup: Arc<Dedup>,
     queue: usize,
 ) -> (mpsc::Sender<Job>, tokio::task::JoinHandle<Result<UploadStats>>) {
     let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
@@ -41,12 +43,13 @@ pub fn spawn(
     let handle = rt.spawn(async move {
         let mut stats = UploadStats::default();
         let mut running: JoinSet<Result<(u64, u64)>> = JoinSet::new();
-        let collect = |r: Result<Result<(u64, u64)>, tokio::task::JoinError>, stats: &mut UploadStats| -> Result<()> {
-            let (n, bytes) = r.map_err(|e| anyhow!("upload task failed: {e}"))??;
-            stats.packs += n;
-            stats.bytes += bytes;
-            Ok(())
-        };
+        let collect =
+            |r: Result<Result<(u64, u64)>, tokio::task::JoinError>, stats: &mut UploadStats| -> Result<()> {
+                let (n, bytes) = r.map_err(|e| anyhow!("upload task failed: {e}"))??;
+                stats.packs += n;
+                stats.bytes += bytes;
+                Ok(())
+            };
         loop {
             while running.len() >= concurrency {
                 let r = running.join_next().await.expect("set is not empty");
@@ -60,7 +63,10 @@ pub fn spawn(
                     Some(Job::Pack(pack)) => {
                         let backend = backend.clone();
                         let journal = journal.clone();
-                        running.spawn(async move { upload_one(&backend, &journal, pack).await.map(|b| (1, b)) });
+                        let dedup = dedup.clone();
+                        running.spawn(async move {
+                            upload_one(&backend, &journal, &dedup, pack).await.map(|b| (1, b))
+                        });
                     }
                     Some(Job::Barrier(done)) => {
                         while let Some(r) = running.join_next().await {
@@ -92,7 +98,10 @@ pub fn spawn(
 /// Attempts when the backend reports success but holds a different size.
 const SHORT_WRITE_ATTEMPTS: u32 = 3;
 
-async fn upload_one(backend: &Backend, journal: &Journal, pack: FinishedPack) -> Result<u64> {
+async fn upload_one(backend: &Backend, journal: &Journal, dedup: &Dedup, pack: FinishedPack) -> Result<u64> {
+    // Recorded, with its size, hash and blobs, before the first byte is sent.
+    journal.record_uploading(&pack.name, ObjectKind::Pack, pack.size, &pack.id, &pack.entries)?;
+    dedup.release(pack.entries.iter().map(|e| e.id));
     let mut attempt = 1;
     loop {
         backend.upload_file(&pack.name, &pack.path, pack.size).await?;

@@ -145,6 +145,9 @@ impl Sandbox {
         let stderr = MemoryOutputPipe::new(64 * 1024);
         let mut b = WasiCtxBuilder::new();
         b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        // File operations run inline instead of on the blocking pool: they are page-cache
+        // copies of at most a few MiB, and the thread hand-offs cost more than the blocking.
+        b.allow_blocking_current_thread(true);
         b.stderr(stderr.clone());
         for dir in &self.dirs {
             let guest =

@@ -130,18 +130,48 @@ fn compress_payload(plaintext: &[u8], level: i32) -> Vec<u8> {
     out
 }
 
-fn decompress_payload(payload: &[u8], size_hint: usize) -> Result<Vec<u8>> {
-    match payload.first() {
-        Some(&STORED) => Ok(payload[1..].to_vec()),
+/// Largest plaintext of a sealed object or blob cairn will decompress.
+const MAX_PLAINTEXT: usize = 256 << 20;
+
+thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Undoes `compress_payload`. `expected` is the plaintext size when the caller knows it
+/// (blobs: from the index); it is then enforced exactly.
+fn decompress_payload(payload: &[u8], expected: Option<usize>) -> Result<Vec<u8>> {
+    let plain = match payload.first() {
+        Some(&STORED) => payload[1..].to_vec(),
         Some(&ZSTD) => {
-            // Decompressed sizes are bounded by the chunker's maximum (and trees by what we
-            // wrote); refuse absurd sizes instead of allocating them.
-            let limit = size_hint.clamp(1 << 20, 256 << 20);
-            zstd::bulk::decompress(&payload[1..], limit).context("corrupt zstd payload")
+            let frame = &payload[1..];
+            let capacity = match expected {
+                Some(n) => n,
+                None => match zstd::zstd_safe::get_frame_content_size(frame) {
+                    Ok(Some(n)) => usize::try_from(n).unwrap_or(usize::MAX),
+                    _ => MAX_PLAINTEXT,
+                },
+            };
+            if capacity > MAX_PLAINTEXT {
+                bail!("payload claims {capacity} bytes of plaintext, more than cairn ever writes");
+            }
+            DECOMPRESSOR.with(|d| -> Result<Vec<u8>> {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = Some(zstd::bulk::Decompressor::new()?);
+                }
+                d.as_mut().unwrap().decompress(frame, capacity).context("corrupt zstd payload")
+            })?
         }
         Some(m) => bail!("unknown compression marker {m}"),
         None => bail!("empty payload"),
+    };
+    if let Some(n) = expected
+        && plain.len() != n
+    {
+        bail!("payload holds {} bytes, {n} expected", plain.len());
     }
+    Ok(plain)
 }
 
 /// Encodes one blob as it is stored in a pack: sealed, with its kind and id as associated
@@ -172,8 +202,8 @@ pub fn decode_blob(
     raw_len: usize,
 ) -> Result<Vec<u8>, BlobError> {
     let payload = key.open(&blob_aad(kind, id), stored).map_err(|AuthError| BlobError::Auth(id.short()))?;
-    let plain =
-        decompress_payload(&payload, raw_len).map_err(|e| BlobError::Corrupt(id.short(), e.to_string()))?;
+    let plain = decompress_payload(&payload, Some(raw_len))
+        .map_err(|e| BlobError::Corrupt(id.short(), e.to_string()))?;
     if key.blob_id(&plain) != *id {
         return Err(BlobError::HashMismatch(id.short()));
     }
@@ -193,7 +223,7 @@ pub fn open_object<T: for<'de> Deserialize<'de>>(
     json: bool,
 ) -> Result<T> {
     let payload = key.open(aad, stored)?;
-    let plain = decompress_payload(&payload, 64 << 20)?;
+    let plain = decompress_payload(&payload, None)?;
     if json { Ok(serde_json::from_slice(&plain)?) } else { Ok(postcard::from_bytes(&plain)?) }
 }
 
