@@ -161,3 +161,28 @@ fn excludes_leave_out_matching_entries() {
     assert!(ls.contains("/a.txt") && ls.contains("/proj/main.js"), "{ls}");
     assert!(!ls.contains(".tmp") && !ls.contains("node_modules"), "{ls}");
 }
+
+#[test]
+fn restore_never_writes_through_symlinks_in_the_target() {
+    let env = Env::new();
+    write_file(&env.src.join("data.txt"), b"the real content", 0o644, 1_600_000_000);
+    write_file(&env.src.join("empty"), b"", 0o644, 1_600_000_000);
+    env.ok(&["init"]);
+    env.ok(&["backup"]);
+    let target = env.path("restore");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    // Something (or someone) swapped the restored files for symlinks to a precious file.
+    let precious = env.path("precious.txt");
+    std::fs::write(&precious, b"do not touch").unwrap();
+    let root = env.restored_src(&target);
+    for name in ["data.txt", "empty"] {
+        std::fs::remove_file(root.join(name)).unwrap();
+        std::os::unix::fs::symlink(&precious, root.join(name)).unwrap();
+    }
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&precious).unwrap(), b"do not touch");
+    assert!(std::fs::symlink_metadata(root.join("data.txt")).unwrap().is_file());
+    assert_eq!(std::fs::read(root.join("data.txt")).unwrap(), b"the real content");
+    assert!(std::fs::symlink_metadata(root.join("empty")).unwrap().is_file());
+    assert!(diff_trees(&env.src, &root).is_empty());
+}

@@ -95,6 +95,7 @@ pub fn run(
     let mut links: Vec<(PathBuf, Node)> = Vec::new();
     let mut matched = includes.iter().map(|_| false).collect::<Vec<_>>();
 
+    let phase = std::time::Instant::now();
     // 1. Structure.
     tree::walk(repo, rt, root, &mut |path, node| {
         let (take, descend) = selected(path, &includes);
@@ -117,13 +118,16 @@ pub fn run(
         }
         match node.kind {
             NodeKind::File => {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&dest)
-                    .with_context(|| format!("cannot create {}", dest.display()))?;
-                f.set_len(node.size)?;
+                // Never write through whatever is in the way (a symlink could point
+                // outside the target).
+                if std::fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_file()) {
+                    remove_any(&dest)?;
+                }
+                if node.content.is_empty() {
+                    create_file(&dest, node.size)
+                        .with_context(|| format!("cannot create {}", dest.display()))?;
+                }
+                // Files with content are created by the workers, in parallel.
                 counters.total_bytes.fetch_add(node.size, Ordering::Relaxed);
                 counters.total_files.fetch_add(1, Ordering::Relaxed);
                 files.push(FileItem { path: dest, node: node.clone() });
@@ -158,6 +162,7 @@ pub fn run(
         }
     }
 
+    tracing::debug!("structure: {:.2}s", phase.elapsed().as_secs_f64());
     // 2. Content, grouped by pack.
     let plan = plan(repo, &files)?;
     let failed: Mutex<HashMap<u32, String>> = Mutex::new(HashMap::new());
@@ -189,6 +194,7 @@ pub fn run(
     }
     out.failed.sort();
 
+    tracing::debug!("content: {:.2}s", phase.elapsed().as_secs_f64());
     // 3. Metadata.
     let as_root = unsafe { libc::geteuid() } == 0;
     for (i, f) in files.iter().enumerate() {
@@ -211,7 +217,27 @@ pub fn run(
             out.warnings.push(format!("{}: {e}", path.display()));
         }
     }
+    tracing::debug!("metadata: {:.2}s", phase.elapsed().as_secs_f64());
     Ok(out)
+}
+
+/// Opens (creating if needed) a file to restore into, at its final size. Several workers
+/// may do this for one file: each sets the same size, so no data they wrote is cut.
+fn create_file(path: &Path, size: u64) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new().write(true).create(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    if f.metadata()?.len() != size {
+        f.set_len(size)?;
+    }
+    Ok(f)
+}
+
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => Ok(()),
+    }
 }
 
 fn create_dir(path: &Path) -> Result<()> {
@@ -389,7 +415,7 @@ fn write_at(
         if open.len() >= 64 {
             open.clear();
         }
-        let f = OpenOptions::new().write(true).open(&files[idx as usize].path)?;
+        let f = create_file(&files[idx as usize].path, files[idx as usize].node.size)?;
         open.insert(idx, f);
     }
     open[&idx].write_all_at(data, off)
