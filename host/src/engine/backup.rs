@@ -274,11 +274,11 @@ fn latest_for(journal: &Journal, sources: &[PathBuf]) -> Result<Option<Id>> {
 }
 
 fn worker(jobs: Receiver<FileJob>, shared: &Shared<'_>) {
-    let mut buf = Vec::new();
+    let mut scratch = Scratch::default();
     for job in jobs {
         let mut results = Vec::with_capacity(job.paths.len());
         for path in &job.paths {
-            let r = back_up_file(path, &mut buf, shared);
+            let r = back_up_file(path, &mut scratch, shared);
             let fatal = matches!(r, Err(FileError::Fatal(_)));
             results.push(r);
             if fatal {
@@ -289,19 +289,27 @@ fn worker(jobs: Receiver<FileJob>, shared: &Shared<'_>) {
     }
 }
 
-fn back_up_file(path: &Path, buf: &mut Vec<u8>, sh: &Shared<'_>) -> Result<FileDone, FileError> {
+/// A worker's reusable buffers: the chunker's window and the sealed blob.
+#[derive(Default)]
+struct Scratch {
+    window: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+fn back_up_file(path: &Path, scratch: &mut Scratch, sh: &Shared<'_>) -> Result<FileDone, FileError> {
     let mut file =
         std::fs::File::open(path).map_err(|e| FileError::Source(format!("{}: {e}", path.display())))?;
     let mut content = Vec::new();
     let mut fatal = None;
-    let read = sh.chunker.chunk(&mut file, buf, |chunk| {
+    let sealed = &mut scratch.sealed;
+    let read = sh.chunker.chunk(&mut file, &mut scratch.window, |chunk| {
         let id = sh.key.blob_id(chunk);
         content.push(id);
         let stored = (|| -> Result<()> {
             let _storing = sh.quiesce.read().unwrap();
             if sh.dedup.claim(&id)? {
-                let sealed = format::encode_blob(sh.key, BlobKind::Data, &id, chunk, sh.level);
-                sh.data.add(BlobKind::Data, id, &sealed, chunk.len())?;
+                format::encode_blob_into(sh.key, BlobKind::Data, &id, chunk, sh.level, sealed);
+                sh.data.add(BlobKind::Data, id, sealed, chunk.len())?;
                 sh.data_added.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
             Ok(())

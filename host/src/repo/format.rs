@@ -84,16 +84,27 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Compresses `src` into `dst` at `level` with this thread's context; `None` if it does
-/// not fit.
-fn zstd_into(src: &[u8], dst: &mut [u8], level: i32) -> Option<usize> {
-    COMPRESSOR.with(|c| {
+/// Appends `src` compressed at `level` to `out`, with this thread's context. False (and
+/// `out` unchanged) if compression failed.
+fn zstd_append(src: &[u8], out: &mut Vec<u8>, level: i32) -> bool {
+    let start = out.len();
+    out.reserve(zstd::zstd_safe::compress_bound(src.len()));
+    let ok = COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().is_none_or(|(l, _)| *l != level) {
-            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+            let Ok(new) = zstd::bulk::Compressor::new(level) else { return false };
+            *c = Some((level, new));
         }
-        c.as_mut()?.1.compress_to_buffer(src, dst).ok()
-    })
+        let Some((_, comp)) = c.as_mut() else { return false };
+        // The cursor makes zstd write after what `out` already holds.
+        let mut cursor = std::io::Cursor::new(&mut *out);
+        cursor.set_position(start as u64);
+        comp.compress_to_buffer(src, &mut cursor).is_ok()
+    });
+    if !ok {
+        out.truncate(start);
+    }
+    ok
 }
 
 /// Whether a large chunk looks compressible: three windows (start, middle, end) must
@@ -107,26 +118,28 @@ fn looks_compressible(data: &[u8]) -> bool {
     sample.extend_from_slice(&data[..SAMPLE_WINDOW]);
     sample.extend_from_slice(&data[mid..mid + SAMPLE_WINDOW]);
     sample.extend_from_slice(&data[data.len() - SAMPLE_WINDOW..]);
-    let mut out = vec![0u8; zstd::zstd_safe::compress_bound(sample.len())];
-    zstd_into(&sample, &mut out, 1).is_some_and(|n| n * 100 < sample.len() * 97)
+    let mut out = Vec::new();
+    zstd_append(&sample, &mut out, 1) && out.len() * 100 < sample.len() * 97
 }
 
-/// Compresses `plaintext` (when it pays) behind the one-byte compression marker.
-fn compress_payload(plaintext: &[u8], level: i32) -> Vec<u8> {
+/// Appends the payload of `plaintext` to `out`: the one-byte compression marker, then the
+/// data, compressed when that makes it smaller.
+fn append_payload(plaintext: &[u8], level: i32, out: &mut Vec<u8>) {
+    let start = out.len();
     if level > 0 && plaintext.len() > 64 && looks_compressible(plaintext) {
-        let bound = zstd::zstd_safe::compress_bound(plaintext.len());
-        let mut out = vec![0u8; bound + 1];
-        out[0] = ZSTD;
-        if let Some(n) = zstd_into(plaintext, &mut out[1..], level)
-            && n + 1 < plaintext.len()
-        {
-            out.truncate(n + 1);
-            return out;
+        out.push(ZSTD);
+        if zstd_append(plaintext, out, level) && out.len() - start < plaintext.len() {
+            return;
         }
+        out.truncate(start);
     }
-    let mut out = Vec::with_capacity(plaintext.len() + 1);
     out.push(STORED);
     out.extend_from_slice(plaintext);
+}
+
+fn compress_payload(plaintext: &[u8], level: i32) -> Vec<u8> {
+    let mut out = Vec::new();
+    append_payload(plaintext, level, &mut out);
     out
 }
 
@@ -177,8 +190,25 @@ fn decompress_payload(payload: &[u8], expected: Option<usize>) -> Result<Vec<u8>
 /// Encodes one blob as it is stored in a pack: sealed, with its kind and id as associated
 /// data, so a blob cannot be passed off as another.
 pub fn encode_blob(key: &MasterKey, kind: BlobKind, id: &Id, plaintext: &[u8], level: i32) -> Vec<u8> {
-    let payload = compress_payload(plaintext, level);
-    key.seal(&blob_aad(kind, id), &payload)
+    let mut out = Vec::new();
+    encode_blob_into(key, kind, id, plaintext, level, &mut out);
+    out
+}
+
+/// [`encode_blob`] into a reused buffer: the payload is built in place after room for the
+/// nonce and encrypted there, so the data is copied once.
+pub fn encode_blob_into(
+    key: &MasterKey,
+    kind: BlobKind,
+    id: &Id,
+    plaintext: &[u8],
+    level: i32,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.resize(crate::crypto::NONCE_LEN, 0);
+    append_payload(plaintext, level, out);
+    key.seal_in_place(&blob_aad(kind, id), out);
 }
 
 /// Why a stored blob was refused.
