@@ -44,6 +44,38 @@ pub enum Command {
         #[arg(short, long)]
         long: bool,
     },
+    /// Check that the repository is whole: listing against the journal, every snapshot's
+    /// folders and chunks, and with --read-data every byte (exit code 3 when damage is found)
+    Verify {
+        /// Download every pack and authenticate every chunk
+        #[arg(long)]
+        read_data: bool,
+        /// Download part of the packs: N% (least recently verified first) or n/t
+        #[arg(long, value_name = "N%|n/t", conflicts_with = "read_data")]
+        read_data_subset: Option<crate::engine::verify::Subset>,
+    },
+    /// Reconcile the journal with the repository and heal what can be healed; never deletes
+    /// what it cannot prove is cairn's own garbage
+    Repair {
+        /// Print the plan; change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Move foreign and replaced objects to quarantine/ instead of leaving them
+        #[arg(long)]
+        quarantine: bool,
+        /// Delete unfinished and partial uploads that are provably cairn's own
+        #[arg(long)]
+        delete_unrecoverable: bool,
+        /// Rewrite snapshots without the files whose data cannot be recovered
+        #[arg(long)]
+        purge_broken: bool,
+        /// Read every pack first, to find corruption a listing cannot show
+        #[arg(long)]
+        read_data: bool,
+        /// Rebuild a lost or corrupt journal from the repository (index objects, pack headers)
+        #[arg(long)]
+        rebuild_journal: bool,
+    },
     /// Restore a snapshot into a folder
     Restore {
         /// Snapshot id (a unique prefix) or `latest`

@@ -29,6 +29,11 @@ pub enum State {
     Uploaded,
     Verified,
     Deleting,
+    /// Found missing, truncated or corrupt by `verify`: never read from or deduplicated
+    /// against; `repair` salvages what it can.
+    Damaged,
+    /// Replaced by `repair` (its content now lives elsewhere); kept, not used, not a problem.
+    Retired,
 }
 
 impl State {
@@ -38,6 +43,8 @@ impl State {
             State::Uploaded => "uploaded",
             State::Verified => "verified",
             State::Deleting => "deleting",
+            State::Damaged => "damaged",
+            State::Retired => "retired",
         }
     }
     fn parse(s: &str) -> Result<State> {
@@ -46,6 +53,8 @@ impl State {
             "uploaded" => State::Uploaded,
             "verified" => State::Verified,
             "deleting" => State::Deleting,
+            "damaged" => State::Damaged,
+            "retired" => State::Retired,
             _ => bail!("unknown object state {s:?} in the journal"),
         })
     }
@@ -231,9 +240,16 @@ impl Journal {
                     hash BLOB,
                     indexed_by TEXT,
                     created_at INTEGER NOT NULL,
-                    verified_at INTEGER
+                    verified_at INTEGER,
+                    note TEXT
                  );
                  CREATE INDEX objects_state ON objects(state);
+                 CREATE TABLE damaged_blobs (
+                    id BLOB NOT NULL,
+                    pack TEXT NOT NULL,
+                    reason TEXT NOT NULL,
+                    PRIMARY KEY (id, pack)
+                 ) WITHOUT ROWID;
                  CREATE TABLE blobs (
                     id BLOB NOT NULL,
                     pack TEXT NOT NULL,
@@ -396,10 +412,170 @@ impl Journal {
     // ---- blobs ----------------------------------------------------------------------------
 
     /// Whether some pack in the journal holds blob `id`.
+    /// Packs in the journal but damaged (or being deleted) do not count: data whose only copy
+    /// is damaged is stored again.
     pub fn has_blob(&self, id: &Id) -> Result<bool> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT 1 FROM blobs b JOIN objects o ON o.name = b.pack
+             WHERE b.id = ?1 AND o.state IN ('uploading', 'uploaded', 'verified') LIMIT 1",
+        )?;
         Ok(stmt.exists([&id.0[..]])?)
+    }
+
+    /// Records that a pack is damaged (missing, truncated, corrupt), and which of its blobs
+    /// cannot be read from it. Its other blobs stay readable; nothing deduplicates against
+    /// it any more.
+    pub fn mark_damaged(&self, pack: &str, reason: &str, blobs: &[(Id, String)]) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        tx.execute("UPDATE objects SET state = 'damaged', note = ?2 WHERE name = ?1", params![pack, reason])?;
+        {
+            let mut stmt =
+                tx.prepare("INSERT OR REPLACE INTO damaged_blobs (id, pack, reason) VALUES (?1, ?2, ?3)")?;
+            for (id, why) in blobs {
+                stmt.execute(params![&id.0[..], pack, why])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A damaged pack was found whole after all (restored from a copy): use it again.
+    pub fn clear_damage(&self, pack: &str) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE objects SET state = 'verified', note = NULL, verified_at = ?2 WHERE name = ?1",
+            params![pack, now_secs()],
+        )?;
+        tx.execute("DELETE FROM damaged_blobs WHERE pack = ?1", [pack])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records an index object with every pack it lists, in one transaction (journal rebuild
+    /// and sync: a million blobs must not mean a million commits).
+    pub fn record_index(
+        &self,
+        name: &str,
+        size: u64,
+        id: &Id,
+        index: &crate::repo::format::IndexFile,
+    ) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        {
+            let mut obj = tx.prepare_cached(
+                "INSERT OR IGNORE INTO objects (name, kind, state, size, hash, indexed_by, created_at)
+                 VALUES (?1, ?2, 'uploaded', ?3, ?4, ?5, ?6)",
+            )?;
+            let mut mark = tx.prepare_cached(
+                "UPDATE objects SET indexed_by = ?2 WHERE name = ?1 AND indexed_by IS NULL",
+            )?;
+            let now = now_secs();
+            for p in &index.packs {
+                let pack = crate::repo::format::pack_name(&p.id);
+                obj.execute(params![pack, "pack", p.size as i64, &p.id.0[..], name, now])?;
+                mark.execute(params![pack, name])?;
+                insert_blobs(&tx, &pack, &p.entries)?;
+            }
+            obj.execute(params![name, "index", size as i64, &id.0[..], Option::<String>::None, now])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Why a pack is damaged, as recorded.
+    pub fn damage_note(&self, pack: &str) -> Result<Option<String>> {
+        let conn = self.reader()?;
+        Ok(conn
+            .query_row("SELECT note FROM objects WHERE name = ?1", [pack], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// `None` if some pack can deliver blob `id`; otherwise why not.
+    pub fn blob_lost(&self, id: &Id) -> Result<Option<String>> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT b.pack, o.state, (SELECT reason FROM damaged_blobs d WHERE d.id = b.id AND d.pack = b.pack)
+             FROM blobs b JOIN objects o ON o.name = b.pack WHERE b.id = ?1",
+        )?;
+        let rows = stmt.query_map([&id.0[..]], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+        })?;
+        let mut reason = None;
+        for row in rows {
+            let (pack, state, damaged) = row?;
+            match (state.as_str(), damaged) {
+                ("uploaded" | "verified", _) | ("damaged", None) => return Ok(None),
+                (_, Some(why)) => reason = Some(why),
+                (st, None) => reason = Some(format!("its pack {pack} is {st}")),
+            }
+        }
+        Ok(Some(reason.unwrap_or_else(|| format!("chunk {} is in no known pack", id.short()))))
+    }
+
+    /// Every pack holding blob `id`, with its state.
+    pub fn packs_holding(&self, id: &Id) -> Result<Vec<(String, State)>> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT b.pack, o.state FROM blobs b JOIN objects o ON o.name = b.pack WHERE b.id = ?1",
+        )?;
+        let rows = stmt.query_map([&id.0[..]], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (pack, state) = row?;
+            out.push((pack, State::parse(&state)?));
+        }
+        Ok(out)
+    }
+
+    /// Every object the journal knows, in any state.
+    pub fn all_objects(&self) -> Result<Vec<ObjectRow>> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare("SELECT name, kind, state, size, hash FROM objects ORDER BY name")?;
+        let rows = stmt.query_map([], row_to_object)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Complete packs with the time they were last verified (None: never), least recently
+    /// verified first.
+    pub fn packs_by_verification(&self) -> Result<Vec<(ObjectRow, Option<i64>)>> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare(
+            "SELECT name, kind, state, size, hash, verified_at FROM objects
+             WHERE kind = 'pack' AND state IN ('uploaded', 'verified')
+             ORDER BY verified_at IS NOT NULL, verified_at, name",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((row_to_object(r)?, r.get::<_, Option<i64>>(5)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (obj, at) = row?;
+            out.push((obj?, at));
+        }
+        Ok(out)
+    }
+
+    /// Makes the packs an index listed eligible for a new index (the index is gone).
+    pub fn unindex(&self, index: &str) -> Result<()> {
+        let conn = self.conn.lock().unwrap();
+        conn.execute("UPDATE objects SET indexed_by = NULL WHERE indexed_by = ?1", [index])?;
+        Ok(())
+    }
+
+    /// Replaces a snapshot's record (after `repair` rewrote it under a new id).
+    pub fn rename_snapshot(&self, old: &Id, new: &Id, snap: &Snapshot) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM snapshots WHERE id = ?1", [old.hex()])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO snapshots (id, time_ns, partial, data) VALUES (?1, ?2, ?3, ?4)",
+            params![new.hex(), snap.time_ns, snap.partial, postcard::to_stdvec(snap)?],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Where blob `id` of `kind` is stored, preferring packs known to be complete.
@@ -407,8 +583,10 @@ impl Journal {
         let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(
             "SELECT b.pack, b.offset, b.length, b.raw_length FROM blobs b JOIN objects o ON o.name = b.pack
-             WHERE b.id = ?1 AND b.kind = ?2 AND o.state IN ('uploaded', 'verified')
-             ORDER BY o.state = 'verified' DESC LIMIT 1",
+             WHERE b.id = ?1 AND b.kind = ?2 AND (o.state IN ('uploaded', 'verified')
+                OR (o.state = 'damaged' AND NOT EXISTS
+                    (SELECT 1 FROM damaged_blobs d WHERE d.id = b.id AND d.pack = b.pack)))
+             ORDER BY o.state = 'verified' DESC, o.state = 'uploaded' DESC LIMIT 1",
         )?;
         let row = stmt
             .query_row(params![&id.0[..], kind as u8], |r| {

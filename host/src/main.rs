@@ -40,6 +40,26 @@ fn main() -> ExitCode {
         Command::Restore { snapshot, target, include } => {
             commands::restore::run(&ctx, &snapshot, target, include)
         }
+        Command::Repair {
+            dry_run,
+            quarantine,
+            delete_unrecoverable,
+            purge_broken,
+            read_data,
+            rebuild_journal,
+        } => {
+            let opts = cairn::engine::repair::Options {
+                dry_run,
+                quarantine,
+                delete_unrecoverable,
+                purge_broken,
+                read_data,
+            };
+            commands::repair::run(&ctx, opts, rebuild_journal)
+        }
+        Command::Verify { read_data, read_data_subset } => {
+            commands::verify::run(&ctx, read_data, read_data_subset)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,7 +30,8 @@ fn mode_string(kind: NodeKind, mode: u32) -> String {
 pub fn run(ctx: &Ctx, spec: &str, long: bool) -> Result<()> {
     let config = ctx.config()?;
     let repo = ctx.rt.block_on(Repository::open(&config, Access::Read))?;
-    let (_, snap) = snapshots::find(&repo.journal, spec)?;
+    let (_, snap) =
+        snapshots::find(&repo.journal, spec, &crate::engine::walk::clean_sources(&config.backup.sources)?)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     tree::walk(&repo, ctx.rt.handle(), &snap.tree, &mut |path, node| {

@@ -4,8 +4,10 @@
 pub mod backup;
 pub mod init;
 pub mod ls;
+pub mod repair;
 pub mod restore;
 pub mod snapshots;
+pub mod verify;
 
 use std::path::PathBuf;
 

@@ -15,7 +15,8 @@ use crate::repo::{Access, Repository};
 pub fn run(ctx: &Ctx, spec: &str, target: PathBuf, includes: Vec<PathBuf>) -> Result<()> {
     let config = ctx.config()?;
     let repo = ctx.rt.block_on(Repository::open(&config, Access::Read))?;
-    let (id, snap) = snapshots::find(&repo.journal, spec)?;
+    let (id, snap) =
+        snapshots::find(&repo.journal, spec, &crate::engine::walk::clean_sources(&config.backup.sources)?)?;
     let settings = Settings { target: std::path::absolute(&target)?, includes, threads: config.threads() };
     let mut progress = Progress::new("restoring", !ctx.json);
     let started = std::time::Instant::now();

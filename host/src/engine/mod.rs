@@ -3,8 +3,10 @@
 pub mod backup;
 pub mod chunker;
 pub mod packer;
+pub mod repair;
 pub mod restore;
 pub mod snapshots;
 pub mod tree;
 pub mod upload;
+pub mod verify;
 pub mod walk;

@@ -1,15 +1,26 @@
 //! Choosing snapshots: `latest`, or a unique prefix of an id.
 
+use std::os::unix::ffi::OsStrExt;
+
 use anyhow::{Result, bail};
 
 use crate::ids::Id;
 use crate::journal::Journal;
 use crate::repo::format::Snapshot;
 
-pub fn find(journal: &Journal, spec: &str) -> Result<(Id, Snapshot)> {
+/// `latest` is the newest snapshot of the config's own sources (several machines or
+/// configs may share a repository); when there is none, the newest of all.
+pub fn find(journal: &Journal, spec: &str, sources: &[std::path::PathBuf]) -> Result<(Id, Snapshot)> {
     let all = journal.snapshots()?;
     if spec == "latest" {
-        return match all.into_iter().max_by_key(|(id, s)| (s.time_ns, *id)) {
+        let mine: Vec<&[u8]> = sources.iter().map(|p| p.as_os_str().as_bytes()).collect();
+        let newest_of = |v: Vec<(Id, Snapshot)>| v.into_iter().max_by_key(|(id, s)| (s.time_ns, *id));
+        let own: Vec<(Id, Snapshot)> = all
+            .iter()
+            .filter(|(_, s)| s.sources.iter().map(|b| b.as_slice()).eq(mine.iter().copied()))
+            .cloned()
+            .collect();
+        return match newest_of(own).or_else(|| newest_of(all)) {
             Some(s) => Ok(s),
             None => bail!("the repository has no snapshots yet"),
         };

@@ -78,15 +78,27 @@ pub fn node_from(name: &[u8], meta: &std::fs::Metadata) -> Option<(Node, Identit
 }
 
 /// Makes the sources absolute and normal, drops duplicates and sources inside other
-/// sources, and sorts them.
+/// sources, and sorts them. Every source must exist.
 pub fn normalise_sources(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
     if sources.is_empty() {
         bail!("nothing to back up: [backup] sources is empty");
     }
+    let out = clean_sources(sources)?;
+    for s in &out {
+        if std::fs::symlink_metadata(s).is_err() {
+            bail!("source {} does not exist (check [backup] sources)", s.display());
+        }
+    }
+    Ok(out)
+}
+
+/// The sources as a snapshot records them: absolute, `.` and `..` resolved lexically
+/// (symlinks kept as given), sorted, without duplicates or nested sources. They need not
+/// exist (a restore on a new machine matches snapshots by them).
+pub fn clean_sources(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = Vec::new();
     for s in sources {
         let abs = std::path::absolute(s)?;
-        // Normalise `.` and `..` lexically; symlinks in the path are kept as given.
         let mut clean = PathBuf::new();
         for c in abs.components() {
             match c {
@@ -96,9 +108,6 @@ pub fn normalise_sources(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 std::path::Component::CurDir => {}
                 other => clean.push(other),
             }
-        }
-        if std::fs::symlink_metadata(&clean).is_err() {
-            bail!("source {} does not exist (check [backup] sources)", clean.display());
         }
         out.push(clean);
     }

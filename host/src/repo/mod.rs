@@ -5,6 +5,7 @@
 //! `<state dir>/<repository id>/`.
 
 pub mod format;
+pub mod rebuild;
 pub mod reconcile;
 pub mod sync;
 
@@ -41,6 +42,9 @@ pub enum Access {
     Read,
     /// May write: takes the journal lock and reconciles interrupted work first.
     Write,
+    /// Takes the lock and settles interrupted work, but deletes nothing (`verify`,
+    /// `repair` without `--delete-unrecoverable`).
+    Inspect,
 }
 
 /// Where a backend's component comes from.
@@ -144,7 +148,7 @@ impl Repository {
         // The key first: a `config` without a key would be an unopenable repository.
         backend.upload_bytes(&key_name, &keyfile, true).await?;
         backend.upload_bytes(CONFIG_NAME, &sealed, true).await?;
-        let repo = Repository::attach(config, backend, key, params, Access::Write)?;
+        let repo = Repository::attach(config, backend, key, params, Access::Write, true)?;
         repo.journal.record_present(
             &key_name,
             ObjectKind::Key,
@@ -156,8 +160,8 @@ impl Repository {
         Ok((repo, key_name))
     }
 
-    /// Opens an existing repository.
-    pub async fn open(config: &Config, access: Access) -> Result<Repository> {
+    /// Starts the backend and unlocks the repository: its key and parameters.
+    async fn unlock(config: &Config) -> Result<(Backend, MasterKey, RepoConfig)> {
         let backend = open_backend(config, false).await?;
         let keys = backend.list("keys/").await?;
         if keys.is_empty() {
@@ -199,9 +203,16 @@ impl Repository {
         if params.version != 1 {
             bail!("repository format version {} is not supported by this cairn", params.version);
         }
-        let repo = Repository::attach(config, backend, key, params, access)?;
+        Ok((backend, key, params))
+    }
+
+    /// Opens an existing repository.
+    pub async fn open(config: &Config, access: Access) -> Result<Repository> {
+        let (backend, key, params) = Repository::unlock(config).await?;
+        let repo = Repository::attach(config, backend, key, params, access, false)?;
         let report = match access {
-            Access::Write => Some(reconcile::reconcile(&repo).await?),
+            Access::Write => Some(reconcile::reconcile(&repo, true).await?),
+            Access::Inspect => Some(reconcile::reconcile(&repo, false).await?),
             Access::Read => None,
         };
         sync::sync_remote(&repo).await?;
@@ -218,19 +229,29 @@ impl Repository {
         key: MasterKey,
         params: RepoConfig,
         access: Access,
+        creating: bool,
     ) -> Result<Repository> {
         let dir = config.state_dir()?.join(&params.id);
+        let journal_path = dir.join("journal.sqlite");
+        if !creating && !journal_path.exists() {
+            bail!(
+                "there is no journal for repository {} in {} (a new machine, or a lost state folder); \
+                 run `cairn repair --rebuild-journal` to rebuild it from the repository",
+                params.id,
+                dir.display()
+            );
+        }
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create state folder {}", dir.display()))?;
         let lock = match access {
-            Access::Write => {
+            Access::Write | Access::Inspect => {
                 let lock = Lock::acquire(&dir.join("lock"))?;
                 crate::testing::pause_point("lock-held");
                 Some(lock)
             }
             Access::Read => None,
         };
-        let journal = Journal::open(&dir.join("journal.sqlite"))?;
+        let journal = Journal::open(&journal_path)?;
         Ok(Repository {
             backend: Arc::new(backend),
             key: Arc::new(key),
@@ -239,6 +260,65 @@ impl Repository {
             dir,
             lock,
         })
+    }
+
+    /// Opens for `repair`: locked, interrupted work settled without deleting anything, and
+    /// the snapshots the journal did not know yet that are newer than any it knew (another
+    /// client's, or this journal is an old copy): destructive repairs are refused then.
+    pub async fn open_for_repair(config: &Config) -> Result<(Repository, Vec<(Id, format::Snapshot)>)> {
+        let (backend, key, params) = Repository::unlock(config).await?;
+        let repo = Repository::attach(config, backend, key, params, Access::Inspect, false)?;
+        reconcile::reconcile(&repo, false).await?;
+        let before = repo.journal.snapshots()?;
+        let newest = before.iter().map(|(_, s)| s.time_ns).max().unwrap_or(i64::MIN);
+        let known: std::collections::HashSet<Id> = before.into_iter().map(|(id, _)| id).collect();
+        sync::sync_remote(&repo).await?;
+        let stale = repo
+            .journal
+            .snapshots()?
+            .into_iter()
+            .filter(|(id, s)| !known.contains(id) && s.time_ns > newest && !known.is_empty())
+            .collect();
+        Ok((repo, stale))
+    }
+
+    /// Opens the repository with a journal rebuilt from the repository alone. A rebuild
+    /// that was interrupted continues; any other journal there (corrupt, or healthy but
+    /// unwanted) is moved aside, never deleted.
+    pub async fn open_rebuilding(config: &Config) -> Result<(Repository, rebuild::Report, Option<PathBuf>)> {
+        let (backend, key, params) = Repository::unlock(config).await?;
+        let dir = config.state_dir()?.join(&params.id);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create state folder {}", dir.display()))?;
+        let lock = Lock::acquire(&dir.join("lock"))?;
+        let path = dir.join("journal.sqlite");
+        let resumable = path.exists()
+            && Journal::open(&path).ok().and_then(|j| j.meta("rebuild").ok().flatten()).as_deref()
+                == Some("in progress");
+        let mut moved = None;
+        if path.exists() && !resumable {
+            let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S").to_string();
+            let aside = dir.join(format!("journal.sqlite.replaced-{stamp}"));
+            std::fs::rename(&path, &aside)?;
+            for ext in ["-wal", "-shm"] {
+                let side = dir.join(format!("journal.sqlite{ext}"));
+                if side.exists() {
+                    std::fs::rename(&side, dir.join(format!("journal.sqlite.replaced-{stamp}{ext}")))?;
+                }
+            }
+            moved = Some(aside);
+        }
+        let journal = Journal::open(&path)?;
+        let repo = Repository {
+            backend: Arc::new(backend),
+            key: Arc::new(key),
+            params,
+            journal: Arc::new(journal),
+            dir,
+            lock: Some(lock),
+        };
+        let report = rebuild::rebuild(&repo).await?;
+        Ok((repo, report, moved))
     }
 
     /// Where temporary packs are written before upload.

@@ -63,7 +63,9 @@ pub async fn report_unknown(repo: &Repository) -> Result<Vec<String>> {
     Ok(unknown)
 }
 
-pub async fn reconcile(repo: &Repository) -> Result<Report> {
+/// Settles what an interrupted run left. With `deletes` false nothing is deleted or
+/// aborted: partial objects are left as they are (and reported by `verify`).
+pub async fn reconcile(repo: &Repository, deletes: bool) -> Result<Report> {
     let mut report = Report::default();
     let backend = &repo.backend;
     let journal = &repo.journal;
@@ -72,7 +74,7 @@ pub async fn reconcile(repo: &Repository) -> Result<Report> {
     // Unfinished uploads of names the journal knows are ours: left by a dead process, or
     // by a plugin instance that crashed mid-upload before its retry succeeded.
     for (id, name, _) in backend.list_incomplete("").await? {
-        if journal.object(&name)?.is_some() {
+        if deletes && journal.object(&name)?.is_some() {
             backend.abort_incomplete(&id).await?;
             report.aborted += 1;
         }
@@ -91,6 +93,9 @@ pub async fn reconcile(repo: &Repository) -> Result<Report> {
             journal.set_state(&obj.name, State::Uploaded)?;
             report.kept += 1;
             report.kept_bytes += obj.size;
+            continue;
+        }
+        if !deletes {
             continue;
         }
         if remote.is_some() {
@@ -117,13 +122,16 @@ pub async fn reconcile(repo: &Repository) -> Result<Report> {
         report.discarded += 1;
     }
     for obj in journal.objects_in_state(State::Deleting)? {
+        if !deletes {
+            break;
+        }
         backend.delete(std::slice::from_ref(&obj.name)).await?;
         journal.forget_object(&obj.name)?;
         report.deleted += 1;
     }
     // Whatever is left in tmp/ belongs to no recorded object: packs being filled when the
     // run died. Their data is read again from the sources.
-    if tmp.exists() {
+    if deletes && tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
     if report.interrupted() {

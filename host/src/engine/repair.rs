@@ -1,0 +1,603 @@
+//! `cairn repair`: heal the repository without ever destroying what can be recovered.
+//!
+//! It starts from a `verify` (listing, snapshots, and with `--read-data` every byte), then:
+//! - objects the journal does not know are adopted when they are valid cairn objects (pack
+//!   headers, index and snapshot objects, key files); anything else is listed and left
+//!   alone, or moved to `quarantine/` with `--quarantine`;
+//! - lost index objects are written again from the journal; lost or damaged snapshot
+//!   objects are uploaded again from the journal's copy;
+//! - chunks of missing or corrupt packs are recovered: intact chunks of a damaged pack are
+//!   copied to a new pack, and lost ones are read again from source files that still hold
+//!   them (the chunk id, a keyed hash, proves it is the same data). What cannot be
+//!   recovered is listed by snapshot and path; `--purge-broken` rewrites those snapshots
+//!   without it, naming every path it drops;
+//! - unfinished uploads and partial objects that are provably cairn's own are deleted only
+//!   with `--delete-unrecoverable`.
+//!
+//! With `--dry-run` it prints the plan and changes nothing in the repository.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::{Result, anyhow, bail};
+
+use crate::crypto::KeyFile;
+use crate::engine::backup::{write_index, write_snapshot};
+use crate::engine::chunker::Chunker;
+use crate::engine::tree::TreeReader;
+use crate::engine::verify::{self, Affected, QUARANTINE, Subset, display_path, snapshot_damage};
+use crate::ids::Id;
+use crate::journal::{ObjectKind, State};
+use crate::repo::Repository;
+use crate::repo::format::{self, BlobKind, IndexFile, NodeKind, PackEntry, Snapshot, Tree};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    pub dry_run: bool,
+    pub quarantine: bool,
+    pub delete_unrecoverable: bool,
+    pub purge_broken: bool,
+    pub read_data: bool,
+}
+
+impl Options {
+    fn destructive(&self) -> bool {
+        self.quarantine || self.delete_unrecoverable || self.purge_broken
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Outcome {
+    /// What was done (or, in a dry run, would be done), one line each.
+    pub actions: Vec<String>,
+    /// Objects listed and left alone, with why.
+    pub left_alone: Vec<String>,
+    /// Still unrecoverable after the repair.
+    pub unrecoverable: Vec<Affected>,
+    /// Removed from snapshots by `--purge-broken`.
+    pub purged: Vec<Affected>,
+    pub salvaged_chunks: u64,
+    pub recovered_chunks: u64,
+}
+
+/// Repacks blobs during a repair: in memory, uploaded at `TARGET` bytes.
+struct RepairPacker<'a> {
+    repo: &'a Repository,
+    rt: &'a tokio::runtime::Handle,
+    dry_run: bool,
+    data: Vec<u8>,
+    entries: Vec<PackEntry>,
+    ids: HashSet<Id>,
+    packs: Vec<String>,
+}
+
+const TARGET: usize = 16 << 20;
+
+impl<'a> RepairPacker<'a> {
+    fn new(repo: &'a Repository, rt: &'a tokio::runtime::Handle, dry_run: bool) -> Self {
+        RepairPacker {
+            repo,
+            rt,
+            dry_run,
+            data: Vec::new(),
+            entries: Vec::new(),
+            ids: HashSet::new(),
+            packs: Vec::new(),
+        }
+    }
+
+    fn has(&self, id: &Id) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_length: u32) -> Result<()> {
+        if !self.ids.insert(id) {
+            return Ok(());
+        }
+        if self.dry_run {
+            return Ok(());
+        }
+        let offset = self.data.len() as u64;
+        self.data.extend_from_slice(sealed);
+        self.entries.push(PackEntry { kind, id, offset, length: u32::try_from(sealed.len())?, raw_length });
+        if self.data.len() >= TARGET {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let mut data = std::mem::take(&mut self.data);
+        let entries = std::mem::take(&mut self.entries);
+        data.extend(format::pack_trailer(&self.repo.key, &entries)?);
+        let id = Id::of_bytes(&data);
+        let name = format::pack_name(&id);
+        let journal = &self.repo.journal;
+        journal.record_uploading(&name, ObjectKind::Pack, data.len() as u64, &id, &entries)?;
+        self.rt.block_on(self.repo.backend.upload_bytes(&name, &data, false))?;
+        journal.set_state(&name, State::Uploaded)?;
+        self.packs.push(name);
+        Ok(())
+    }
+}
+
+pub fn run(
+    repo: &Repository,
+    rt: &tokio::runtime::Handle,
+    opts: Options,
+    stale: &[(Id, Snapshot)],
+    threads: usize,
+) -> Result<Outcome> {
+    if opts.destructive() && !stale.is_empty() {
+        let newest =
+            stale.iter().map(|(_, s)| crate::engine::snapshots::display_time(s)).max().unwrap_or_default();
+        bail!(
+            "refusing --quarantine, --delete-unrecoverable and --purge-broken: the repository has {} snapshot(s) \
+             (newest {newest}) that this journal did not know (another client, or this journal is an old copy), \
+             so objects that look unknown may be theirs; run `cairn repair` without those options first (it \
+             learns their snapshots and indexes), then again with them",
+            stale.len()
+        );
+    }
+    let journal = &repo.journal;
+    let mut out = Outcome::default();
+    let verb = |done: &str, planned: &str| if opts.dry_run { planned.to_string() } else { done.to_string() };
+
+    let report = verify::run(repo, rt, opts.read_data.then_some(Subset::All), threads)?;
+
+    // Unknown objects: adopt what is ours, list (or quarantine) the rest.
+    let mut adopted_anything = false;
+    let mut quarantine: Vec<(String, String)> = Vec::new();
+    for p in report.problems.iter().filter(|p| p.kind == "unknown") {
+        match classify(repo, rt, &p.object)? {
+            Some(what) => {
+                adopted_anything = true;
+                if !opts.dry_run {
+                    adopt(repo, rt, &p.object, &what)?;
+                }
+                out.actions.push(format!("{} {} ({what})", verb("adopted", "would adopt"), p.object));
+            }
+            None => quarantine.push((p.object.clone(), "not a valid cairn object".into())),
+        }
+    }
+    if adopted_anything && !opts.dry_run {
+        crate::repo::sync::sync_remote_blocking(repo, rt)?;
+    }
+
+    // Damaged or lost index objects: the journal knows their packs, so index them again.
+    let by_name: HashMap<String, crate::journal::ObjectRow> =
+        journal.all_objects()?.into_iter().map(|o| (o.name.clone(), o)).collect();
+    let mut reindex = false;
+    for p in &report.problems {
+        let Some(obj) = by_name.get(&p.object) else { continue };
+        let bad = matches!(p.kind, "missing" | "size-mismatch" | "damaged");
+        if !bad {
+            continue;
+        }
+        match obj.kind {
+            ObjectKind::Index => {
+                reindex = true;
+                if !opts.dry_run {
+                    journal.unindex(&obj.name)?;
+                    retire_or_forget(repo, &obj.name, p.kind == "missing")?;
+                }
+                if p.kind != "missing" {
+                    quarantine.push((obj.name.clone(), "damaged index (replaced)".into()));
+                }
+                out.actions.push(format!(
+                    "{} the packs listed by {} ({})",
+                    verb("indexed again", "would index again"),
+                    obj.name,
+                    p.kind
+                ));
+            }
+            ObjectKind::Snapshot => {
+                let Some(id) = format::id_of_name(&obj.name) else { continue };
+                let Some((_, snap)) = journal.snapshots()?.into_iter().find(|(s, _)| *s == id) else {
+                    continue;
+                };
+                if !opts.dry_run {
+                    let new = write_snapshot(repo, rt, &snap)?;
+                    journal.rename_snapshot(&id, &new, &snap)?;
+                    retire_or_forget(repo, &obj.name, p.kind == "missing")?;
+                    out.actions.push(format!(
+                        "uploaded snapshot {} again from the journal as {}",
+                        id.short(),
+                        new.short()
+                    ));
+                } else {
+                    out.actions.push(format!(
+                        "would upload snapshot {} again from the journal ({})",
+                        id.short(),
+                        p.kind
+                    ));
+                }
+                if p.kind != "missing" {
+                    quarantine.push((obj.name.clone(), "damaged snapshot object (replaced)".into()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // Lost chunks: salvage intact ones from damaged packs, read the rest from the sources.
+    let mut data = RepairPacker::new(repo, rt, opts.dry_run);
+    let mut trees = RepairPacker::new(repo, rt, opts.dry_run);
+    let damaged_packs: Vec<crate::journal::ObjectRow> = journal
+        .all_objects()?
+        .into_iter()
+        .filter(|o| o.kind == ObjectKind::Pack && o.state == State::Damaged)
+        .collect();
+    for pack in &damaged_packs {
+        for e in journal.pack_entries(&pack.name)? {
+            if journal
+                .packs_holding(&e.id)?
+                .iter()
+                .any(|(p, st)| p != &pack.name && matches!(st, State::Uploaded | State::Verified))
+            {
+                continue;
+            }
+            if journal.blob_lost(&e.id)?.is_some() {
+                continue; // its copy in this pack is known bad
+            }
+            let stored = rt.block_on(repo.backend.read(&pack.name, e.offset, e.length as u64));
+            let Ok(stored) = stored else { continue };
+            if stored.len() == e.length as usize
+                && format::decode_blob(&repo.key, e.kind, &e.id, &stored, e.raw_length as usize).is_ok()
+            {
+                let target = if e.kind == BlobKind::Tree { &mut trees } else { &mut data };
+                target.add(e.kind, e.id, &stored, e.raw_length)?;
+                out.salvaged_chunks += 1;
+            }
+        }
+    }
+
+    // Chunks that are still lost: from source files that still hold them.
+    let damage = snapshot_damage(repo, rt, &|id| journal.blob_lost(id))?;
+    let mut wanted: HashSet<Id> =
+        damage.lost_blobs.keys().copied().filter(|id| !data.has(id) && !trees.has(id)).collect();
+    if !wanted.is_empty() {
+        let chunker = Chunker::new(&repo.params.chunker);
+        let mut seen_paths = HashSet::new();
+        let mut window = Vec::new();
+        let mut sealed = Vec::new();
+        for (_, path, _) in &damage.entries {
+            if wanted.is_empty() || !seen_paths.insert(path.clone()) {
+                continue;
+            }
+            let p = Path::new(std::ffi::OsStr::from_bytes(path));
+            let Ok(meta) = std::fs::symlink_metadata(p) else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let Ok(mut file) = std::fs::File::open(p) else { continue };
+            let mut found = Vec::new();
+            let r = chunker.chunk(&mut file, &mut window, |chunk| {
+                let id = repo.key.blob_id(chunk);
+                if wanted.contains(&id) {
+                    format::encode_blob_into(&repo.key, BlobKind::Data, &id, chunk, 1, &mut sealed);
+                    found.push((id, sealed.clone(), chunk.len() as u32));
+                }
+                Ok(())
+            });
+            if r.is_err() {
+                continue;
+            }
+            for (id, bytes, raw) in found {
+                if wanted.remove(&id) {
+                    data.add(BlobKind::Data, id, &bytes, raw)?;
+                    out.recovered_chunks += 1;
+                }
+            }
+        }
+    }
+    data.flush()?;
+    trees.flush()?;
+    if out.salvaged_chunks > 0 {
+        out.actions.push(format!(
+            "{} {} intact chunk(s) out of damaged packs into new packs",
+            verb("copied", "would copy"),
+            out.salvaged_chunks
+        ));
+    }
+    if out.recovered_chunks > 0 {
+        out.actions.push(format!(
+            "{} {} lost chunk(s) from source files that still hold them",
+            verb("stored again", "would store again"),
+            out.recovered_chunks
+        ));
+    }
+
+    // What is still lost, snapshot by snapshot.
+    let recovered: HashSet<Id> = data.ids.union(&trees.ids).copied().collect();
+    let still = snapshot_damage(repo, rt, &|id| {
+        if recovered.contains(id) { Ok(None) } else { journal.blob_lost(id) }
+    })?;
+    let mut broken: HashMap<Id, HashSet<Vec<u8>>> = HashMap::new();
+    for (snap, path, reason) in &still.entries {
+        out.unrecoverable.push(Affected {
+            snapshot: snap.short(),
+            path: display_path(path),
+            reason: reason.clone(),
+        });
+        broken.entry(*snap).or_default().insert(path.clone());
+    }
+    out.unrecoverable.sort();
+
+    if opts.purge_broken && !broken.is_empty() {
+        let mut trees = RepairPacker::new(repo, rt, opts.dry_run);
+        for (snap_id, paths) in &broken {
+            let Some((_, snap)) = journal.snapshots()?.into_iter().find(|(s, _)| s == snap_id) else {
+                continue;
+            };
+            let reader = TreeReader::new(repo, rt);
+            let mut dropped = Vec::new();
+            let root = rewrite_tree(repo, &reader, &snap.tree, b"", paths, &mut trees, &mut dropped)?
+                .ok_or_else(|| anyhow!("the root folder listing of snapshot {} is lost", snap_id.short()))?;
+            for path in dropped {
+                out.purged.push(Affected {
+                    snapshot: snap_id.short(),
+                    path: display_path(&path),
+                    reason: "removed from the snapshot (--purge-broken)".into(),
+                });
+            }
+            if opts.dry_run {
+                out.actions
+                    .push(format!("would rewrite snapshot {} without its broken files", snap_id.short()));
+                continue;
+            }
+            trees.flush()?;
+            let mut new_snap = snap.clone();
+            new_snap.tree = root;
+            if !new_snap.tags.iter().any(|t| t == "repaired") {
+                new_snap.tags.push("repaired".into());
+            }
+            let new_id = write_snapshot(repo, rt, &new_snap)?;
+            let old_name = format::snapshot_name(snap_id);
+            journal.begin_delete(&old_name, ObjectKind::Snapshot)?;
+            rt.block_on(repo.backend.delete(std::slice::from_ref(&old_name)))?;
+            journal.forget_object(&old_name)?;
+            journal.remove_snapshot(snap_id)?;
+            out.actions.push(format!(
+                "rewrote snapshot {} as {} without its broken files",
+                snap_id.short(),
+                new_id.short()
+            ));
+        }
+        out.purged.sort();
+        if !opts.dry_run {
+            out.unrecoverable.clear();
+        }
+    }
+
+    // Damaged packs whose intact content now lives elsewhere are retired (kept, unused);
+    // missing ones are forgotten.
+    for pack in &damaged_packs {
+        let present = rt.block_on(repo.backend.stat(&pack.name))?.is_some();
+        if !opts.dry_run {
+            retire_or_forget(repo, &pack.name, !present)?;
+        }
+        if present {
+            quarantine.push((pack.name.clone(), "damaged pack (its intact chunks were copied)".into()));
+        }
+        out.actions.push(format!(
+            "{} {}",
+            verb(
+                if present { "retired damaged pack" } else { "forgot missing pack" },
+                if present { "would retire damaged pack" } else { "would forget missing pack" }
+            ),
+            pack.name
+        ));
+    }
+
+    // Unfinished uploads and partial objects: ours provably, deleted only on request.
+    let incomplete = rt.block_on(repo.backend.list_incomplete(""))?;
+    for (id, name, size) in incomplete {
+        let ours = journal.object(&name)?.is_some() || rt.block_on(repo.backend.stat(&name))?.is_some();
+        if ours && opts.delete_unrecoverable {
+            if !opts.dry_run {
+                rt.block_on(repo.backend.abort_incomplete(&id))?;
+            }
+            out.actions.push(format!(
+                "{} the unfinished upload of {name} ({size} bytes)",
+                verb("deleted", "would delete")
+            ));
+        } else if ours {
+            out.left_alone.push(format!(
+                "unfinished upload of {name} ({size} bytes): cairn's own; --delete-unrecoverable deletes it"
+            ));
+        } else {
+            out.left_alone.push(format!(
+                "unfinished upload of {name} ({size} bytes): not provably cairn's (another client may be writing it)"
+            ));
+        }
+    }
+    for obj in journal
+        .objects_in_state(State::Uploading)?
+        .into_iter()
+        .chain(journal.objects_in_state(State::Deleting)?)
+    {
+        if opts.delete_unrecoverable {
+            if !opts.dry_run {
+                journal.begin_delete(&obj.name, obj.kind)?;
+                rt.block_on(repo.backend.delete(std::slice::from_ref(&obj.name)))?;
+                journal.forget_object(&obj.name)?;
+            }
+            out.actions.push(format!("{} the partial upload {}", verb("deleted", "would delete"), obj.name));
+        } else {
+            out.left_alone.push(format!(
+                "{}: a partial upload of cairn's own ({}); --delete-unrecoverable deletes it",
+                obj.name,
+                obj.state.as_str()
+            ));
+        }
+    }
+
+    // Objects retired by an earlier repair are set aside on request.
+    if opts.quarantine {
+        for obj in journal.objects_in_state(State::Retired)? {
+            if !quarantine.iter().any(|(n, _)| n == &obj.name)
+                && rt.block_on(repo.backend.stat(&obj.name))?.is_some()
+            {
+                quarantine.push((obj.name, "retired by an earlier repair".into()));
+            }
+        }
+    }
+
+    // Foreign and replaced objects: left alone, or set aside.
+    for (name, why) in quarantine {
+        if opts.quarantine {
+            if !opts.dry_run {
+                move_to_quarantine(repo, rt, &name)?;
+            }
+            out.actions.push(format!("{} {name} to {QUARANTINE} ({why})", verb("moved", "would move")));
+        } else {
+            out.left_alone.push(format!("{name}: {why}; --quarantine moves it to {QUARANTINE}"));
+        }
+    }
+
+    if !opts.dry_run {
+        write_index(repo, rt)?;
+        if reindex || !damaged_packs.is_empty() || out.recovered_chunks > 0 {
+            journal.clear_file_cache()?;
+        }
+    }
+    Ok(out)
+}
+
+/// What an unknown object is, if it is a valid cairn object of this repository.
+fn classify(repo: &Repository, rt: &tokio::runtime::Handle, name: &str) -> Result<Option<String>> {
+    let Some(info) = rt.block_on(repo.backend.stat(name))? else { return Ok(None) };
+    if name.starts_with("data/") && format::id_of_name(name).is_some() {
+        return Ok(rt
+            .block_on(crate::repo::rebuild::read_header(repo, name, info.size))?
+            .map(|e| format!("a pack of {} chunks, from its header", e.len())));
+    }
+    if name.starts_with("index/") || name.starts_with("snapshots/") {
+        let bytes = rt.block_on(repo.backend.read_all(name))?;
+        if format::id_of_name(name) != Some(Id::of_bytes(&bytes)) {
+            return Ok(None);
+        }
+        let ok = if name.starts_with("index/") {
+            format::open_object::<IndexFile>(&repo.key, format::AAD_INDEX, &bytes, false).is_ok()
+        } else {
+            format::open_object::<Snapshot>(&repo.key, format::AAD_SNAPSHOT, &bytes, false).is_ok()
+        };
+        return Ok(ok.then(|| if name.starts_with("index/") { "an index" } else { "a snapshot" }.to_string()));
+    }
+    if name.starts_with("keys/") {
+        let bytes = rt.block_on(repo.backend.read_all(name))?;
+        return Ok(serde_json::from_slice::<KeyFile>(&bytes).is_ok().then(|| "a key file".to_string()));
+    }
+    Ok(None)
+}
+
+fn adopt(repo: &Repository, rt: &tokio::runtime::Handle, name: &str, _what: &str) -> Result<()> {
+    let info = rt.block_on(repo.backend.stat(name))?.ok_or_else(|| anyhow!("{name} vanished"))?;
+    let journal = &repo.journal;
+    if name.starts_with("data/") {
+        if let Some(entries) = rt.block_on(crate::repo::rebuild::read_header(repo, name, info.size))? {
+            journal.record_present(
+                name,
+                ObjectKind::Pack,
+                info.size,
+                format::id_of_name(name).as_ref(),
+                &entries,
+            )?;
+        }
+    } else if name.starts_with("keys/") {
+        let bytes = rt.block_on(repo.backend.read_all(name))?;
+        journal.record_present(name, ObjectKind::Key, info.size, Some(&Id::of_bytes(&bytes)), &[])?;
+    }
+    // Index and snapshot objects are picked up by the sync that follows.
+    Ok(())
+}
+
+/// Marks a replaced object retired (still stored) or forgets it (gone).
+fn retire_or_forget(repo: &Repository, name: &str, gone: bool) -> Result<()> {
+    if gone { repo.journal.forget_object(name) } else { repo.journal.set_state(name, State::Retired) }
+}
+
+/// Copies an object under `quarantine/` and then deletes the original: nothing is lost,
+/// it just leaves the repository's namespace.
+fn move_to_quarantine(repo: &Repository, rt: &tokio::runtime::Handle, name: &str) -> Result<()> {
+    let bytes = rt.block_on(repo.backend.read_all(name))?;
+    let target = format!("{QUARANTINE}{name}");
+    rt.block_on(repo.backend.upload_bytes(&target, &bytes, false))?;
+    match rt.block_on(repo.backend.stat(&target))? {
+        Some(i) if i.size == bytes.len() as u64 => {}
+        _ => bail!("the copy of {name} in {QUARANTINE} could not be confirmed; the original was kept"),
+    }
+    rt.block_on(repo.backend.delete(&[name.to_string()]))?;
+    repo.journal.forget_object(name)?;
+    Ok(())
+}
+
+/// Rewrites a tree without the `broken` paths (files whose data is lost, folders whose
+/// listing is lost). Returns the new tree id, or `None` when this folder itself is broken.
+fn rewrite_tree(
+    repo: &Repository,
+    reader: &TreeReader<'_>,
+    id: &Id,
+    prefix: &[u8],
+    broken: &HashSet<Vec<u8>>,
+    trees: &mut RepairPacker<'_>,
+    dropped: &mut Vec<Vec<u8>>,
+) -> Result<Option<Id>> {
+    if broken.contains(prefix) {
+        dropped.push(prefix.to_vec());
+        return Ok(None);
+    }
+    let tree = reader.load(id)?;
+    let mut nodes = Vec::with_capacity(tree.nodes.len());
+    let mut changed = false;
+    for node in &tree.nodes {
+        let mut path = prefix.to_vec();
+        path.push(b'/');
+        path.extend_from_slice(&node.name);
+        match node.kind {
+            NodeKind::File if broken.contains(&path) => {
+                dropped.push(path);
+                changed = true;
+                continue;
+            }
+            NodeKind::Dir => {
+                let below = broken
+                    .iter()
+                    .any(|b| b == &path || (b.starts_with(&path) && b.get(path.len()) == Some(&b'/')));
+                if below && let Some(sub) = &node.subtree {
+                    match rewrite_tree(repo, reader, sub, &path, broken, trees, dropped)? {
+                        None => {
+                            changed = true;
+                            continue;
+                        }
+                        Some(new) if new != *sub => {
+                            let mut n = node.clone();
+                            n.subtree = Some(new);
+                            nodes.push(n);
+                            changed = true;
+                            continue;
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        nodes.push(node.clone());
+    }
+    if !changed {
+        return Ok(Some(*id));
+    }
+    let bytes = postcard::to_stdvec(&Tree { version: 1, nodes })?;
+    let new = repo.key.blob_id(&bytes);
+    if !repo.journal.has_blob(&new)? {
+        let sealed = format::encode_blob(&repo.key, BlobKind::Tree, &new, &bytes, 1);
+        trees.add(BlobKind::Tree, new, &sealed, bytes.len() as u32)?;
+    }
+    Ok(Some(new))
+}
