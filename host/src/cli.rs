@@ -27,7 +27,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a new repository at the configured backend
-    Init,
+    Init {
+        /// Average chunk size of the new repository (default 1MiB; 256B to 4MiB). Smaller
+        /// chunks deduplicate finer but cost more journal and index space.
+        #[arg(long, value_name = "SIZE")]
+        chunk_size: Option<String>,
+    },
     /// Back up the configured sources as a new snapshot
     Backup {
         /// Extra tag for this snapshot (repeatable)

@@ -233,7 +233,8 @@ impl Journal {
                 "BEGIN;
                  CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                  CREATE TABLE objects (
-                    name TEXT PRIMARY KEY,
+                    oid INTEGER PRIMARY KEY,
+                    name TEXT NOT NULL UNIQUE,
                     kind TEXT NOT NULL,
                     state TEXT NOT NULL,
                     size INTEGER NOT NULL,
@@ -246,13 +247,13 @@ impl Journal {
                  CREATE INDEX objects_state ON objects(state);
                  CREATE TABLE damaged_blobs (
                     id BLOB NOT NULL,
-                    pack TEXT NOT NULL,
+                    pack INTEGER NOT NULL,
                     reason TEXT NOT NULL,
                     PRIMARY KEY (id, pack)
                  ) WITHOUT ROWID;
                  CREATE TABLE blobs (
                     id BLOB NOT NULL,
-                    pack TEXT NOT NULL,
+                    pack INTEGER NOT NULL,
                     kind INTEGER NOT NULL,
                     offset INTEGER NOT NULL,
                     length INTEGER NOT NULL,
@@ -312,7 +313,8 @@ impl Journal {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT OR REPLACE INTO objects (name, kind, state, size, hash, created_at) VALUES (?1, ?2, 'uploading', ?3, ?4, ?5)",
+            "INSERT INTO objects (name, kind, state, size, hash, created_at) VALUES (?1, ?2, 'uploading', ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET kind = ?2, state = 'uploading', size = ?3, hash = ?4",
             params![name, kind.as_str(), size as i64, &hash.0[..], now_secs()],
         )?;
         insert_blobs(&tx, name, blobs)?;
@@ -375,7 +377,11 @@ impl Journal {
     pub fn forget_object(&self, name: &str) -> Result<()> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM blobs WHERE pack = ?1", [name])?;
+        tx.execute("DELETE FROM blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)", [name])?;
+        tx.execute(
+            "DELETE FROM damaged_blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)",
+            [name],
+        )?;
         tx.execute("DELETE FROM objects WHERE name = ?1", [name])?;
         tx.commit()?;
         Ok(())
@@ -416,11 +422,14 @@ impl Journal {
     /// is damaged is stored again.
     pub fn has_blob(&self, id: &Id) -> Result<bool> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT 1 FROM blobs b JOIN objects o ON o.name = b.pack
-             WHERE b.id = ?1 AND o.state IN ('uploading', 'uploaded', 'verified') LIMIT 1",
-        )?;
-        Ok(stmt.exists([&id.0[..]])?)
+        for row in blob_rows(&conn, id)? {
+            if let Some((_, state)) = object_by_oid(&conn, row.pack)?
+                && matches!(state, State::Uploading | State::Uploaded | State::Verified)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Records that a pack is damaged (missing, truncated, corrupt), and which of its blobs
@@ -431,8 +440,10 @@ impl Journal {
         let tx = conn.transaction()?;
         tx.execute("UPDATE objects SET state = 'damaged', note = ?2 WHERE name = ?1", params![pack, reason])?;
         {
-            let mut stmt =
-                tx.prepare("INSERT OR REPLACE INTO damaged_blobs (id, pack, reason) VALUES (?1, ?2, ?3)")?;
+            let mut stmt = tx.prepare(
+                "INSERT OR REPLACE INTO damaged_blobs (id, pack, reason)
+                            VALUES (?1, (SELECT oid FROM objects WHERE name = ?2), ?3)",
+            )?;
             for (id, why) in blobs {
                 stmt.execute(params![&id.0[..], pack, why])?;
             }
@@ -449,7 +460,10 @@ impl Journal {
             "UPDATE objects SET state = 'verified', note = NULL, verified_at = ?2 WHERE name = ?1",
             params![pack, now_secs()],
         )?;
-        tx.execute("DELETE FROM damaged_blobs WHERE pack = ?1", [pack])?;
+        tx.execute(
+            "DELETE FROM damaged_blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)",
+            [pack],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -474,11 +488,29 @@ impl Journal {
                 "UPDATE objects SET indexed_by = ?2 WHERE name = ?1 AND indexed_by IS NULL",
             )?;
             let now = now_secs();
+            let mut rows: Vec<(&PackEntry, i64)> = Vec::new();
             for p in &index.packs {
                 let pack = crate::repo::format::pack_name(&p.id);
                 obj.execute(params![pack, "pack", p.size as i64, &p.id.0[..], name, now])?;
                 mark.execute(params![pack, name])?;
-                insert_blobs(&tx, &pack, &p.entries)?;
+                let oid: i64 =
+                    tx.query_row("SELECT oid FROM objects WHERE name = ?1", [&pack], |r| r.get(0))?;
+                rows.extend(p.entries.iter().map(|e| (e, oid)));
+            }
+            // All of the index's blobs in id order: sorted inserts keep the B-tree writes local.
+            rows.sort_unstable_by_key(|(e, _)| e.id);
+            let mut ins = tx.prepare_cached(
+                "INSERT OR REPLACE INTO blobs (id, pack, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (e, oid) in rows {
+                ins.execute(params![
+                    &e.id.0[..],
+                    oid,
+                    e.kind as u8,
+                    e.offset as i64,
+                    e.length,
+                    e.raw_length
+                ])?;
             }
             obj.execute(params![name, "index", size as i64, &id.0[..], Option::<String>::None, now])?;
         }
@@ -498,20 +530,14 @@ impl Journal {
     /// `None` if some pack can deliver blob `id`; otherwise why not.
     pub fn blob_lost(&self, id: &Id) -> Result<Option<String>> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT b.pack, o.state, (SELECT reason FROM damaged_blobs d WHERE d.id = b.id AND d.pack = b.pack)
-             FROM blobs b JOIN objects o ON o.name = b.pack WHERE b.id = ?1",
-        )?;
-        let rows = stmt.query_map([&id.0[..]], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
-        })?;
         let mut reason = None;
-        for row in rows {
-            let (pack, state, damaged) = row?;
-            match (state.as_str(), damaged) {
-                ("uploaded" | "verified", _) | ("damaged", None) => return Ok(None),
+        for row in blob_rows(&conn, id)? {
+            let Some((pack, state)) = object_by_oid(&conn, row.pack)? else { continue };
+            let damaged = if state == State::Damaged { blob_damage(&conn, id, row.pack)? } else { None };
+            match (state, damaged) {
+                (State::Uploaded | State::Verified, _) | (State::Damaged, None) => return Ok(None),
                 (_, Some(why)) => reason = Some(why),
-                (st, None) => reason = Some(format!("its pack {pack} is {st}")),
+                (st, None) => reason = Some(format!("its pack {pack} is {}", st.as_str())),
             }
         }
         Ok(Some(reason.unwrap_or_else(|| format!("chunk {} is in no known pack", id.short()))))
@@ -520,14 +546,11 @@ impl Journal {
     /// Every pack holding blob `id`, with its state.
     pub fn packs_holding(&self, id: &Id) -> Result<Vec<(String, State)>> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT b.pack, o.state FROM blobs b JOIN objects o ON o.name = b.pack WHERE b.id = ?1",
-        )?;
-        let rows = stmt.query_map([&id.0[..]], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
-        for row in rows {
-            let (pack, state) = row?;
-            out.push((pack, State::parse(&state)?));
+        for row in blob_rows(&conn, id)? {
+            if let Some(found) = object_by_oid(&conn, row.pack)? {
+                out.push(found);
+            }
         }
         Ok(out)
     }
@@ -578,37 +601,41 @@ impl Journal {
         Ok(())
     }
 
-    /// Where blob `id` of `kind` is stored, preferring packs known to be complete.
+    /// Where blob `id` of `kind` is stored, preferring packs known to be complete: verified,
+    /// then uploaded, then a damaged pack whose copy of this blob is not known to be bad.
     pub fn blob_location(&self, id: &Id, kind: BlobKind) -> Result<Option<BlobLocation>> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT b.pack, b.offset, b.length, b.raw_length FROM blobs b JOIN objects o ON o.name = b.pack
-             WHERE b.id = ?1 AND b.kind = ?2 AND (o.state IN ('uploaded', 'verified')
-                OR (o.state = 'damaged' AND NOT EXISTS
-                    (SELECT 1 FROM damaged_blobs d WHERE d.id = b.id AND d.pack = b.pack)))
-             ORDER BY o.state = 'verified' DESC, o.state = 'uploaded' DESC LIMIT 1",
-        )?;
-        let row = stmt
-            .query_row(params![&id.0[..], kind as u8], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
-            })
-            .optional()?;
-        match row {
-            None => Ok(None),
-            Some((pack, offset, length, raw)) => Ok(Some(BlobLocation {
-                pack: pack_id(&pack)?,
-                offset: offset as u64,
-                length: length as u32,
-                raw_length: raw as u32,
-            })),
+        let mut best: Option<(u8, BlobLocation)> = None;
+        for row in blob_rows(&conn, id)? {
+            if row.kind != kind as u8 {
+                continue;
+            }
+            let Some((pack, state)) = object_by_oid(&conn, row.pack)? else { continue };
+            let rank = match state {
+                State::Verified => 3,
+                State::Uploaded => 2,
+                State::Damaged if blob_damage(&conn, id, row.pack)?.is_none() => 1,
+                _ => continue,
+            };
+            if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+                let loc = BlobLocation {
+                    pack: pack_id(&pack)?,
+                    offset: row.offset,
+                    length: row.length,
+                    raw_length: row.raw_length,
+                };
+                best = Some((rank, loc));
+            }
         }
+        Ok(best.map(|(_, l)| l))
     }
 
     /// The blobs of one pack, by offset.
     pub fn pack_entries(&self, pack: &str) -> Result<Vec<PackEntry>> {
         let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(
-            "SELECT id, kind, offset, length, raw_length FROM blobs WHERE pack = ?1 ORDER BY offset",
+            "SELECT id, kind, offset, length, raw_length FROM blobs
+             WHERE pack = (SELECT oid FROM objects WHERE name = ?1) ORDER BY offset",
         )?;
         let rows = stmt.query_map([pack], row_to_entry)?;
         rows.map(|r| r?).collect()
@@ -748,12 +775,61 @@ impl Journal {
     }
 }
 
+/// One row of `blobs`.
+struct BlobRow {
+    pack: i64,
+    kind: u8,
+    offset: u64,
+    length: u32,
+    raw_length: u32,
+}
+
+// The lookups below are single-table statements on purpose: SQLite (3.54) re-prepares
+// joins on every execution, which costs more than the query itself on these hot paths.
+
+fn blob_rows(conn: &Connection, id: &Id) -> Result<Vec<BlobRow>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT pack, kind, offset, length, raw_length FROM blobs WHERE id = ?1")?;
+    let rows = stmt.query_map([&id.0[..]], |r| {
+        Ok(BlobRow {
+            pack: r.get(0)?,
+            kind: r.get(1)?,
+            offset: r.get::<_, i64>(2)? as u64,
+            length: r.get(3)?,
+            raw_length: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+fn object_by_oid(conn: &Connection, oid: i64) -> Result<Option<(String, State)>> {
+    let mut stmt = conn.prepare_cached("SELECT name, state FROM objects WHERE oid = ?1")?;
+    let row = stmt.query_row([oid], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).optional()?;
+    match row {
+        Some((name, state)) => Ok(Some((name, State::parse(&state)?))),
+        None => Ok(None),
+    }
+}
+
+fn blob_damage(conn: &Connection, id: &Id, oid: i64) -> Result<Option<String>> {
+    let mut stmt = conn.prepare_cached("SELECT reason FROM damaged_blobs WHERE id = ?1 AND pack = ?2")?;
+    Ok(stmt.query_row(params![&id.0[..], oid], |r| r.get(0)).optional()?)
+}
+
+/// Records the blobs of `pack` (which must be in `objects`), in id order: a B-tree takes
+/// sorted inserts much faster than random ones.
 fn insert_blobs(tx: &rusqlite::Transaction<'_>, pack: &str, blobs: &[PackEntry]) -> Result<()> {
+    if blobs.is_empty() {
+        return Ok(());
+    }
+    let oid: i64 = tx.query_row("SELECT oid FROM objects WHERE name = ?1", [pack], |r| r.get(0))?;
+    let mut sorted: Vec<&PackEntry> = blobs.iter().collect();
+    sorted.sort_unstable_by_key(|e| e.id);
     let mut stmt = tx.prepare_cached(
         "INSERT OR REPLACE INTO blobs (id, pack, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    for e in blobs {
-        stmt.execute(params![&e.id.0[..], pack, e.kind as u8, e.offset as i64, e.length, e.raw_length])?;
+    for e in sorted {
+        stmt.execute(params![&e.id.0[..], oid, e.kind as u8, e.offset as i64, e.length, e.raw_length])?;
     }
     Ok(())
 }

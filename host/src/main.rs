@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     };
     let ctx = Ctx { config_path: cli.config, json: cli.json, rt };
     let result = match cli.command {
-        Command::Init => commands::init::run(&ctx),
+        Command::Init { chunk_size } => commands::init::run(&ctx, chunk_size.as_deref()),
         Command::Backup { tags } => commands::backup::run(&ctx, &tags),
         Command::Snapshots => commands::snapshots::run(&ctx),
         Command::Ls { snapshot, long } => commands::ls::run(&ctx, &snapshot, long),

@@ -1,14 +1,24 @@
 //! `cairn init`: create a repository.
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use serde_json::json;
 
 use super::Ctx;
+use crate::config::parse_size;
+use crate::repo::format::ChunkerParams;
 use crate::repo::{Repository, describe};
 
-pub fn run(ctx: &Ctx) -> Result<()> {
+pub fn run(ctx: &Ctx, chunk_size: Option<&str>) -> Result<()> {
     let config = ctx.config()?;
-    let (repo, key) = ctx.rt.block_on(Repository::init(&config))?;
+    let chunker = match chunk_size {
+        None => ChunkerParams::default_with_seed(getrandom::u64()?),
+        Some(text) => {
+            let avg =
+                parse_size(text).ok_or_else(|| anyhow!("--chunk-size {text:?} is not a size like 256KiB"))?;
+            ChunkerParams::with_average(avg, getrandom::u64()?)?
+        }
+    };
+    let (repo, key) = ctx.rt.block_on(Repository::init(&config, chunker))?;
     if ctx.json {
         ctx.print_json(&json!({
             "repository": repo.params.id,

@@ -680,24 +680,48 @@ fn store_tree(mut nodes: Vec<Node>, sh: &Shared<'_>) -> Result<Id> {
 /// Uploads index objects for every uploaded pack no index lists yet.
 pub fn write_index(repo: &Repository, rt: &tokio::runtime::Handle) -> Result<()> {
     let packs = repo.journal.unindexed_packs()?;
-    for group in packs.chunks(4096) {
-        let mut index = IndexFile { version: 1, packs: Vec::new() };
-        for p in group {
-            index.packs.push(IndexPack {
-                id: crate::journal::pack_id(&p.name)?,
-                size: p.size,
-                entries: repo.journal.pack_entries(&p.name)?,
-            });
+    let mut index = IndexFile { version: 1, packs: Vec::new() };
+    let mut names = Vec::new();
+    let mut entries = 0usize;
+    for p in &packs {
+        let pack_entries = repo.journal.pack_entries(&p.name)?;
+        entries += pack_entries.len();
+        index.packs.push(IndexPack {
+            id: crate::journal::pack_id(&p.name)?,
+            size: p.size,
+            entries: pack_entries,
+        });
+        names.push(p.name.clone());
+        if entries >= INDEX_ENTRIES {
+            upload_index(repo, rt, &index, &names)?;
+            index.packs.clear();
+            names.clear();
+            entries = 0;
         }
-        let bytes = format::seal_object(&repo.key, format::AAD_INDEX, &index, false)?;
-        let id = Id::of_bytes(&bytes);
-        let name = format::index_name(&id);
-        repo.journal.record_uploading(&name, ObjectKind::Index, bytes.len() as u64, &id, &[])?;
-        rt.block_on(repo.backend.upload_bytes(&name, &bytes, false))?;
-        repo.journal.set_state(&name, State::Uploaded)?;
-        let names: Vec<String> = group.iter().map(|p| p.name.clone()).collect();
-        repo.journal.mark_indexed(&names, &name)?;
     }
+    if !names.is_empty() {
+        upload_index(repo, rt, &index, &names)?;
+    }
+    Ok(())
+}
+
+/// Blobs per index object, at most (one pack may exceed it): keeps index objects a few
+/// MiB, so reading one never needs much memory.
+const INDEX_ENTRIES: usize = 65_536;
+
+fn upload_index(
+    repo: &Repository,
+    rt: &tokio::runtime::Handle,
+    index: &IndexFile,
+    packs: &[String],
+) -> Result<()> {
+    let bytes = format::seal_object(&repo.key, format::AAD_INDEX, index, false)?;
+    let id = Id::of_bytes(&bytes);
+    let name = format::index_name(&id);
+    repo.journal.record_uploading(&name, ObjectKind::Index, bytes.len() as u64, &id, &[])?;
+    rt.block_on(repo.backend.upload_bytes(&name, &bytes, false))?;
+    repo.journal.set_state(&name, State::Uploaded)?;
+    repo.journal.mark_indexed(packs, &name)?;
     Ok(())
 }
 

@@ -11,11 +11,6 @@ use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
 
 use crate::repo::format::ChunkerParams;
 
-/// The defaults for new repositories: chunks of 256 KiB to 4 MiB, 1 MiB on average.
-pub const DEFAULT_MIN: u32 = 256 << 10;
-pub const DEFAULT_AVG: u32 = 1 << 20;
-pub const DEFAULT_MAX: u32 = 4 << 20;
-
 pub struct Chunker {
     min: usize,
     avg: usize,
@@ -54,7 +49,7 @@ impl Chunker {
         buf: &mut Vec<u8>,
         mut emit: impl FnMut(&[u8]) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
-        let cap = self.max * 2;
+        let cap = (self.max * 2).max(1 << 20);
         if buf.len() < cap {
             buf.resize(cap, 0);
         }

@@ -257,7 +257,14 @@ pub fn run(
     }
 
     // Chunks that are still lost: from source files that still hold them.
-    let damage = snapshot_damage(repo, rt, &|id| journal.blob_lost(id))?;
+    // Walking every snapshot again is only needed when something is lost (the verify
+    // above found it; adoption or salvage since may have changed the picture).
+    let anything_lost = !report.affected.is_empty() || !damaged_packs.is_empty();
+    let damage = if anything_lost {
+        snapshot_damage(repo, rt, &|id| journal.blob_lost(id))?
+    } else {
+        verify::SnapshotDamage::default()
+    };
     let mut wanted: HashSet<Id> =
         damage.lost_blobs.keys().copied().filter(|id| !data.has(id) && !trees.has(id)).collect();
     if !wanted.is_empty() {
@@ -314,9 +321,13 @@ pub fn run(
 
     // What is still lost, snapshot by snapshot.
     let recovered: HashSet<Id> = data.ids.union(&trees.ids).copied().collect();
-    let still = snapshot_damage(repo, rt, &|id| {
-        if recovered.contains(id) { Ok(None) } else { journal.blob_lost(id) }
-    })?;
+    let still = if anything_lost {
+        snapshot_damage(repo, rt, &|id| {
+            if recovered.contains(id) { Ok(None) } else { journal.blob_lost(id) }
+        })?
+    } else {
+        verify::SnapshotDamage::default()
+    };
     let mut broken: HashMap<Id, HashSet<Vec<u8>>> = HashMap::new();
     for (snap, path, reason) in &still.entries {
         out.unrecoverable.push(Affected {

@@ -165,6 +165,11 @@ pub fn run(
     tracing::debug!("structure: {:.2}s", phase.elapsed().as_secs_f64());
     // 2. Content, grouped by pack.
     let plan = plan(repo, &files)?;
+    // The plan holds where every chunk goes; the chunk lists themselves are not needed
+    // any more (they are most of the memory a restore of many files takes).
+    for f in &mut files {
+        f.node.content = Vec::new();
+    }
     let failed: Mutex<HashMap<u32, String>> = Mutex::new(HashMap::new());
     for (file_idx, reason) in plan.missing {
         failed.lock().unwrap().entry(file_idx).or_insert(reason);

@@ -291,6 +291,7 @@ pub fn display_path(path: &[u8]) -> String {
 type TreeDamage = Rc<Vec<(Vec<u8>, String)>>;
 
 /// What cannot be restored, snapshot by snapshot.
+#[derive(Default)]
 pub struct SnapshotDamage {
     /// (snapshot, absolute path, reason); a path of a folder means its listing is lost.
     pub entries: Vec<(Id, Vec<u8>, String)>,

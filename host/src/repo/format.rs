@@ -281,6 +281,27 @@ pub struct ChunkerParams {
     pub seed: u64,
 }
 
+impl ChunkerParams {
+    /// The defaults: chunks of 256 KiB to 4 MiB, 1 MiB on average.
+    pub fn default_with_seed(seed: u64) -> ChunkerParams {
+        ChunkerParams { min_size: 256 << 10, avg_size: 1 << 20, max_size: 4 << 20, seed }
+    }
+
+    /// Chunks averaging `avg` bytes, between a quarter and four times that.
+    pub fn with_average(avg: u64, seed: u64) -> anyhow::Result<ChunkerParams> {
+        if !(256..=4 << 20).contains(&avg) {
+            bail!("the average chunk size must be between 256B and 4MiB");
+        }
+        let avg = avg as u32 & !1;
+        Ok(ChunkerParams {
+            min_size: (avg / 4).max(64) & !1,
+            avg_size: avg,
+            max_size: (avg * 4).max(1024),
+            seed,
+        })
+    }
+}
+
 /// One blob's place in a pack.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct PackEntry {

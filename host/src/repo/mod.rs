@@ -17,7 +17,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::crypto::{KeyFile, MasterKey};
-use crate::engine::chunker;
 use crate::ids::Id;
 use crate::journal::{Journal, ObjectKind};
 use crate::lock::{Lock, hostname};
@@ -122,7 +121,7 @@ pub async fn open_backend(config: &Config, creating: bool) -> Result<Backend> {
 
 impl Repository {
     /// Creates a new repository.
-    pub async fn init(config: &Config) -> Result<(Repository, String)> {
+    pub async fn init(config: &Config, chunker: ChunkerParams) -> Result<(Repository, String)> {
         let backend = open_backend(config, true).await?;
         if backend.stat(CONFIG_NAME).await?.is_some() || !backend.list("keys/").await?.is_empty() {
             bail!("a repository already exists at {}; nothing was changed", describe(config));
@@ -134,12 +133,7 @@ impl Repository {
         let params = RepoConfig {
             version: 1,
             id: hex::encode(id),
-            chunker: ChunkerParams {
-                min_size: chunker::DEFAULT_MIN,
-                avg_size: chunker::DEFAULT_AVG,
-                max_size: chunker::DEFAULT_MAX,
-                seed: getrandom::u64()?,
-            },
+            chunker,
             created: jiff::Timestamp::now().to_string(),
         };
         let keyfile = serde_json::to_vec_pretty(&KeyFile::create(&key, &password, &hostname())?)?;
