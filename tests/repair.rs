@@ -217,8 +217,12 @@ fn a_deleted_journal_is_explained_and_rebuilt_from_the_repository() {
         assert!(err.contains("no journal") && err.contains("cairn repair --rebuild-journal"), "{err}");
     }
     let repo_before = repo_objects(&env.repo);
-    let out = env.ok(&["repair", "--rebuild-journal"]);
-    assert!(out.contains("from their headers"), "{out}");
+    let out = env.ok(&["--json", "repair", "--rebuild-journal"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["rebuilt"]["packs_from_headers"].as_u64().unwrap() >= 1, "{v:#}");
+    // Headers and index objects only: never whole packs.
+    let downloaded = v["rebuilt"]["bytes_downloaded"].as_u64().unwrap();
+    assert!(downloaded * 10 < pack_bytes(&env.repo), "downloaded {downloaded} bytes to rebuild");
     assert_eq!(
         repo_objects(&env.repo).len(),
         repo_before.len() + 1,
@@ -401,4 +405,51 @@ fn two_machines_share_a_repository_and_a_stale_journal_refuses_destructive_repai
     assert_eq!(a.json(&["snapshots"]).as_array().unwrap().len(), 3);
     assert_restores(&a);
     assert_restores(&b);
+}
+
+#[test]
+fn an_old_journal_adopts_what_it_missed_by_reading_headers() {
+    let env = backed_up();
+    // Keep a copy of the journal as it is now, then back up more.
+    let journal_dir = find_journal(&env.state).parent().unwrap().to_path_buf();
+    let copy_root = env.path("journal-copy");
+    let copy = copy_root.join(journal_dir.file_name().unwrap());
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(&journal_dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+    }
+    write_file(&env.src.join("newer/n.bin"), &Rng::new(77).bytes(2 << 20), 0o644, 1_650_000_000);
+    env.ok(&["backup"]);
+    // The run's index object is lost too: its packs can only be learned from their headers.
+    let known_index: std::collections::HashSet<String> = journal_objects(&copy_root)
+        .iter()
+        .map(|(n, ..)| n.clone())
+        .filter(|n| n.starts_with("index/"))
+        .collect();
+    for (name, _) in repo_objects(&env.repo) {
+        if name.starts_with("index/") && !known_index.contains(&name) {
+            std::fs::remove_file(env.repo.join(&name)).unwrap();
+        }
+    }
+    // The old journal comes back (restored from a backup of the laptop, say).
+    std::fs::remove_dir_all(&journal_dir).unwrap();
+    std::fs::create_dir_all(&journal_dir).unwrap();
+    for e in std::fs::read_dir(&copy).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), journal_dir.join(e.file_name())).unwrap();
+    }
+    // It does not know the newer snapshot: destructive repairs are refused.
+    let (_, err) = env.fails(&["repair", "--purge-broken"]);
+    assert!(err.contains("refusing"), "{err}");
+    let (code, v) = verify(&env, &[]);
+    assert_eq!(code, 3);
+    assert!(kinds(&v).iter().any(|(k, n)| k == "unknown" && n.starts_with("data/")), "{v:#}");
+    let (code, r) = repair(&env, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert!(r["actions"].to_string().contains("from its header"), "packs adopted from their headers: {r:#}");
+    assert_clean(&env);
+    assert_restores(&env);
 }
