@@ -10,6 +10,8 @@ wit_bindgen::generate!({
     default_bindings_module: "cairn_plugin_sdk",
 });
 
+pub mod http;
+
 pub use cairn::storage::types::{
     Capabilities, Error, IncompleteUpload, ListPage, ObjectInfo, OptionSpec, PluginInfo, RateLimit,
 };
