@@ -136,7 +136,7 @@ fn build(req: &Request) -> Result<(OutgoingRequest, Option<RequestOptions>), Err
     let fields = Fields::new();
     for (k, v) in &req.headers {
         fields
-            .append(&k.to_string(), &v.as_bytes().to_vec())
+            .append(k, v.as_bytes())
             .map_err(|e| Error::Other(format!("header {k}: {e:?}")))?;
     }
     let out = OutgoingRequest::new(fields);
