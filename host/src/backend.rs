@@ -64,6 +64,11 @@ impl Backend {
         &self.pool
     }
 
+    /// False for an append-only repository (`repository.grants.delete = false`).
+    pub fn can_delete(&self) -> bool {
+        self.pool.sandbox.allow_delete
+    }
+
     /// Parallel transfers worth running: the plugin's preference, bounded by the pool.
     pub fn concurrency(&self) -> usize {
         (self.pool.caps.preferred_concurrency as usize).clamp(1, self.pool.concurrency())

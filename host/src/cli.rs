@@ -33,6 +33,11 @@ pub enum Command {
         #[arg(long, value_name = "SIZE")]
         chunk_size: Option<String>,
     },
+    /// Install, list, inspect or remove storage backend plugins
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
     /// Back up the configured sources as a new snapshot
     Backup {
         /// Extra tag for this snapshot (repeatable)
@@ -92,4 +97,21 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         include: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginAction {
+    /// Check, compile and install a plugin component (.wasm)
+    Install {
+        file: PathBuf,
+        /// Name to use in `repository.backend` (default: the name the plugin gives itself)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List installed plugins
+    List,
+    /// Show a plugin's version, options, capabilities and the grants it needs
+    Info { name: String },
+    /// Remove an installed plugin
+    Remove { name: String },
 }

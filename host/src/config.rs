@@ -23,6 +23,8 @@ pub struct Config {
     pub state: StateConfig,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
     /// Where the config was read from (not part of the file).
     #[serde(skip)]
     pub path: PathBuf,
@@ -146,6 +148,13 @@ fn default_checkpoint_secs() -> u64 {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Installed plugins. Default `$XDG_DATA_HOME/cairn/plugins`.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Journal, lock and temporary packs. Default `$XDG_STATE_HOME/cairn`.
     pub dir: Option<PathBuf>,
@@ -208,6 +217,9 @@ impl Config {
             fix(d);
         }
         if let Some(d) = self.state.cache_dir.as_mut() {
+            fix(d);
+        }
+        if let Some(d) = self.plugins.dir.as_mut() {
             fix(d);
         }
         if let Some(d) = self.repository.password_file.as_mut() {
@@ -300,6 +312,11 @@ impl Config {
         xdg_dir("XDG_CACHE_HOME", ".cache").map(|d| d.join("cairn"))
     }
 
+    /// Where installed plugins live.
+    pub fn plugins_dir(&self) -> Result<PathBuf> {
+        plugins_dir(self.plugins.dir.as_deref())
+    }
+
     /// The repository password, from the configured source.
     pub fn password(&self) -> Result<String> {
         let r = &self.repository;
@@ -323,6 +340,18 @@ impl Config {
         }
         Ok(pw)
     }
+}
+
+/// The plugin folder: `configured`, else `$CAIRN_PLUGINS_DIR`, else
+/// `$XDG_DATA_HOME/cairn/plugins`.
+pub fn plugins_dir(configured: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = configured {
+        return Ok(d.to_path_buf());
+    }
+    if let Some(d) = std::env::var_os("CAIRN_PLUGINS_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    xdg_dir("XDG_DATA_HOME", ".local/share").map(|d| d.join("cairn").join("plugins"))
 }
 
 /// Runs `sh -c CMD` and returns the first line of its output.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cairn::cli::{Cli, Command};
+use cairn::cli::{Cli, Command, PluginAction};
 use cairn::commands::{self, Ctx};
 use cairn::error::{exit_code, one_line};
 
@@ -35,6 +35,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init { chunk_size } => commands::init::run(&ctx, chunk_size.as_deref()),
         Command::Backup { tags } => commands::backup::run(&ctx, &tags),
+        Command::Plugin { action } => match action {
+            PluginAction::Install { file, name } => commands::plugin::install(&ctx, &file, name.as_deref()),
+            PluginAction::List => commands::plugin::list(&ctx),
+            PluginAction::Info { name } => commands::plugin::info(&ctx, &name),
+            PluginAction::Remove { name } => commands::plugin::remove(&ctx, &name),
+        },
         Command::Snapshots => commands::snapshots::run(&ctx),
         Command::Ls { snapshot, long } => commands::ls::run(&ctx, &snapshot, long),
         Command::Restore { snapshot, target, include } => {

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod init;
 pub mod ls;
+pub mod plugin;
 pub mod repair;
 pub mod restore;
 pub mod snapshots;

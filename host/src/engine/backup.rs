@@ -243,6 +243,10 @@ fn remove_partials(
     sources: &[PathBuf],
     keep: &Id,
 ) -> Result<()> {
+    if !repo.backend.can_delete() {
+        // Append-only: the partial snapshots stay; they are valid, older views of the data.
+        return Ok(());
+    }
     let host = hostname();
     for (id, s) in repo.journal.snapshots()? {
         if id == *keep || !s.partial || s.hostname != host || !same_sources(&s, sources) {

@@ -6,10 +6,12 @@
 //!   limiter, the HTTP allow-list.
 //! - [`pool`]: a set of instances of one plugin, each call bounded by a deadline; a trapped
 //!   or timed-out instance is thrown away and replaced.
+//! - [`store`]: installed plugins, checked at install and at every load.
 
 pub mod pool;
 pub mod runtime;
 pub mod sandbox;
+pub mod store;
 
 use std::fmt;
 use std::time::Duration;

@@ -65,42 +65,12 @@ impl PluginPool {
         max_instances: usize,
     ) -> Result<Arc<PluginPool>> {
         let engine = runtime.engine();
-        let mut linker = Linker::<HostState>::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        if !sandbox.hosts.is_empty() {
-            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        }
-        let pre = linker.instantiate_pre(component).map_err(|e| {
-            let msg = format!("{e:#}");
-            if sandbox.hosts.is_empty() && msg.contains("wasi:http") {
-                anyhow!(
-                    "plugin {name} uses the network (it imports wasi:http) but no host is granted; \
-                     add its server to repository.grants.hosts, e.g. hosts = [\"https://s3.example.com:443\"]"
-                )
-            } else {
-                anyhow!("plugin {name} cannot be linked: {msg}")
-            }
-        })?;
-        let pre = StorageBackendPre::new(pre).map_err(|e| {
-            anyhow!("plugin {name} does not export the cairn:storage/backend@0.1.0 interface: {e:#}")
-        })?;
+        let pre = link(engine, name, component, !sandbox.hosts.is_empty())?;
         let mut probe = Instance::new(engine, &pre, &sandbox)
             .await
             .with_context(|| format!("cannot start plugin {name}"))?;
-        let timeout = sandbox.call_timeout;
-        let info = {
-            let g = probe.bindings.cairn_storage_backend();
-            let r = tokio::time::timeout(timeout, g.call_describe(&mut probe.store)).await;
-            settle(
-                name,
-                &mut probe.store,
-                "describe",
-                None,
-                timeout,
-                sandbox.memory_bytes,
-                r.map(|x| x.map(Ok)),
-            )?
-        };
+        let info = probe.describe(name, &sandbox).await?;
+        check_options(name, &info, &options)?;
         let caps = probe.open(name, &options, &sandbox).await?;
         let permits = max_instances.max(1);
         Ok(Arc::new(PluginPool {
@@ -148,7 +118,95 @@ impl PluginPool {
     }
 }
 
+/// Links a component against WASI (and wasi:http when `network`), and checks that it
+/// exports the storage interface with the expected types.
+pub fn link(
+    engine: &wasmtime::Engine,
+    name: &str,
+    component: &Component,
+    network: bool,
+) -> Result<StorageBackendPre<HostState>> {
+    let mut linker = Linker::<HostState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    if network {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    }
+    let pre = linker.instantiate_pre(component).map_err(|e| {
+        let msg = format!("{e:#}");
+        if !network && msg.contains("wasi:http") {
+            anyhow!(
+                "plugin {name} uses the network (it imports wasi:http) but no host is granted; \
+                 add its server to repository.grants.hosts, e.g. hosts = [\"https://s3.example.com:443\"]"
+            )
+        } else {
+            anyhow!("plugin {name} cannot be linked: it imports something cairn does not provide: {msg}")
+        }
+    })?;
+    StorageBackendPre::new(pre).map_err(|e| {
+        anyhow!("plugin {name} does not export the cairn:storage/backend@0.1.0 interface: {e:#}")
+    })
+}
+
+/// Whether a component imports wasi:http (it needs `grants.hosts` to run).
+pub fn uses_network(engine: &wasmtime::Engine, component: &Component) -> bool {
+    component.component_type().imports(engine).any(|(name, _)| name.starts_with("wasi:http/"))
+}
+
+/// Whether a component imports wasi:filesystem (it can use `grants.dirs`).
+pub fn uses_files(engine: &wasmtime::Engine, component: &Component) -> bool {
+    component.component_type().imports(engine).any(|(name, _)| name.starts_with("wasi:filesystem/"))
+}
+
+/// Calls `describe` on a fresh instance that can reach nothing.
+pub async fn describe(
+    engine: &wasmtime::Engine,
+    name: &str,
+    pre: &StorageBackendPre<HostState>,
+    sandbox: &Sandbox,
+) -> Result<PluginInfo> {
+    let mut inst = Instance::new(engine, pre, sandbox).await?;
+    Ok(inst.describe(name, sandbox).await?)
+}
+
+/// Checks the config's options against the ones the plugin declares: unknown names and
+/// missing required ones are errors that quote the plugin's help. Values are never shown
+/// (they may be secrets).
+pub fn check_options(name: &str, info: &PluginInfo, options: &[(String, String)]) -> Result<()> {
+    let described = |o: &super::bindings::cairn::storage::types::OptionSpec| {
+        format!(
+            "{} ({}{}): {}",
+            o.name,
+            if o.required { "required" } else { "optional" },
+            if o.secret { ", secret" } else { "" },
+            o.help
+        )
+    };
+    let all = || info.options.iter().map(described).collect::<Vec<_>>().join("; ");
+    for (k, _) in options {
+        if !info.options.iter().any(|o| &o.name == k) {
+            anyhow::bail!("plugin {name} has no option `{k}`; it takes: {}", all());
+        }
+    }
+    for o in &info.options {
+        if o.required && !options.iter().any(|(k, _)| k == &o.name) {
+            anyhow::bail!(
+                "plugin {name} needs option `{}` in [repository] options: {}",
+                o.name,
+                described(o)
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Instance {
+    async fn describe(&mut self, name: &str, sandbox: &Sandbox) -> Result<PluginInfo, BackendError> {
+        let g = self.bindings.cairn_storage_backend();
+        let timeout = sandbox.call_timeout;
+        let r = tokio::time::timeout(timeout, g.call_describe(&mut self.store)).await;
+        settle(name, &mut self.store, "describe", None, timeout, sandbox.memory_bytes, r.map(|x| x.map(Ok)))
+    }
+
     async fn new(
         engine: &wasmtime::Engine,
         pre: &StorageBackendPre<HostState>,
@@ -336,6 +394,15 @@ impl Lease {
     }
 
     pub async fn abort_incomplete(&mut self, id: &str) -> Result<(), BackendError> {
+        if !self.pool.sandbox.allow_delete {
+            return Err(self.pool.error(
+                "abort-incomplete",
+                Some(id),
+                ErrorKind::NotGranted(
+                    "this repository is append-only (repository.grants.delete = false): nothing stored is removed".into(),
+                ),
+            ));
+        }
         guest_call!(self, "abort-incomplete", Some(id), |g, store| g.call_abort_incomplete(store, id))
     }
 

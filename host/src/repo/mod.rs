@@ -46,7 +46,8 @@ pub enum Access {
     Inspect,
 }
 
-/// Where a backend's component comes from.
+/// Where a backend's component comes from: built in, installed (checked against its
+/// install-time hash), or a `.wasm` path (for development).
 fn component_bytes(config: &Config) -> Result<(String, Vec<u8>)> {
     let backend = &config.repository.backend;
     if backend == "fs" {
@@ -60,9 +61,9 @@ fn component_bytes(config: &Config) -> Result<(String, Vec<u8>)> {
             path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| backend.clone());
         return Ok((name, bytes));
     }
-    bail!(
-        "unknown backend {backend:?}: the built-in backend is \"fs\", or give the path of a .wasm component"
-    )
+    let store = crate::plugin::store::PluginStore::new(&config.plugins_dir()?);
+    let (manifest, bytes) = store.load(backend)?;
+    Ok((manifest.name, bytes))
 }
 
 /// Starts the configured backend. `creating` makes the fs backend's folder if missing.

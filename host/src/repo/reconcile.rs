@@ -66,6 +66,10 @@ pub async fn report_unknown(repo: &Repository) -> Result<Vec<String>> {
 /// Settles what an interrupted run left. With `deletes` false nothing is deleted or
 /// aborted: partial objects are left as they are (and reported by `verify`).
 pub async fn reconcile(repo: &Repository, deletes: bool) -> Result<Report> {
+    // Local temporary packs are ours to clear; remote garbage stays in an append-only
+    // repository (deletes are not granted).
+    let clear_tmp = deletes;
+    let deletes = deletes && repo.backend.can_delete();
     let mut report = Report::default();
     let backend = &repo.backend;
     let journal = &repo.journal;
@@ -131,7 +135,7 @@ pub async fn reconcile(repo: &Repository, deletes: bool) -> Result<Report> {
     }
     // Whatever is left in tmp/ belongs to no recorded object: packs being filled when the
     // run died. Their data is read again from the sources.
-    if deletes && tmp.exists() {
+    if clear_tmp && tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
     if report.interrupted() {

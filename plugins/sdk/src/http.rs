@@ -135,9 +135,7 @@ fn split_url(url: &str) -> Result<(Scheme, String, String), Error> {
 fn build(req: &Request) -> Result<(OutgoingRequest, Option<RequestOptions>), Error> {
     let fields = Fields::new();
     for (k, v) in &req.headers {
-        fields
-            .append(k, v.as_bytes())
-            .map_err(|e| Error::Other(format!("header {k}: {e:?}")))?;
+        fields.append(k, v.as_bytes()).map_err(|e| Error::Other(format!("header {k}: {e:?}")))?;
     }
     let out = OutgoingRequest::new(fields);
     let method = match req.method.as_str() {
@@ -200,9 +198,20 @@ pub fn send(req: &Request, body: &[u8], limit: usize) -> Result<Response, Error>
     let (out, options) = build(req)?;
     let outgoing = out.body().map_err(|_| Error::Other("no request body".into()))?;
     let fut = outgoing_handler::handle(out, options).map_err(|e| map_error(e, &what))?;
-    {
+    let written = if body.is_empty() {
+        Ok(())
+    } else {
         let mut stream = outgoing.write().map_err(|_| Error::Other("no body stream".into()))?;
-        write_all(&mut stream, body, &what)?;
+        write_all(&mut stream, body, &what)
+    };
+    if let Err(e) = written {
+        // A refused or failed request closes the body stream; the response future says why.
+        drop(outgoing);
+        return Err(match wait(fut, &what, 64 << 10) {
+            Ok(resp) if resp.status >= 300 => status_error(&resp, &what),
+            Ok(_) => e,
+            Err(cause) => cause,
+        });
     }
     OutgoingBody::finish(outgoing, None).map_err(|e| map_error(e, &what))?;
     wait(fut, &what, limit)
@@ -233,10 +242,24 @@ impl Streaming {
     }
 
     pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        match self.stream.as_mut() {
+        let r = match self.stream.as_mut() {
             Some(s) => write_all(s, data, &self.what),
-            None => Err(Error::Other(format!("{}: body already finished", self.what))),
+            None => return Err(Error::Other(format!("{}: body already finished", self.what))),
+        };
+        if let Err(e) = r {
+            // The request failed (refused, reset, answered early): the response says why.
+            self.stream = None;
+            self.body = None;
+            if let Some(fut) = self.fut.take() {
+                return Err(match wait(fut, &self.what, 64 << 10) {
+                    Ok(resp) if resp.status >= 300 => status_error(&resp, &self.what),
+                    Ok(_) => e,
+                    Err(cause) => cause,
+                });
+            }
+            return Err(e);
         }
+        Ok(())
     }
 
     pub fn finish(mut self, limit: usize) -> Result<Response, Error> {

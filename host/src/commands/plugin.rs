@@ -1,0 +1,153 @@
+//! `cairn plugin install|list|info|remove`: manage storage backend plugins.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::Ctx;
+use crate::config::Config;
+use crate::plugin::runtime::Runtime;
+use crate::plugin::store::{Manifest, PluginStore};
+
+/// The plugin store and cache of the config when there is one, else the defaults (plugin
+/// commands work before any config exists).
+fn store(ctx: &Ctx) -> Result<(PluginStore, std::path::PathBuf, Option<Config>)> {
+    let config = match (&ctx.config_path, std::env::var_os("CAIRN_CONFIG"), Path::new("cairn.toml").exists())
+    {
+        (None, None, false) => None,
+        _ => Some(ctx.config()?),
+    };
+    let (plugins, cache) = match &config {
+        Some(c) => (c.plugins_dir()?, c.cache_dir()?),
+        None => (crate::config::plugins_dir(None)?, default_cache()?),
+    };
+    Ok((PluginStore::new(&plugins), cache, config))
+}
+
+fn default_cache() -> Result<std::path::PathBuf> {
+    let probe = Config::parse("[repository]\nbackend = \"fs\"\n").map_err(anyhow::Error::msg)?;
+    probe.cache_dir()
+}
+
+fn manifest_json(m: &Manifest) -> serde_json::Value {
+    json!({
+        "name": m.name,
+        "plugin_name": m.plugin_name,
+        "version": m.version,
+        "description": m.description,
+        "options": m.options,
+        "hash": m.hash,
+        "size": m.size,
+        "uses_network": m.network,
+        "uses_files": m.files,
+        "grants_needed": m.grants_needed(),
+        "installed": m.installed,
+        "source": m.source,
+    })
+}
+
+pub fn install(ctx: &Ctx, file: &Path, name: Option<&str>) -> Result<()> {
+    let (store, cache, _) = store(ctx)?;
+    let runtime = Runtime::new(&cache)?;
+    let m = ctx.rt.block_on(store.install(&runtime, file, name))?;
+    if ctx.json {
+        ctx.print_json(&manifest_json(&m));
+    } else {
+        println!(
+            "installed plugin {} ({} {}) in {}",
+            m.name,
+            m.plugin_name,
+            m.version,
+            store.dir().display()
+        );
+        println!("use it with: [repository] backend = \"{}\"", m.name);
+        for g in m.grants_needed() {
+            println!("grants it needs: {g}");
+        }
+    }
+    Ok(())
+}
+
+pub fn list(ctx: &Ctx) -> Result<()> {
+    let (store, _, _) = store(ctx)?;
+    let all = store.list()?;
+    if ctx.json {
+        let mut v = vec![json!({"name": "fs", "builtin": true})];
+        v.extend(all.iter().map(manifest_json));
+        ctx.print_json(&json!(v));
+        return Ok(());
+    }
+    println!("{:<16} {:<10} DESCRIPTION", "NAME", "VERSION");
+    println!(
+        "{:<16} {:<10} a folder on a local or mounted filesystem (built in)",
+        "fs",
+        env!("CARGO_PKG_VERSION")
+    );
+    for m in &all {
+        println!("{:<16} {:<10} {}", m.name, m.version, m.description);
+    }
+    Ok(())
+}
+
+pub fn info(ctx: &Ctx, name: &str) -> Result<()> {
+    let (store, _, config) = store(ctx)?;
+    let m = store
+        .get(name)?
+        .ok_or_else(|| anyhow::anyhow!("no plugin named {name:?} is installed (see `cairn plugin list`)"))?;
+    // Capabilities come from `open`, which needs the plugin's options: report them when the
+    // config uses this plugin.
+    let caps = match &config {
+        Some(c) if c.repository.backend == name => {
+            let backend = ctx.rt.block_on(crate::repo::open_backend(c, false))?;
+            let caps = *backend.caps();
+            Some(json!({
+                "ranged_reads": caps.ranged_reads,
+                "atomic_put": caps.atomic_put,
+                "conditional_put": caps.conditional_put,
+                "max_object_size": caps.max_object_size,
+                "preferred_concurrency": caps.preferred_concurrency,
+            }))
+        }
+        _ => None,
+    };
+    if ctx.json {
+        let mut v = manifest_json(&m);
+        v["capabilities"] = caps.unwrap_or(serde_json::Value::Null);
+        ctx.print_json(&v);
+        return Ok(());
+    }
+    println!("{} ({} {}): {}", m.name, m.plugin_name, m.version, m.description);
+    println!("installed {} from {}; {} bytes, blake3 {}", m.installed, m.source, m.size, m.hash);
+    println!("options:");
+    for o in &m.options {
+        let mut flags = vec![if o.required { "required" } else { "optional" }];
+        if o.secret {
+            flags.push("secret: give it as { env = \"VAR\" } or { command = \"...\" }");
+        }
+        let default = o.default.as_ref().map(|d| format!(" (default {d})")).unwrap_or_default();
+        println!("  {:<20} [{}]{default} {}", o.name, flags.join(", "), o.help);
+    }
+    println!("grants it needs:");
+    for g in m.grants_needed() {
+        println!("  {g}");
+    }
+    match caps {
+        Some(c) => println!("capabilities (as opened with this config): {c}"),
+        None => println!(
+            "capabilities: reported when it is opened; name it in a config and run `cairn plugin info {name}` with that config"
+        ),
+    }
+    Ok(())
+}
+
+pub fn remove(ctx: &Ctx, name: &str) -> Result<()> {
+    let (store, _, _) = store(ctx)?;
+    let m = store.remove(name)?;
+    if ctx.json {
+        ctx.print_json(&json!({"removed": m.name}));
+    } else {
+        println!("removed plugin {} ({} {})", m.name, m.plugin_name, m.version);
+    }
+    Ok(())
+}
