@@ -7,15 +7,20 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PLUGINS: &[&str] =
-    &["cairn-plugin-fs", "cairn-plugin-chaos", "cairn-plugin-hostile", "cairn-plugin-wrongworld"];
+const PLUGINS: &[&str] = &[
+    "cairn-plugin-fs",
+    "cairn-plugin-chaos",
+    "cairn-plugin-hostile",
+    "cairn-plugin-wrongworld",
+    "cairn-plugin-example",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap();
     let plugins = root.join("plugins");
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    for sub in ["Cargo.toml", "Cargo.lock", "sdk", "fs", "chaos", "hostile", "wrongworld"] {
+    for sub in ["Cargo.toml", "Cargo.lock", "sdk", "fs", "chaos", "hostile", "wrongworld", "example"] {
         println!("cargo:rerun-if-changed={}", plugins.join(sub).display());
     }
 

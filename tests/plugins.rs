@@ -196,3 +196,32 @@ fn an_append_only_repository_refuses_deletes_and_still_backs_up() {
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert!(diff_trees(&env.src, &env.restored_src(&target)).is_empty());
 }
+
+#[test]
+fn the_walkthrough_example_is_what_the_docs_show_and_works() {
+    // The docs hold exactly the example's source.
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/plugins.md")).unwrap();
+    let source =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/example/src/lib.rs"))
+            .unwrap();
+    let shown = docs
+        .split("<!-- example:lib.rs -->\n```rust\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/plugins.md shows the example");
+    assert_eq!(shown, source, "docs/plugins.md and plugins/example/src/lib.rs differ");
+    // Built (by the build script), installed, used.
+    let env = plugin_env();
+    env.ok(&["plugin", "install", test_plugin("example").to_str().unwrap()]);
+    let info = env.ok(&["plugin", "info", "example"]);
+    assert!(info.contains("The folder to store the repository in"), "{info}");
+    std::fs::create_dir_all(&env.repo).unwrap();
+    config_for(&env, "example", &format!("path = {:?}", env.repo), &format!("dirs = [{:?}]", env.repo));
+    gen_dataset(&env.src, 41, 50, &[2 << 20]);
+    env.ok(&["init"]);
+    env.ok(&["backup"]);
+    env.ok(&["verify", "--read-data"]);
+    let target = env.path("restore");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(diff_trees(&env.src, &env.restored_src(&target)).is_empty());
+}

@@ -3,6 +3,9 @@
 //! metadata for metadata.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod servers;
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
