@@ -13,6 +13,7 @@ const PLUGINS: &[&str] = &[
     "cairn-plugin-hostile",
     "cairn-plugin-wrongworld",
     "cairn-plugin-example",
+    "cairn-plugin-webdav",
 ];
 
 fn main() {
@@ -20,7 +21,9 @@ fn main() {
     let root = manifest_dir.parent().unwrap();
     let plugins = root.join("plugins");
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    for sub in ["Cargo.toml", "Cargo.lock", "sdk", "fs", "chaos", "hostile", "wrongworld", "example"] {
+    for sub in
+        ["Cargo.toml", "Cargo.lock", "sdk", "fs", "chaos", "hostile", "wrongworld", "example", "webdav"]
+    {
         println!("cargo:rerun-if-changed={}", plugins.join(sub).display());
     }
 

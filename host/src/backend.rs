@@ -153,10 +153,20 @@ impl Backend {
             let at = offset + out.len() as u64;
             let mut attempt = 1;
             let piece = loop {
-                let l = match lease.as_mut() {
-                    Some(l) => l,
-                    None => lease.insert(self.lease().await?),
-                };
+                if lease.is_none() {
+                    // Starting a fresh instance can fail transiently too (its `open`).
+                    match self.lease().await {
+                        Ok(l) => lease = Some(l),
+                        Err(e) => {
+                            if !self.should_retry(attempt, &e).await {
+                                return Err(e);
+                            }
+                            attempt += 1;
+                            continue;
+                        }
+                    }
+                }
+                let l = lease.as_mut().expect("leased above");
                 match l.read(name, at, want).await {
                     Ok(p) => break p,
                     Err(e) => {

@@ -1,19 +1,16 @@
-//! The S3 and WebDAV plugins against real servers on 127.0.0.1: SeaweedFS and rclone's S3
-//! gateway (whose ranged GET answers 200 with the whole object), and rclone's WebDAV
-//! server. Full backup, verify --read-data, restore; resume after kill -9; and uploads cut
-//! mid-way by a fault proxy, which must never leave a visible partial object.
-
-mod common;
+//! Scenarios run against real servers on 127.0.0.1 through the S3 and WebDAV plugins: full
+//! backup, verify --read-data, restore; resume after kill -9; and uploads cut mid-way by a
+//! fault proxy, which must never leave a visible partial object.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::proxy::{Fault, Proxy};
-use common::servers::{self, Server};
-use common::*;
+use super::proxy::{Fault, Proxy};
+use super::servers::{self, Server};
+use super::*;
 
 #[derive(Clone, Copy, Debug)]
-enum Flavour {
+pub enum Flavour {
     Seaweed,
     RcloneS3,
     RcloneDav,
@@ -69,7 +66,7 @@ fn remote_env(flavour: Flavour, server: &Server, origin: &str, extra_backup: &st
     env
 }
 
-fn round_trip(flavour: Flavour) {
+pub fn round_trip(flavour: Flavour) {
     let Some(server) = flavour.start() else { return };
     let env = remote_env(flavour, &server, &server.origin(), "pack_size = \"2MiB\"");
     gen_dataset(&env.src, 31, 300, &[5 << 20, 3 << 20]);
@@ -90,7 +87,7 @@ fn round_trip(flavour: Flavour) {
     assert!(diffs.is_empty(), "{flavour:?}: {}", diffs.join("\n"));
 }
 
-fn resume_after_kill(flavour: Flavour) {
+pub fn resume_after_kill(flavour: Flavour) {
     let Some(server) = flavour.start() else { return };
     let env = remote_env(
         flavour,
@@ -121,7 +118,7 @@ fn resume_after_kill(flavour: Flavour) {
     assert!(diffs.is_empty(), "{flavour:?}: {}", diffs.join("\n"));
 }
 
-fn cut_uploads(flavour: Flavour) {
+pub fn cut_uploads(flavour: Flavour) {
     let Some(server) = flavour.start() else { return };
     let proxy = Proxy::start(server.port);
     let env = remote_env(flavour, &server, &proxy.origin(), "pack_size = \"2MiB\"");
@@ -155,39 +152,4 @@ fn cut_uploads(flavour: Flavour) {
     let target = env.path("restore");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert!(diff_trees(&env.src, &env.restored_src(&target)).is_empty());
-}
-
-#[test]
-fn seaweedfs_round_trip() {
-    round_trip(Flavour::Seaweed);
-}
-
-#[test]
-fn rclone_s3_round_trip() {
-    round_trip(Flavour::RcloneS3);
-}
-
-#[test]
-fn webdav_round_trip() {
-    round_trip(Flavour::RcloneDav);
-}
-
-#[test]
-fn seaweedfs_resume_after_kill() {
-    resume_after_kill(Flavour::Seaweed);
-}
-
-#[test]
-fn webdav_resume_after_kill() {
-    resume_after_kill(Flavour::RcloneDav);
-}
-
-#[test]
-fn seaweedfs_uploads_cut_mid_way() {
-    cut_uploads(Flavour::Seaweed);
-}
-
-#[test]
-fn webdav_uploads_cut_mid_way() {
-    cut_uploads(Flavour::RcloneDav);
 }
