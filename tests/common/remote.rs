@@ -35,7 +35,7 @@ impl Flavour {
 
 /// An env whose repository lives on `server`, reached through `origin` (the server itself or
 /// a proxy in front of it), with the plugin installed under its own name.
-fn remote_env(flavour: Flavour, server: &Server, origin: &str, extra_backup: &str) -> Env {
+pub fn remote_env(flavour: Flavour, server: &Server, origin: &str, extra_backup: &str) -> Env {
     let mut env = Env::with_backup_toml(extra_backup);
     env.extra_env.push(("CAIRN_PLUGINS_DIR".into(), env.path("plugins").display().to_string()));
     let wasm = test_plugin(flavour.plugin());
