@@ -14,6 +14,7 @@ const PLUGINS: &[&str] = &[
     "cairn-plugin-wrongworld",
     "cairn-plugin-example",
     "cairn-plugin-webdav",
+    "cairn-plugin-s3",
 ];
 
 fn main() {
@@ -21,9 +22,8 @@ fn main() {
     let root = manifest_dir.parent().unwrap();
     let plugins = root.join("plugins");
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    for sub in
-        ["Cargo.toml", "Cargo.lock", "sdk", "fs", "chaos", "hostile", "wrongworld", "example", "webdav"]
-    {
+    let crate_dirs = PLUGINS.iter().map(|p| p.trim_start_matches("cairn-plugin-"));
+    for sub in ["Cargo.toml", "Cargo.lock", "sdk"].into_iter().chain(crate_dirs) {
         println!("cargo:rerun-if-changed={}", plugins.join(sub).display());
     }
 

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::remote::{Flavour, cut_uploads, resume_after_kill, round_trip};
+use common::remote::{
+    Flavour, cut_uploads, multipart_after_kill, remote_env_with, resume_after_kill, round_trip,
+};
 
 #[test]
 fn seaweedfs_round_trip() {
@@ -28,4 +30,40 @@ fn rclone_s3_resume_after_kill() {
 #[test]
 fn seaweedfs_uploads_cut_mid_way() {
     cut_uploads(Flavour::Seaweed);
+}
+
+#[test]
+fn seaweedfs_multipart_upload_killed_mid_way() {
+    multipart_after_kill(Flavour::Seaweed);
+}
+
+#[test]
+fn rclone_s3_multipart_upload_killed_mid_way() {
+    multipart_after_kill(Flavour::RcloneS3);
+}
+
+#[test]
+fn rclone_s3_uploads_cut_mid_way() {
+    cut_uploads(Flavour::RcloneS3);
+}
+
+/// With `conditional_put = true`, creating the repository's config and key are conditional
+/// PUTs (If-None-Match: *), which SeaweedFS honours: a second `init` of the same place (from
+/// another machine, with its own state) is refused and the first repository stays whole.
+#[test]
+fn seaweedfs_conditional_put_guards_init() {
+    let Some(server) = common::servers::require(common::servers::seaweedfs_s3()) else { return };
+    let opts = ", conditional_put = true";
+    let first = remote_env_with(Flavour::Seaweed, &server, &server.origin(), "", opts);
+    common::gen_dataset(&first.src, 36, 20, &[]);
+    first.ok(&["init"]);
+    let b = first.json(&["backup"]);
+    assert_eq!(b["errors"], 0, "{b}");
+    let second = remote_env_with(Flavour::Seaweed, &server, &server.origin(), "", opts);
+    let out = second.run(&["init"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second init over an existing repository succeeded");
+    assert!(err.contains("already"), "{err}");
+    let out = first.run(&["verify", "--read-data"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }

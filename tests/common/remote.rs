@@ -36,6 +36,17 @@ impl Flavour {
 /// An env whose repository lives on `server`, reached through `origin` (the server itself or
 /// a proxy in front of it), with the plugin installed under its own name.
 pub fn remote_env(flavour: Flavour, server: &Server, origin: &str, extra_backup: &str) -> Env {
+    remote_env_with(flavour, server, origin, extra_backup, "")
+}
+
+/// `remote_env` with more plugin options (`extra_options`: `, key = value` pairs).
+pub fn remote_env_with(
+    flavour: Flavour,
+    server: &Server,
+    origin: &str,
+    extra_backup: &str,
+    extra_options: &str,
+) -> Env {
     let mut env = Env::with_backup_toml(extra_backup);
     env.extra_env.push(("CAIRN_PLUGINS_DIR".into(), env.path("plugins").display().to_string()));
     let wasm = test_plugin(flavour.plugin());
@@ -59,7 +70,7 @@ pub fn remote_env(flavour: Flavour, server: &Server, origin: &str, extra_backup:
     let text = std::fs::read_to_string(&env.config).unwrap();
     let (_, rest) = text.split_once("\n\n").unwrap();
     env.write_config(&format!(
-        "[repository]\nbackend = {:?}\noptions = {{ {options} }}\npassword_env = \"CAIRN_TEST_PASSWORD\"\n\
+        "[repository]\nbackend = {:?}\noptions = {{ {options}{extra_options} }}\npassword_env = \"CAIRN_TEST_PASSWORD\"\n\
          grants = {{ hosts = [{origin:?}], call_timeout_secs = 10 }}\n\n{rest}",
         flavour.plugin()
     ));
@@ -133,12 +144,15 @@ pub fn cut_uploads(flavour: Flavour) {
         let err = String::from_utf8_lossy(&first.stderr);
         assert!(err.lines().last().unwrap_or("").starts_with("cairn: "), "{err}");
     }
+    assert_no_partial_objects(flavour, &server, &env, "after uploads cut at 300 KiB");
     // A connection that stalls past the call deadline, and resets.
     write_file(&env.src.join("more/late.bin"), &Rng::new(34).bytes(2 << 20), 0o644, 1_600_000_000);
     proxy.set(Fault::StallAfter(100 << 10), 1);
     let _ = env.run(&["backup"]);
+    assert_no_partial_objects(flavour, &server, &env, "after a stalled upload");
     proxy.set(Fault::Reset, 3);
     let _ = env.run(&["backup"]);
+    assert_no_partial_objects(flavour, &server, &env, "after reset connections");
     // Healthy again: the next run completes and nothing partial is visible.
     proxy.set(Fault::Pass, 0);
     let b = env.json(&["backup"]);
@@ -152,4 +166,127 @@ pub fn cut_uploads(flavour: Flavour) {
     let target = env.path("restore");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert!(diff_trees(&env.src, &env.restored_src(&target)).is_empty());
+}
+
+/// The folder (WebDAV) or key prefix (S3) `remote_env` put this env's repository under,
+/// ending with '/'.
+fn repo_prefix(env: &Env) -> String {
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let (start, end) = match text.find("prefix = \"") {
+        Some(i) => (i + "prefix = \"".len(), '"'),
+        None => (text.find("url = \"").unwrap() + "url = \"".len(), '"'),
+    };
+    let value = &text[start..start + text[start..].find(end).unwrap()];
+    format!("{}/", value.rsplit('/').next().unwrap())
+}
+
+/// Every object the server shows under the repository's prefix, with its bytes. Hidden
+/// names (a segment starting with '.', the WebDAV plugin's temporary files) are left out.
+fn visible_objects(flavour: Flavour, server: &Server, env: &Env) -> Vec<(String, Vec<u8>)> {
+    let prefix = repo_prefix(env);
+    let mut out = Vec::new();
+    match flavour {
+        Flavour::Seaweed | Flavour::RcloneS3 => {
+            let url = servers::presigned_list(server.port, &prefix);
+            let (status, listing) = servers::http_get(server.port, &url).unwrap();
+            assert_eq!(status, 200, "{listing}");
+            assert!(!listing.contains("<IsTruncated>true"), "listing needs paging");
+            for part in listing.split("<Key>").skip(1) {
+                let key = part.split_once("</Key>").unwrap().0;
+                let (status, bytes) =
+                    servers::http_get_bytes(server.port, &servers::presigned_get(server.port, key)).unwrap();
+                assert_eq!(status, 200, "GET {key}");
+                out.push((key.strip_prefix(&prefix).unwrap().to_string(), bytes));
+            }
+        }
+        Flavour::RcloneDav => {
+            let root = server.served_dir().join(&prefix);
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                for e in std::fs::read_dir(&dir).unwrap() {
+                    let path = e.unwrap().path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else {
+                        let name = path.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
+                        out.push((name, std::fs::read(&path).unwrap()));
+                    }
+                }
+            }
+        }
+    }
+    out.retain(|(name, _)| !name.split('/').any(|seg| seg.starts_with('.')));
+    out
+}
+
+/// No partial object is visible: every content-addressed object's bytes hash to its name.
+fn assert_no_partial_objects(flavour: Flavour, server: &Server, env: &Env, when: &str) {
+    let objects = visible_objects(flavour, server, env);
+    assert!(objects.iter().any(|(n, _)| n == "config"), "{flavour:?} {when}: no repository at all");
+    for (name, bytes) in &objects {
+        if name == "config" || name.starts_with("keys/") {
+            continue;
+        }
+        let hash = blake3::hash(bytes).to_hex();
+        assert!(
+            name.ends_with(hash.as_str()),
+            "{flavour:?} {when}: {name} is a partial or wrong object ({} bytes)",
+            bytes.len()
+        );
+    }
+}
+
+/// Packs sent as multipart uploads (several parts each). A backup killed with an upload's
+/// parts half sent leaves an unfinished multipart upload on the server; the next run aborts
+/// it (the journal proves it is ours), completes, and restores identically.
+pub fn multipart_after_kill(flavour: Flavour) {
+    let Some(server) = flavour.start() else { return };
+    let proxy = Proxy::start(server.port);
+    let env = remote_env_with(
+        flavour,
+        &server,
+        &proxy.origin(),
+        "pack_size = \"12MiB\"",
+        ", multipart_threshold = \"6MiB\", part_size = \"5MiB\"",
+    );
+    let prefix = repo_prefix(&env);
+    gen_dataset(&env.src, 35, 40, &[20 << 20, 14 << 20]);
+    env.ok(&["init"]);
+    // Parts stall 1 MiB in, so the upload is surely unfinished when the process is killed.
+    proxy.set(Fault::StallAfter(1 << 20), 1000);
+    let mut child = env.cmd(&["backup"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while seen.is_empty() && start.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none()
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        seen = servers::unfinished_multipart_uploads(server.port, &prefix);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!seen.is_empty(), "{flavour:?}: no multipart upload was ever in progress");
+    assert!(seen.iter().all(|k| k.starts_with(&format!("{prefix}data/"))), "{seen:?}");
+
+    proxy.set(Fault::Pass, 0);
+    let b = env.json(&["backup"]);
+    assert_eq!(b["errors"], 0, "{b}");
+    let left = servers::unfinished_multipart_uploads(server.port, &prefix);
+    assert!(left.is_empty(), "{flavour:?}: unfinished uploads left behind: {left:?}");
+    // The packs really went as multipart uploads: at least one is over the threshold.
+    let (status, listing) =
+        servers::http_get(server.port, &servers::presigned_list(server.port, &prefix)).unwrap();
+    assert_eq!(status, 200, "{listing}");
+    let big = listing
+        .split("<Size>")
+        .skip(1)
+        .filter_map(|s| s.split_once('<')?.0.parse::<u64>().ok())
+        .filter(|&n| n > 6 << 20)
+        .count();
+    assert!(big > 0, "{flavour:?}: no object over the multipart threshold: {listing}");
+    let out = env.run(&["verify", "--read-data"]);
+    assert!(out.status.success(), "{flavour:?} verify: {}", String::from_utf8_lossy(&out.stdout));
+    let target = env.path("restore");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let diffs = diff_trees(&env.src, &env.restored_src(&target));
+    assert!(diffs.is_empty(), "{flavour:?}: {}", diffs.join("\n"));
 }

@@ -19,13 +19,18 @@ pub struct Server {
     pub port: u16,
     pub name: &'static str,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     log: std::path::PathBuf,
 }
 
 impl Server {
     pub fn origin(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The folder an rclone server serves (its objects are plain files there).
+    pub fn served_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
     }
 
     /// The server's own output, for failure messages.
@@ -81,7 +86,7 @@ fn spawn(
         .stderr(out)
         .spawn()
         .map_err(|e| format!("{name}: cannot run {program}: {e}"))?;
-    let mut server = Server { port, name, child, _dir: dir, log };
+    let mut server = Server { port, name, child, dir, log };
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
         if let Ok(Some(status)) = server.child.try_wait() {
@@ -136,12 +141,25 @@ pub fn rclone_s3() -> Result<Server, String> {
         "--config".into(),
         "/dev/null".into(),
     ];
-    spawn("rclone serve s3", "rclone", &args, dir, port, || listening(port))
+    spawn("rclone serve s3", "rclone", &args, dir, port, || bucket_ready(port))
 }
 
 /// SeaweedFS in one process (`weed mini`), every port set explicitly, bound to loopback,
 /// with an S3 identity and the bucket created at start.
 pub fn seaweedfs_s3() -> Result<Server, String> {
+    // Ports are picked free but may be taken again before weed binds them (tests run in
+    // parallel): start again on fresh ports when that happens.
+    let mut last = String::new();
+    for _ in 0..3 {
+        match seaweedfs_s3_once() {
+            Err(e) if e.contains("is not available") => last = e,
+            other => return other,
+        }
+    }
+    Err(last)
+}
+
+fn seaweedfs_s3_once() -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let s3 = free_port();
     let identities = dir.path().join("s3.json");
@@ -167,7 +185,7 @@ pub fn seaweedfs_s3() -> Result<Server, String> {
     }
     args.extend(SEAWEED_EXTRA_FLAGS.iter().map(|s| s.to_string()));
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
-    spawn("weed mini", "weed", &args, dir, s3, move || s3_ready(s3))
+    spawn("weed mini", "weed", &args, dir, s3, move || bucket_ready(s3))
 }
 
 /// Port flags of `weed mini` besides `-s3.port` (see `weed mini -h`).
@@ -195,19 +213,82 @@ pub const SEAWEED_PORT_FLAGS: &[&str] = &[
 /// Other `weed mini` flags: nothing it does not need.
 pub const SEAWEED_EXTRA_FLAGS: &[&str] = &["-admin.ui=false", "-webdav=false"];
 
-/// Ready once the S3 gateway answers HTTP (any status).
-fn s3_ready(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = format!(
-        "GET /{BUCKET}?list-type=2&max-keys=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
+/// A signed ListObjectsV2 URL for the test bucket, as the test credentials.
+pub fn presigned_list(port: u16, prefix: &str) -> String {
+    let base = format!("http://127.0.0.1:{port}").parse().unwrap();
+    let bucket = rusty_s3::Bucket::new(base, rusty_s3::UrlStyle::Path, BUCKET, "us-east-1").unwrap();
+    let creds = rusty_s3::Credentials::new(ACCESS_KEY, SECRET_KEY);
+    let mut action = bucket.list_objects_v2(Some(&creds));
+    if !prefix.is_empty() {
+        action.with_prefix(prefix);
     }
-    let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(n) if n > 0 && buf.starts_with(b"HTTP/"))
+    rusty_s3::S3Action::sign(&action, Duration::from_secs(600)).to_string()
+}
+
+/// Keys of the unfinished multipart uploads under `prefix` in the test bucket, straight
+/// from the server (ListMultipartUploads, which rusty-s3 has no action for).
+pub fn unfinished_multipart_uploads(port: u16, prefix: &str) -> Vec<String> {
+    let url = format!("http://127.0.0.1:{port}/{BUCKET}/").parse().unwrap();
+    // Sorted, as the canonical request of the signature lists them.
+    let query = [("prefix", prefix), ("uploads", "")];
+    let url = rusty_s3::signing::sign(
+        &jiff02::Timestamp::now(),
+        rusty_s3::Method::Get,
+        url,
+        ACCESS_KEY,
+        SECRET_KEY,
+        None,
+        "us-east-1",
+        600,
+        query.iter().copied(),
+        std::iter::empty(),
+    );
+    let (status, body) = http_get(port, url.as_str()).expect("ListMultipartUploads answered");
+    // rclone answers 404 NoSuchUpload when there is none at all.
+    if status == 404 && body.contains("NoSuchUpload") {
+        return Vec::new();
+    }
+    assert_eq!(status, 200, "ListMultipartUploads: {body}");
+    body.split("<Upload>")
+        .skip(1)
+        .filter_map(|u| Some(u.split_once("<Key>")?.1.split_once("</Key>")?.0.to_string()))
+        .collect()
+}
+
+/// A plain HTTP GET on 127.0.0.1: the status and the body (as text).
+pub fn http_get(port: u16, url: &str) -> Option<(u16, String)> {
+    http_get_bytes(port, url).map(|(status, body)| (status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A plain HTTP GET on 127.0.0.1: the status and the body.
+pub fn http_get_bytes(port: u16, url: &str) -> Option<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let path = url.splitn(4, '/').nth(3).map(|p| format!("/{p}"))?;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    // HTTP/1.0: no chunked answer to decode, the body ends with the connection.
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, buf[head_end + 4..].to_vec()))
+}
+
+/// A signed GET URL of one key of the test bucket.
+pub fn presigned_get(port: u16, key: &str) -> String {
+    let base = format!("http://127.0.0.1:{port}").parse().unwrap();
+    let bucket = rusty_s3::Bucket::new(base, rusty_s3::UrlStyle::Path, BUCKET, "us-east-1").unwrap();
+    let creds = rusty_s3::Credentials::new(ACCESS_KEY, SECRET_KEY);
+    rusty_s3::S3Action::sign(&bucket.get_object(Some(&creds), key), Duration::from_secs(600)).to_string()
+}
+
+/// Ready once the test bucket can be listed with the test credentials (weed creates the
+/// bucket a moment after its S3 gateway starts answering).
+fn bucket_ready(port: u16) -> bool {
+    http_get(port, &presigned_list(port, "")).is_some_and(|(status, _)| status == 200)
 }
 
 /// Whether a program is on PATH.
