@@ -19,7 +19,8 @@ use crate::plugin::{BackendError, Capabilities, ErrorKind, ObjectInfo};
 const WRITE_PIECE: usize = 1 << 20;
 /// Bytes asked of the plugin per `read` call (bounded by the plugin's memory cap).
 const READ_PIECE: u64 = 8 << 20;
-/// Objects per `list` page and per `delete` call.
+/// Objects per `list` page (`CAIRN_LIST_PAGE` makes it smaller, so tests page through
+/// small listings) and per `delete` call.
 const LIST_PAGE: u32 = 1000;
 const DELETE_BATCH: usize = 200;
 
@@ -40,6 +41,7 @@ pub struct Backend {
     pub traffic: Traffic,
     /// Base delay of the exponential backoff.
     backoff: Duration,
+    list_page: u32,
 }
 
 impl Backend {
@@ -49,7 +51,12 @@ impl Backend {
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis)
             .unwrap_or(Duration::from_millis(250));
-        Backend { pool, traffic: Traffic::default(), backoff }
+        let list_page = std::env::var("CAIRN_LIST_PAGE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(LIST_PAGE);
+        Backend { pool, traffic: Traffic::default(), backoff, list_page }
     }
 
     pub fn name(&self) -> &str {
@@ -124,7 +131,7 @@ impl Backend {
         let mut cursor: Option<String> = None;
         loop {
             let (objects, next) = self
-                .retry(|| async { self.lease().await?.list(prefix, cursor.as_deref(), LIST_PAGE).await })
+                .retry(|| async { self.lease().await?.list(prefix, cursor.as_deref(), self.list_page).await })
                 .await?;
             out.extend(objects.into_iter().filter(|o| o.name.starts_with(prefix)));
             match next {

@@ -38,7 +38,7 @@ impl Guest for Hostile {
     fn open(options: Vec<(String, String)>) -> Result<Capabilities, Error> {
         let url = cairn_plugin_sdk::option(&options, "fetch")
             .ok_or_else(|| Error::InvalidConfig("fetch".into()))?;
-        let resp = http::send(&Request::new("GET", url), &[], 1 << 20)?;
+        let resp = http::send(&Request::new("GET", url), &[], &format!("GET {url}"))?;
         // Reached: report success, which the sandbox tests treat as a breach.
         let _ = resp.status;
         Ok(Capabilities {

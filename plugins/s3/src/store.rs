@@ -13,7 +13,9 @@ use percent_encoding::percent_decode_str;
 use rusty_s3::actions::ObjectIdentifier;
 use rusty_s3::{Bucket, Credentials, Map, S3Action, UrlStyle};
 
-use crate::net::{self, BodyRequest, SMALL_BODY};
+use cairn_plugin_sdk::http::Streaming;
+
+use crate::net::{self, SMALL_BODY};
 use crate::xml;
 
 /// How long a presigned URL stays valid (it only has to outlive the request it is made for).
@@ -105,6 +107,20 @@ fn is_success(status: u16) -> bool {
 
 impl Config {
     pub fn open(options: &[(String, String)]) -> Result<(Store, Capabilities), Error> {
+        let config = Config::from_options(options)?;
+        config.check_bucket()?;
+        let caps = Capabilities {
+            ranged_reads: true,
+            atomic_put: true,
+            conditional_put: config.conditional,
+            max_object_size: None,
+            preferred_concurrency: 4,
+        };
+        Ok((Rc::new(config), caps))
+    }
+
+    /// Checks the options and builds the configuration, without any request.
+    fn from_options(options: &[(String, String)]) -> Result<Config, Error> {
         let endpoint = required(options, "endpoint")?;
         let bucket_name = required(options, "bucket")?;
         let access_key = required(options, "access_key_id")?;
@@ -142,7 +158,7 @@ impl Config {
             };
             Error::InvalidConfig(format!("options `endpoint` and `bucket`: no valid bucket URL: {e:?}{hint}"))
         })?;
-        let config = Config {
+        Ok(Config {
             bucket,
             creds: Credentials::new(access_key, secret),
             prefix,
@@ -150,16 +166,7 @@ impl Config {
             multipart_threshold,
             part_size,
             batch_delete: Cell::new(true),
-        };
-        config.check_bucket()?;
-        let caps = Capabilities {
-            ranged_reads: true,
-            atomic_put: true,
-            conditional_put: conditional,
-            max_object_size: None,
-            preferred_concurrency: 4,
-        };
-        Ok((Rc::new(config), caps))
+        })
     }
 
     /// A cheap call that proves the bucket exists and the credentials work.
@@ -271,12 +278,12 @@ impl Config {
         let what = format!("read {key}");
         let last = offset.saturating_add(len - 1);
         let req = Request::new("GET", url).header("range", format!("bytes={offset}-{last}"));
-        let mut resp = net::send_streamed(&req, &what)?;
+        let mut resp = cairn_plugin_sdk::http::send(&req, &[], &what)?;
         match resp.status {
             // The range starts at or after the end of the object.
             416 => return Ok(Vec::new()),
             200 | 206 => {}
-            _ => return Err(net::s3_error(&resp.into_response()?, &what)),
+            _ => return Err(net::s3_error(&net::answer(resp), &what)),
         }
         let content_length = resp.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
         let range = resp.header("content-range").and_then(net::content_range);
@@ -341,7 +348,7 @@ impl Config {
             if if_absent && self.conditional {
                 req = req.header("if-none-match", "*");
             }
-            // Sent with the first piece of data (see `BodyRequest`).
+            // Sent with the first piece of data (see `Streaming::start`).
             State::Single { req, body: None }
         } else {
             let url =
@@ -545,7 +552,7 @@ fn parse_xml(body: &[u8], what: &str) -> Result<xml::Node, Error> {
 }
 
 struct Part {
-    stream: BodyRequest,
+    stream: Streaming,
     len: u64,
     written: u64,
 }
@@ -559,7 +566,7 @@ struct Multipart {
 
 enum State {
     /// One PUT whose body is streamed as the host writes.
-    Single { req: Request, body: Option<BodyRequest> },
+    Single { req: Request, body: Option<Streaming> },
     /// A multipart upload, its parts streamed as the host writes.
     Multipart(Multipart),
 }
@@ -594,7 +601,7 @@ impl S3Upload {
             State::Single { body: Some(body), .. } => body.write(data),
             State::Single { req, body } if !data.is_empty() => {
                 let what = format!("PUT {}", self.key);
-                BodyRequest::start(req, data, &what).map(|b| *body = Some(b))
+                Streaming::start(req, data, &what).map(|b| *body = Some(b))
             }
             State::Single { .. } => Ok(()),
             State::Multipart(m) => self.write_parts(m, data),
@@ -618,9 +625,9 @@ impl S3Upload {
     fn explain(&self, state: Option<State>, e: Error) -> Error {
         let what = format!("PUT {}", self.key);
         let better = match state {
-            Some(State::Single { body: Some(body), .. }) => body.rejection(),
+            Some(State::Single { body: Some(mut body), .. }) => body.rejection().map(net::answer),
             Some(State::Multipart(mut m)) => {
-                let r = m.part.take().and_then(|p| p.stream.rejection());
+                let r = m.part.take().and_then(|mut p| p.stream.rejection()).map(net::answer);
                 let _ = self.store.abort_multipart(&self.key, &m.upload_id);
                 r
             }
@@ -656,14 +663,14 @@ impl S3Upload {
                     let mut req = Request::new("PUT", url).header("content-length", len.to_string());
                     req.timeout_ms = Some(UPLOAD_TIMEOUT_MS);
                     let n = (len as usize).min(data.len());
-                    let stream = BodyRequest::start(&req, &data[..n], &what)?;
+                    let stream = Streaming::start(&req, &data[..n], &what)?;
                     data = &data[n..];
                     m.part.insert(Part { stream, len, written: n as u64 })
                 }
             };
             if part.written == part.len {
                 let part = m.part.take().expect("present");
-                let resp = part.stream.finish(SMALL_BODY)?;
+                let resp = part.stream.finish()?.read_all(SMALL_BODY)?;
                 if !is_success(resp.status) {
                     return Err(net::s3_error(&resp, &what));
                 }
@@ -693,9 +700,9 @@ impl S3Upload {
                 let body = match body {
                     Some(body) => body,
                     // Nothing was written: an empty object.
-                    None => BodyRequest::start(&req, &[], &what)?,
+                    None => Streaming::start(&req, &[], &what)?,
                 };
-                let resp = body.finish(SMALL_BODY)?;
+                let resp = body.finish()?.read_all(SMALL_BODY)?;
                 self.check_put(&resp, &what)
             }
             State::Multipart(m) => {
@@ -708,7 +715,7 @@ impl S3Upload {
         }
     }
 
-    fn check_put(&self, resp: &cairn_plugin_sdk::http::Response, what: &str) -> Result<(), Error> {
+    fn check_put(&self, resp: &cairn_plugin_sdk::http::Complete, what: &str) -> Result<(), Error> {
         if is_success(resp.status) {
             // CompleteMultipartUpload can fail with status 200 and an error body.
             if let Some((code, message)) = net::error_code(&resp.body) {
@@ -789,6 +796,53 @@ mod tests {
         for bad in ["4MiB", "5MB", "lots", "-5MiB", "5.5MiB"] {
             let err = size_option(&opts(&[("part_size", bad)]), "part_size", 7, min).unwrap_err();
             assert!(matches!(&err, Error::InvalidConfig(m) if m.contains("part_size")), "{bad}: {err:?}");
+        }
+    }
+
+    fn config(extra: &[(&str, &str)]) -> Result<Config, Error> {
+        let mut pairs = vec![
+            ("endpoint", "https://s3.example.com:9000"),
+            ("bucket", "backups"),
+            ("access_key_id", "AK"),
+            ("secret_access_key", "SK"),
+        ];
+        // Later entries replace earlier ones of the same name.
+        pairs.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+        pairs.extend_from_slice(extra);
+        Config::from_options(&opts(&pairs))
+    }
+
+    #[test]
+    fn addressing_and_prefix() {
+        let path = config(&[("prefix", "/laptop")]).unwrap();
+        let url = path.bucket.get_object(Some(&path.creds), &path.key("config")).sign(SIGNATURE_TTL);
+        assert_eq!(url.host_str(), Some("s3.example.com"));
+        assert!(url.path().starts_with("/backups/laptop/config"), "{url}");
+        assert!(url.query().unwrap().contains("X-Amz-Signature="), "{url}");
+        assert!(url.query().unwrap().contains("us-east-1"), "{url}");
+
+        let vhost = config(&[("path_style", "false"), ("region", "eu-west-3")]).unwrap();
+        let url = vhost.bucket.get_object(Some(&vhost.creds), &vhost.key("config")).sign(SIGNATURE_TTL);
+        assert_eq!(url.host_str(), Some("backups.s3.example.com"));
+        assert_eq!(url.port(), Some(9000));
+        assert_eq!(url.path(), "/config");
+        assert!(url.query().unwrap().contains("eu-west-3"), "{url}");
+    }
+
+    #[test]
+    fn bad_options_name_the_option() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("path_style", "yes")], "path_style"),
+            (&[("endpoint", "ftp://x")], "endpoint"),
+            (&[("conditional_put", "1")], "conditional_put"),
+            (&[("part_size", "1MiB")], "part_size"),
+            (&[("bucket", " ")], "bucket"),
+        ];
+        for (extra, option) in cases {
+            match config(extra) {
+                Err(Error::InvalidConfig(m)) => assert!(m.contains(option), "{option}: {m}"),
+                other => panic!("{option}: {:?}", other.err()),
+            }
         }
     }
 

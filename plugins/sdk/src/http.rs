@@ -1,19 +1,26 @@
 //! A small blocking HTTP client over wasi:http, for network backends.
 //!
+//! Bodies stream both ways, so an object never has to fit in a plugin's memory: a response
+//! body is read on demand ([`Response`] implements [`Read`]), and a request body is sent in
+//! pieces across calls ([`Streaming`]).
+//!
 //! The host decides which origins a plugin may reach (`repository.grants.hosts`); a refused
 //! request fails here with `PermissionDenied`, and the host's error names the missing grant.
 //! Connection failures and timeouts are `Transient`, so the host retries them.
+//!
+//! Every call takes a `what` that names the operation in error messages; callers whose URLs
+//! carry credentials (presigned S3 URLs) give one without the URL.
 
-use std::io::{Read, Write};
+use std::io::{self, Read};
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, Method, OutgoingBody, OutgoingRequest,
-    RequestOptions, Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method, OutgoingBody,
+    OutgoingRequest, RequestOptions, Scheme,
 };
-use wasip2::io::streams::OutputStream;
+use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 
-use crate::Error;
+use crate::{Error, RateLimit};
 
 /// A parsed `http(s)://host:port/base` endpoint.
 #[derive(Clone, Debug)]
@@ -83,20 +90,46 @@ impl Request {
     }
 }
 
+/// A response read whole (see [`Response::read_all`]).
 #[derive(Debug)]
-pub struct Response {
+pub struct Complete {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
-impl Response {
+impl Complete {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        header(&self.headers, name)
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
     }
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+/// The contract's error for an HTTP status that is not a success; `detail` already names
+/// the operation and the status.
+pub fn status_error(status: u16, retry_after: Option<&str>, detail: String) -> Error {
+    match status {
+        404 | 410 => Error::NotFound(detail),
+        401 | 403 => Error::PermissionDenied(detail),
+        429 | 503 => Error::RateLimited(RateLimit {
+            retry_after_ms: retry_after
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| s.saturating_mul(1000)),
+            message: detail,
+        }),
+        408 | 500..=599 => Error::Transient(detail),
+        _ => Error::Other(detail),
     }
 }
 
@@ -115,6 +148,10 @@ fn map_error(e: ErrorCode, what: &str) -> Error {
         | ErrorCode::ConnectionLimitReached
         | ErrorCode::HttpResponseTimeout
         | ErrorCode::HttpResponseIncomplete
+        // What hyper reports when the connection breaks while the body is being sent.
+        | ErrorCode::HttpProtocolError
+        | ErrorCode::DestinationUnavailable
+        | ErrorCode::DestinationIpUnroutable
         | ErrorCode::HttpRequestBodySize(_)
         | ErrorCode::TlsProtocolError
         | ErrorCode::InternalError(_) => Error::Transient(format!("{what}: {e:?}")),
@@ -122,20 +159,10 @@ fn map_error(e: ErrorCode, what: &str) -> Error {
     }
 }
 
-fn split_url(url: &str) -> Result<(Scheme, String, String), Error> {
-    let ep = Endpoint::parse(url)?;
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or("");
-    let path = match rest.find('/') {
-        Some(i) => rest[i..].to_string(),
-        None => "/".to_string(),
-    };
-    Ok((if ep.https { Scheme::Https } else { Scheme::Http }, ep.authority, path))
-}
-
-fn build(req: &Request) -> Result<(OutgoingRequest, Option<RequestOptions>), Error> {
+fn build(req: &Request, what: &str) -> Result<(OutgoingRequest, Option<RequestOptions>), Error> {
     let fields = Fields::new();
     for (k, v) in &req.headers {
-        fields.append(k, v.as_bytes()).map_err(|e| Error::Other(format!("header {k}: {e:?}")))?;
+        fields.append(k, v.as_bytes()).map_err(|e| Error::Other(format!("{what}: header {k}: {e:?}")))?;
     }
     let out = OutgoingRequest::new(fields);
     let method = match req.method.as_str() {
@@ -146,11 +173,15 @@ fn build(req: &Request) -> Result<(OutgoingRequest, Option<RequestOptions>), Err
         "DELETE" => Method::Delete,
         other => Method::Other(other.to_string()),
     };
-    let (scheme, authority, path) = split_url(&req.url)?;
-    out.set_method(&method).map_err(|_| Error::Other("bad method".into()))?;
-    out.set_scheme(Some(&scheme)).map_err(|_| Error::Other("bad scheme".into()))?;
-    out.set_authority(Some(&authority)).map_err(|_| Error::Other(format!("bad authority {authority}")))?;
-    out.set_path_with_query(Some(&path)).map_err(|_| Error::Other(format!("bad path {path}")))?;
+    let ep = Endpoint::parse(&req.url)?;
+    let rest = req.url.split_once("://").map(|(_, r)| r).unwrap_or("");
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
+    let scheme = if ep.https { Scheme::Https } else { Scheme::Http };
+    out.set_method(&method).map_err(|_| Error::Other(format!("{what}: bad method {}", req.method)))?;
+    out.set_scheme(Some(&scheme)).map_err(|_| Error::Other(format!("{what}: bad scheme")))?;
+    out.set_authority(Some(&ep.authority))
+        .map_err(|_| Error::InvalidConfig(format!("{what}: bad authority {}", ep.authority)))?;
+    out.set_path_with_query(Some(path)).map_err(|_| Error::InvalidName(format!("{what}: bad path")))?;
     let options = req.timeout_ms.map(|ms| {
         let o = RequestOptions::new();
         let ns = ms * 1_000_000;
@@ -162,13 +193,114 @@ fn build(req: &Request) -> Result<(OutgoingRequest, Option<RequestOptions>), Err
     Ok((out, options))
 }
 
-fn wait(fut: FutureIncomingResponse, what: &str, limit: usize) -> Result<Response, Error> {
+/// A response whose body is read on demand (it implements [`Read`]).
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    what: String,
+    // Child resources must go before their parents: stream, body, response, future.
+    stream: Option<InputStream>,
+    body: Option<IncomingBody>,
+    resp: Option<IncomingResponse>,
+    fut: Option<FutureIncomingResponse>,
+}
+
+impl Drop for Response {
+    fn drop(&mut self) {
+        drop(self.stream.take());
+        drop(self.body.take());
+        drop(self.resp.take());
+        drop(self.fut.take());
+    }
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    fn reading(&self, e: io::Error) -> Error {
+        Error::Transient(format!("{}: reading the response: {e}", self.what))
+    }
+
+    /// Reads up to `max` bytes; fewer only at the end of the body.
+    pub fn read_up_to(&mut self, max: u64) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::with_capacity(max.min(1 << 20) as usize);
+        (&mut *self).take(max).read_to_end(&mut out).map_err(|e| self.reading(e))?;
+        Ok(out)
+    }
+
+    /// Discards up to `n` bytes; returns how many there were.
+    pub fn skip(&mut self, n: u64) -> Result<u64, Error> {
+        io::copy(&mut (&mut *self).take(n), &mut io::sink()).map_err(|e| self.reading(e))
+    }
+
+    /// Reads the whole body, which must not be larger than `limit` bytes.
+    pub fn read_all(mut self, limit: usize) -> Result<Complete, Error> {
+        let body = self.read_up_to(limit as u64 + 1)?;
+        if body.len() > limit {
+            return Err(Error::Other(format!("{}: response larger than {limit} bytes", self.what)));
+        }
+        Ok(Complete { status: self.status, headers: std::mem::take(&mut self.headers), body })
+    }
+
+    /// The start of the body, as one short line of text, for error messages.
+    pub fn excerpt(&mut self) -> String {
+        let mut buf = Vec::new();
+        let _ = (&mut *self).take(2048).read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        let mut out = String::new();
+        for word in text.split_whitespace() {
+            if out.len() > 200 {
+                out.push_str(" ...");
+                break;
+            }
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(word);
+        }
+        out
+    }
+
+    /// The contract's error for a response that is not a success.
+    pub fn error(&mut self, what: &str) -> Error {
+        let excerpt = self.excerpt();
+        let detail = if excerpt.is_empty() {
+            format!("{what}: HTTP {}", self.status)
+        } else {
+            format!("{what}: HTTP {}: {excerpt}", self.status)
+        };
+        status_error(self.status, self.header("retry-after"), detail)
+    }
+}
+
+impl Read for Response {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.stream.as_mut() {
+            Some(s) => s.read(buf),
+            None => Ok(0),
+        }
+    }
+}
+
+type Got = Option<Result<Result<IncomingResponse, ErrorCode>, ()>>;
+
+fn wait(fut: FutureIncomingResponse, what: String) -> Result<Response, Error> {
     fut.subscribe().block();
-    let resp = fut
-        .get()
+    let got = fut.get();
+    into_response(fut, got, what)
+}
+
+fn into_response(fut: FutureIncomingResponse, got: Got, what: String) -> Result<Response, Error> {
+    let resp = got
         .ok_or_else(|| Error::Transient(format!("{what}: no response")))?
         .map_err(|_| Error::Other(format!("{what}: response taken twice")))?
-        .map_err(|e| map_error(e, what))?;
+        .map_err(|e| map_error(e, &what))?;
     let status = resp.status();
     let headers = resp
         .headers()
@@ -177,98 +309,164 @@ fn wait(fut: FutureIncomingResponse, what: &str, limit: usize) -> Result<Respons
         .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
         .collect();
     let body = resp.consume().map_err(|_| Error::Other(format!("{what}: body taken twice")))?;
-    let mut out = Vec::new();
-    {
-        let mut stream = body.stream().map_err(|_| Error::Other(format!("{what}: no body stream")))?;
-        let mut limited = (&mut stream).take(limit as u64 + 1);
-        limited
-            .read_to_end(&mut out)
-            .map_err(|e| Error::Transient(format!("{what}: reading the response: {e}")))?;
-    }
-    if out.len() > limit {
-        return Err(Error::Other(format!("{what}: response larger than {limit} bytes")));
-    }
-    let _ = IncomingBody::finish(body);
-    Ok(Response { status, headers, body: out })
+    let stream = body.stream().map_err(|_| Error::Other(format!("{what}: no body stream")))?;
+    Ok(Response {
+        status,
+        headers,
+        what,
+        stream: Some(stream),
+        body: Some(body),
+        resp: Some(resp),
+        fut: Some(fut),
+    })
 }
 
-/// Sends a request with a whole body; reads at most `limit` bytes of response body.
-pub fn send(req: &Request, body: &[u8], limit: usize) -> Result<Response, Error> {
-    let what = format!("{} {}", req.method, req.url);
-    let (out, options) = build(req)?;
-    let outgoing = out.body().map_err(|_| Error::Other("no request body".into()))?;
-    let fut = outgoing_handler::handle(out, options).map_err(|e| map_error(e, &what))?;
-    let written = if body.is_empty() {
-        Ok(())
-    } else {
-        let mut stream = outgoing.write().map_err(|_| Error::Other("no body stream".into()))?;
-        write_all(&mut stream, body, &what)
-    };
-    if let Err(e) = written {
-        // A refused or failed request closes the body stream; the response future says why.
-        drop(outgoing);
-        return Err(match wait(fut, &what, 64 << 10) {
-            Ok(resp) if resp.status >= 300 => status_error(&resp, &what),
-            Ok(_) => e,
-            Err(cause) => cause,
-        });
+/// Sends a request with a whole (small) body and returns the response, body unread. A
+/// server that answers before reading the whole body (often to refuse it) is heard.
+pub fn send(req: &Request, body: &[u8], what: &str) -> Result<Response, Error> {
+    // A known length keeps the body from being sent chunked, which some servers refuse.
+    let mut req = req.clone();
+    if !req.headers.iter().any(|(k, _)| k == "content-length") {
+        req.headers.push(("content-length".into(), body.len().to_string()));
     }
-    OutgoingBody::finish(outgoing, None).map_err(|e| map_error(e, &what))?;
-    wait(fut, &what, limit)
+    Streaming::start(&req, body, what)?.finish()
 }
 
-fn write_all(stream: &mut OutputStream, data: &[u8], what: &str) -> Result<(), Error> {
-    Write::write_all(stream, data).map_err(|e| Error::Transient(format!("{what}: sending: {e}")))?;
-    Write::flush(stream).map_err(|e| Error::Transient(format!("{what}: sending: {e}")))
+fn send_error(what: &str, e: StreamError) -> Error {
+    Error::Transient(match e {
+        StreamError::Closed => format!("{what}: sending: the connection was closed"),
+        StreamError::LastOperationFailed(e) => format!("{what}: sending: {}", e.to_debug_string()),
+    })
 }
 
-/// A request whose body is sent in pieces as they come (an upload that never has to fit
-/// in memory). The response is read by [`Streaming::finish`].
+/// Writes `data` without flushing: a flush can find the stream closed by the host once a
+/// body with a Content-Length is complete (the last bytes are already on their way), which is
+/// not a failure. `OutgoingBody::finish` and the response tell whether everything arrived.
+fn write_all(stream: &OutputStream, mut data: &[u8], what: &str) -> Result<(), Error> {
+    while !data.is_empty() {
+        let permit = stream.check_write().map_err(|e| send_error(what, e))?;
+        if permit == 0 {
+            stream.subscribe().block();
+            continue;
+        }
+        let n = data.len().min(usize::try_from(permit).unwrap_or(usize::MAX));
+        stream.write(&data[..n]).map_err(|e| send_error(what, e))?;
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+/// A request whose body is sent in pieces, across calls (an upload that never has to fit
+/// in memory). Dropping it unfinished makes the connection fail, so the server discards
+/// the request.
 pub struct Streaming {
     what: String,
+    /// Why sending failed; then only the server's answer (if any) can say more.
+    failed: Option<String>,
+    // Child before parent: the stream belongs to the body, and dropping the body unfinished
+    // (aborting it) must happen before the response future is dropped.
     stream: Option<OutputStream>,
     body: Option<OutgoingBody>,
     fut: Option<FutureIncomingResponse>,
 }
 
 impl Streaming {
-    pub fn start(req: &Request) -> Result<Streaming, Error> {
-        let what = format!("{} {}", req.method, req.url);
-        let (out, options) = build(req)?;
-        let body = out.body().map_err(|_| Error::Other("no request body".into()))?;
-        let fut = outgoing_handler::handle(out, options).map_err(|e| map_error(e, &what))?;
-        let stream = body.write().map_err(|_| Error::Other("no body stream".into()))?;
-        Ok(Streaming { what, stream: Some(stream), body: Some(body), fut: Some(fut) })
-    }
-
-    pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        let r = match self.stream.as_mut() {
-            Some(s) => write_all(s, data, &self.what),
-            None => return Err(Error::Other(format!("{}: body already finished", self.what))),
-        };
-        if let Err(e) = r {
-            // The request failed (refused, reset, answered early): the response says why.
-            self.stream = None;
-            self.body = None;
-            if let Some(fut) = self.fut.take() {
-                return Err(match wait(fut, &self.what, 64 << 10) {
-                    Ok(resp) if resp.status >= 300 => status_error(&resp, &self.what),
-                    Ok(_) => e,
-                    Err(cause) => cause,
-                });
-            }
-            return Err(e);
+    /// Starts the request with the first piece of its body already queued, so the request
+    /// head never goes out alone: a server then sees either nothing at all or at least one
+    /// body byte when an upload is abandoned. (SeaweedFS stores an empty object when a PUT's
+    /// connection closes right after its head.)
+    pub fn start(req: &Request, first: &[u8], what: &str) -> Result<Streaming, Error> {
+        let (out, options) = build(req, what)?;
+        let body = out.body().map_err(|_| Error::Other(format!("{what}: no request body")))?;
+        let stream = body.write().map_err(|_| Error::Other(format!("{what}: no body stream")))?;
+        // Without blocking: nothing reads the body before the request is handed over.
+        let budget = stream.check_write().map_err(|e| send_error(what, e))?;
+        let n = budget.min(first.len() as u64) as usize;
+        if n > 0 {
+            stream.write(&first[..n]).map_err(|e| send_error(what, e))?;
         }
-        Ok(())
+        let fut = outgoing_handler::handle(out, options).map_err(|e| map_error(e, what))?;
+        let mut s = Streaming {
+            what: what.to_string(),
+            failed: None,
+            stream: Some(stream),
+            body: Some(body),
+            fut: Some(fut),
+        };
+        // A failure here shows at the next `write` or at `finish`, with the server's answer.
+        let _ = s.write(&first[n..]);
+        Ok(s)
     }
 
-    pub fn finish(mut self, limit: usize) -> Result<Response, Error> {
+    /// Sends more of the body. After a failure, [`Streaming::finish`] or
+    /// [`Streaming::rejection`] give the server's answer if it sent one.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        if let Some(why) = &self.failed {
+            return Err(Error::Transient(why.clone()));
+        }
+        let Some(stream) = self.stream.as_ref() else {
+            return Err(Error::Other(format!("{}: body already finished", self.what)));
+        };
+        write_all(stream, data, &self.what).inspect_err(|e| self.failed = Some(message(e)))
+    }
+
+    /// Ends the body and waits for the response. If sending failed, the server's answer
+    /// when it gave one, else the sending error.
+    pub fn finish(mut self) -> Result<Response, Error> {
+        if let Some(why) = self.failed.take() {
+            return self.rejection().ok_or(Error::Transient(why));
+        }
         drop(self.stream.take());
         if let Some(body) = self.body.take() {
             OutgoingBody::finish(body, None).map_err(|e| map_error(e, &self.what))?;
         }
         let fut = self.fut.take().ok_or_else(|| Error::Other(format!("{}: finished twice", self.what)))?;
-        wait(fut, &self.what, limit)
+        wait(fut, std::mem::take(&mut self.what))
+    }
+
+    /// Abandons the body and returns the server's answer if it gives one within two seconds
+    /// (a server may refuse a request before reading its whole body).
+    pub fn rejection(&mut self) -> Option<Response> {
+        drop(self.stream.take());
+        drop(self.body.take());
+        let fut = self.fut.take()?;
+        settle(&fut);
+        let got = fut.get();
+        got.as_ref()?;
+        into_response(fut, got, self.what.clone()).ok()
+    }
+
+    /// Abandons the request: the body is dropped unfinished, which the host's HTTP client
+    /// treats as corrupted and aborts. Waits briefly for the connection to settle so the
+    /// server has stopped writing before a following DELETE of what it stored.
+    pub fn abort(mut self) {
+        drop(self.stream.take());
+        drop(self.body.take());
+        if let Some(fut) = self.fut.take() {
+            settle(&fut);
+        }
+    }
+}
+
+/// Waits up to two seconds for a response (or the connection's failure).
+fn settle(fut: &FutureIncomingResponse) {
+    let done = fut.subscribe();
+    let timer = wasip2::clocks::monotonic_clock::subscribe_duration(2_000_000_000);
+    wasip2::io::poll::poll(&[&done, &timer]);
+}
+
+fn message(e: &Error) -> String {
+    match e {
+        Error::Transient(m) | Error::Other(m) => m.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        drop(self.stream.take());
+        drop(self.body.take());
+        drop(self.fut.take());
     }
 }
 
@@ -283,24 +481,4 @@ pub fn encode(s: &str, keep_slash: bool) -> String {
         }
     }
     out
-}
-
-/// Maps an HTTP status to the contract's error, for responses that are not successes.
-pub fn status_error(resp: &Response, what: &str) -> Error {
-    let detail =
-        format!("{what}: HTTP {} {}", resp.status, resp.text().chars().take(300).collect::<String>());
-    match resp.status {
-        404 => Error::NotFound(detail),
-        401 | 403 => Error::PermissionDenied(detail),
-        409 | 412 => Error::AlreadyExists(detail),
-        429 | 503 => Error::RateLimited(crate::RateLimit {
-            retry_after_ms: resp
-                .header("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|s| s * 1000),
-            message: detail,
-        }),
-        500..=599 | 408 => Error::Transient(detail),
-        _ => Error::Other(detail),
-    }
 }

@@ -2,7 +2,6 @@
 //! nginx, rclone serve webdav, ...), reached over wasi:http with optional basic auth.
 
 mod dav;
-mod net;
 mod store;
 
 use std::cell::RefCell;

@@ -10,11 +10,10 @@ use std::collections::HashSet;
 use std::io::{BufReader, Read};
 use std::rc::Rc;
 
-use cairn_plugin_sdk::http::{Endpoint, Request, encode};
+use cairn_plugin_sdk::http::{self, Endpoint, Request, Response, Streaming, encode};
 use cairn_plugin_sdk::{Capabilities, Error, IncompleteUpload, ListPage, ObjectInfo};
 
 use crate::dav::{self, DavEntry};
-use crate::net::{self, Response, Streaming};
 
 const UPLOAD_MARKER: &str = ".cairn-upload-";
 /// Object names have a few segments; deeper trees are foreign and not walked.
@@ -73,7 +72,8 @@ impl Client {
     }
 
     fn send(&self, req: Request, body: &[u8]) -> Result<Response, Error> {
-        net::send(&req, body)
+        let what = format!("{} {}", req.method, req.url);
+        http::send(&req, body, &what)
     }
 
     /// PROPFIND with `depth` on `url`; `None` when the resource does not exist.
@@ -436,7 +436,7 @@ impl DavStore {
             .header("content-length", size.to_string())
             .header("content-type", "application/octet-stream");
         req.timeout_ms = Some(UPLOAD_TIMEOUT_MS);
-        let body = Streaming::start(&req)?;
+        let body = Streaming::start(&req, &[], &format!("PUT {}", req.url))?;
         Ok(DavUpload {
             client: self.client.clone(),
             state: RefCell::new(Some(Pending { body, written: 0 })),
@@ -528,7 +528,7 @@ impl DavUpload {
         }
         if let Err(e) = p.body.write(data) {
             // The server may have refused the request early: its status says more.
-            let err = match p.body.early_response() {
+            let err = match p.body.rejection() {
                 Some(mut resp) if !resp.is_success() => resp.error(&format!("PUT {}", self.tmp)),
                 _ => e,
             };
