@@ -7,25 +7,9 @@
 mod store;
 
 mod component {
-    use std::cell::RefCell;
-
-    use cairn_plugin_sdk::{
-        Capabilities, Error, Guest, GuestUpload, IncompleteUpload, ListPage, ObjectInfo, OptionSpec,
-        PluginInfo, Upload,
-    };
+    use cairn_plugin_sdk::{OptionSpec, PluginInfo};
 
     use crate::store::{FsStore, FsUpload};
-
-    thread_local! {
-        static STORE: RefCell<Option<FsStore>> = const { RefCell::new(None) };
-    }
-
-    fn with_store<T>(f: impl FnOnce(&FsStore) -> Result<T, Error>) -> Result<T, Error> {
-        STORE.with(|s| match s.borrow().as_ref() {
-            Some(store) => f(store),
-            None => Err(Error::Other("open was not called".into())),
-        })
-    }
 
     fn info() -> PluginInfo {
         PluginInfo {
@@ -51,61 +35,5 @@ mod component {
         }
     }
 
-    struct Fs;
-
-    impl Guest for Fs {
-        type Upload = FsUpload;
-
-        fn describe() -> PluginInfo {
-            info()
-        }
-
-        fn open(options: Vec<(String, String)>) -> Result<Capabilities, Error> {
-            let (store, caps) = FsStore::open(&options)?;
-            STORE.with(|s| *s.borrow_mut() = Some(store));
-            Ok(caps)
-        }
-
-        fn list(prefix: String, cursor: Option<String>, max: u32) -> Result<ListPage, Error> {
-            with_store(|s| s.list(&prefix, cursor.as_deref(), max))
-        }
-
-        fn stat(name: String) -> Result<ObjectInfo, Error> {
-            with_store(|s| s.stat(&name))
-        }
-
-        fn read(name: String, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-            with_store(|s| s.read(&name, offset, len))
-        }
-
-        fn start_upload(name: String, size: u64, if_absent: bool) -> Result<Upload, Error> {
-            with_store(|s| s.start_upload(&name, size, if_absent)).map(Upload::new)
-        }
-
-        fn list_incomplete(prefix: String) -> Result<Vec<IncompleteUpload>, Error> {
-            with_store(|s| s.list_incomplete(&prefix))
-        }
-
-        fn abort_incomplete(id: String) -> Result<(), Error> {
-            with_store(|s| s.abort_incomplete(&id))
-        }
-
-        fn delete(names: Vec<String>) -> Result<(), Error> {
-            with_store(|s| s.delete(&names))
-        }
-    }
-
-    impl GuestUpload for FsUpload {
-        fn write(&self, data: Vec<u8>) -> Result<(), Error> {
-            FsUpload::write(self, &data)
-        }
-        fn finish(&self) -> Result<(), Error> {
-            FsUpload::finish(self)
-        }
-        fn abort(&self) {
-            FsUpload::abort(self)
-        }
-    }
-
-    cairn_plugin_sdk::export!(Fs);
+    cairn_plugin_sdk::export_store!(describe: info, open: FsStore::open, store: FsStore, upload: FsUpload);
 }

@@ -10,27 +10,9 @@ mod store;
 mod xml;
 
 mod component {
-    use std::cell::RefCell;
-
-    use cairn_plugin_sdk::{
-        Capabilities, Error, Guest, GuestUpload, IncompleteUpload, ListPage, ObjectInfo, OptionSpec,
-        PluginInfo, Upload,
-    };
+    use cairn_plugin_sdk::{OptionSpec, PluginInfo};
 
     use crate::store::{Config, S3Upload, Store};
-
-    thread_local! {
-        static STORE: RefCell<Option<Store>> = const { RefCell::new(None) };
-    }
-
-    fn with_store<T>(f: impl FnOnce(&Store) -> Result<T, Error>) -> Result<T, Error> {
-        // Cloned out, so no borrow of the slot is held while requests run.
-        let store = STORE.with(|s| s.borrow().clone());
-        match store {
-            Some(store) => f(&store),
-            None => Err(Error::Other("open was not called".into())),
-        }
-    }
 
     fn opt(name: &str, required: bool, secret: bool, help: &str, default: Option<&str>) -> OptionSpec {
         OptionSpec {
@@ -102,61 +84,5 @@ mod component {
         }
     }
 
-    struct S3;
-
-    impl Guest for S3 {
-        type Upload = S3Upload;
-
-        fn describe() -> PluginInfo {
-            info()
-        }
-
-        fn open(options: Vec<(String, String)>) -> Result<Capabilities, Error> {
-            let (store, caps) = Config::open(&options)?;
-            STORE.with(|s| *s.borrow_mut() = Some(store));
-            Ok(caps)
-        }
-
-        fn list(prefix: String, cursor: Option<String>, max: u32) -> Result<ListPage, Error> {
-            with_store(|s| s.list(&prefix, cursor.as_deref(), max))
-        }
-
-        fn stat(name: String) -> Result<ObjectInfo, Error> {
-            with_store(|s| s.stat(&name))
-        }
-
-        fn read(name: String, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-            with_store(|s| s.read(&name, offset, len))
-        }
-
-        fn start_upload(name: String, size: u64, if_absent: bool) -> Result<Upload, Error> {
-            with_store(|s| s.start_upload(&name, size, if_absent)).map(Upload::new)
-        }
-
-        fn list_incomplete(prefix: String) -> Result<Vec<IncompleteUpload>, Error> {
-            with_store(|s| s.list_incomplete(&prefix))
-        }
-
-        fn abort_incomplete(id: String) -> Result<(), Error> {
-            with_store(|s| s.abort_incomplete(&id))
-        }
-
-        fn delete(names: Vec<String>) -> Result<(), Error> {
-            with_store(|s| s.delete(&names))
-        }
-    }
-
-    impl GuestUpload for S3Upload {
-        fn write(&self, data: Vec<u8>) -> Result<(), Error> {
-            S3Upload::write(self, &data)
-        }
-        fn finish(&self) -> Result<(), Error> {
-            S3Upload::finish(self)
-        }
-        fn abort(&self) {
-            S3Upload::abort(self)
-        }
-    }
-
-    cairn_plugin_sdk::export!(S3);
+    cairn_plugin_sdk::export_store!(describe: info, open: Config::open, store: Store, upload: S3Upload);
 }
