@@ -5,6 +5,7 @@ mod common;
 
 use common::remote::{
     Flavour, cut_uploads, multipart_after_kill, remote_env_with, resume_after_kill, round_trip,
+    slow_down_is_waited_for,
 };
 
 #[test]
@@ -40,6 +41,11 @@ fn seaweedfs_multipart_upload_killed_mid_way() {
 #[test]
 fn rclone_s3_multipart_upload_killed_mid_way() {
     multipart_after_kill(Flavour::RcloneS3);
+}
+
+#[test]
+fn seaweedfs_slow_down_is_retried_after_the_servers_delay() {
+    slow_down_is_waited_for(Flavour::Seaweed);
 }
 
 #[test]

@@ -36,6 +36,38 @@ pub struct Traffic {
     pub retries: AtomicU64,
 }
 
+/// Base delay of the exponential backoff (`CAIRN_RETRY_BASE_MS` overrides it, for tests).
+pub fn backoff_base() -> Duration {
+    std::env::var("CAIRN_RETRY_BASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_millis(250))
+}
+
+/// How long to wait before trying again after `err` on attempt `attempt` (1-based), or
+/// `None` when it is not worth another attempt. Logs the decision.
+pub fn retry_delay(attempt: u32, err: &BackendError, base: Duration) -> Option<Duration> {
+    let limit = match err.kind {
+        ErrorKind::Trap(_) | ErrorKind::Deadline(_) => CRASH_ATTEMPTS,
+        ErrorKind::Transient(_) | ErrorKind::RateLimited { .. } => TRANSIENT_ATTEMPTS,
+        _ => return None,
+    };
+    if attempt >= limit {
+        return None;
+    }
+    let exp = base.saturating_mul(1 << (attempt - 1).min(8));
+    let mut delay = exp.min(Duration::from_secs(30));
+    if let ErrorKind::RateLimited { retry_after: Some(after), .. } = err.kind {
+        delay = delay.max(after.min(Duration::from_secs(120)));
+    }
+    // Full jitter in [delay/2, delay*3/2): many clients must not retry in lockstep.
+    let jitter = getrandom::u64().unwrap_or(0) % 1000;
+    let delay = delay.mul_f64(0.5 + jitter as f64 / 1000.0);
+    tracing::warn!("{err}; retrying in {:.1}s (attempt {}/{limit})", delay.as_secs_f64(), attempt + 1);
+    Some(delay)
+}
+
 pub struct Backend {
     pool: Arc<PluginPool>,
     pub traffic: Traffic,
@@ -46,11 +78,7 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(pool: Arc<PluginPool>) -> Backend {
-        let backoff = std::env::var("CAIRN_RETRY_BASE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
-            .unwrap_or(Duration::from_millis(250));
+        let backoff = backoff_base();
         let list_page = std::env::var("CAIRN_LIST_PAGE")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -83,23 +111,7 @@ impl Backend {
 
     /// Decides whether to try again after `err` on attempt `attempt` (1-based), and waits.
     async fn should_retry(&self, attempt: u32, err: &BackendError) -> bool {
-        let limit = match err.kind {
-            ErrorKind::Trap(_) | ErrorKind::Deadline(_) => CRASH_ATTEMPTS,
-            ErrorKind::Transient(_) | ErrorKind::RateLimited { .. } => TRANSIENT_ATTEMPTS,
-            _ => return false,
-        };
-        if attempt >= limit {
-            return false;
-        }
-        let exp = self.backoff.saturating_mul(1 << (attempt - 1).min(8));
-        let mut delay = exp.min(Duration::from_secs(30));
-        if let ErrorKind::RateLimited { retry_after: Some(after), .. } = err.kind {
-            delay = delay.max(after.min(Duration::from_secs(120)));
-        }
-        // Full jitter in [delay/2, delay*3/2): many clients must not retry in lockstep.
-        let jitter = getrandom::u64().unwrap_or(0) % 1000;
-        let delay = delay.mul_f64(0.5 + jitter as f64 / 1000.0);
-        tracing::warn!("{err}; retrying in {:.1}s (attempt {}/{limit})", delay.as_secs_f64(), attempt + 1);
+        let Some(delay) = retry_delay(attempt, err, self.backoff) else { return false };
         self.traffic.retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(delay).await;
         true

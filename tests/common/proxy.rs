@@ -19,6 +19,9 @@ pub enum Fault {
     /// Stop forwarding (but keep the connection open) after this many bytes towards the
     /// server.
     StallAfter(u64),
+    /// Answer the request itself, as an overloaded S3 server does: `503 SlowDown` with
+    /// `Retry-After: 1`.
+    SlowDown,
 }
 
 pub struct Proxy {
@@ -86,6 +89,11 @@ impl Drop for Proxy {
 }
 
 fn handle(client: TcpStream, upstream: u16, fault: Fault, fired: Arc<AtomicU64>) {
+    if fault == Fault::SlowDown {
+        fired.fetch_add(1, Ordering::Relaxed);
+        slow_down(client);
+        return;
+    }
     if fault == Fault::Reset {
         fired.fetch_add(1, Ordering::Relaxed);
         let _ = client.shutdown(Shutdown::Both);
@@ -136,4 +144,28 @@ fn handle(client: TcpStream, upstream: u16, fault: Fault, fired: Arc<AtomicU64>)
     }
     let _ = to.shutdown(Shutdown::Write);
     let _ = back.join();
+}
+
+/// Reads the request head and answers 503 SlowDown without reading the body.
+fn slow_down(mut client: TcpStream) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+                <Message>Please reduce your request rate.</Message></Error>";
+    let answer = format!(
+        "HTTP/1.1 503 Slow Down\r\nRetry-After: 1\r\nContent-Type: application/xml\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(answer.as_bytes());
+    let _ = client.shutdown(Shutdown::Write);
+    // Let the client read the answer before the connection goes.
+    std::thread::sleep(Duration::from_millis(200));
 }

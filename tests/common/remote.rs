@@ -297,3 +297,31 @@ pub fn multipart_after_kill(flavour: Flavour) {
     let diffs = diff_trees(&env.src, &env.restored_src(&target));
     assert!(diffs.is_empty(), "{flavour:?}: {}", diffs.join("\n"));
 }
+
+/// An overloaded server (503 SlowDown, Retry-After: 1) when a run starts is waited for, as
+/// long as it asks, and the backup completes.
+pub fn slow_down_is_waited_for(flavour: Flavour) {
+    let Some(server) = flavour.start() else { return };
+    let proxy = Proxy::start(server.port);
+    let mut env = remote_env(flavour, &server, &proxy.origin(), "");
+    gen_dataset(&env.src, 37, 30, &[1 << 20]);
+    env.ok(&["init"]);
+    // With a 1 ms backoff base, only the server's Retry-After makes a retry wait long.
+    env.extra_env.push(("CAIRN_RETRY_BASE_MS".into(), "1".into()));
+    proxy.set(Fault::SlowDown, 3);
+    let out = env.run(&["--json", "backup"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{flavour:?}: {stderr}");
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["errors"], 0, "{b}");
+    assert!(stderr.contains("SlowDown"), "the server's code is not named: {stderr}");
+    let waits: Vec<f64> = stderr
+        .split("retrying in ")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('s')?.0.parse().ok())
+        .collect();
+    assert!(waits.len() >= 3 && waits.iter().all(|&w| w >= 0.5), "Retry-After not honoured: {stderr}");
+    let target = env.path("restore");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(diff_trees(&env.src, &env.restored_src(&target)).is_empty());
+}

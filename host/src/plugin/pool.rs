@@ -71,7 +71,23 @@ impl PluginPool {
             .with_context(|| format!("cannot start plugin {name}"))?;
         let info = probe.describe(name, &sandbox).await?;
         check_options(name, &info, &options)?;
-        let caps = probe.open(name, &options, &sandbox).await?;
+        // A server that is busy or briefly unreachable when the run starts is waited for,
+        // as it is for any later call (the instance survives such errors).
+        let mut attempt = 1;
+        let caps = loop {
+            let err = match probe.open(name, &options, &sandbox).await {
+                Ok(caps) => break caps,
+                Err(e) => e.downcast::<BackendError>()?,
+            };
+            if !matches!(err.kind, ErrorKind::Transient(_) | ErrorKind::RateLimited { .. }) {
+                return Err(err.into());
+            }
+            match crate::backend::retry_delay(attempt, &err, crate::backend::backoff_base()) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(err.into()),
+            }
+            attempt += 1;
+        };
         let permits = max_instances.max(1);
         Ok(Arc::new(PluginPool {
             name: name.to_string(),

@@ -9,7 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use cairn_plugin_sdk::{Capabilities, Error, IncompleteUpload, ListPage, ObjectInfo};
+use cairn_plugin_sdk::{Capabilities, Error, IncompleteUpload, ListPage, ObjectInfo, check_name};
 
 const UPLOAD_MARKER: &str = ".cairn-upload-";
 
@@ -30,18 +30,6 @@ pub fn io_error(context: &str, e: io::Error) -> Error {
         }
         _ => Error::Other(msg),
     }
-}
-
-/// Object names are relative, '/'-separated, made of `[A-Za-z0-9._-]`, and no segment may be
-/// empty or start with a dot (that keeps `..` and our temporary files out of the namespace).
-pub fn check_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.split('/').all(|seg| {
-            !seg.is_empty()
-                && !seg.starts_with('.')
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        });
-    if ok { Ok(()) } else { Err(Error::InvalidName(format!("invalid object name {name:?}"))) }
 }
 
 impl FsStore {

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use cairn_plugin_sdk::http::Request;
-use cairn_plugin_sdk::{Capabilities, Error, IncompleteUpload, ListPage, ObjectInfo};
+use cairn_plugin_sdk::{Capabilities, Error, IncompleteUpload, ListPage, ObjectInfo, check_name};
 use percent_encoding::percent_decode_str;
 use rusty_s3::actions::ObjectIdentifier;
 use rusty_s3::{Bucket, Credentials, Map, S3Action, UrlStyle};
@@ -45,18 +45,6 @@ pub struct Config {
 }
 
 pub type Store = Rc<Config>;
-
-/// Object names are relative, '/'-separated, made of `[A-Za-z0-9._-]`, and no segment may be
-/// empty or start with a dot.
-pub fn check_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.split('/').all(|seg| {
-            !seg.is_empty()
-                && !seg.starts_with('.')
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        });
-    if ok { Ok(()) } else { Err(Error::InvalidName(format!("invalid object name {name:?}"))) }
-}
 
 fn bool_option(options: &[(String, String)], name: &str, default: bool) -> Result<bool, Error> {
     match cairn_plugin_sdk::option(options, name).map(str::trim) {
@@ -843,16 +831,6 @@ mod tests {
                 Err(Error::InvalidConfig(m)) => assert!(m.contains(option), "{option}: {m}"),
                 other => panic!("{option}: {:?}", other.err()),
             }
-        }
-    }
-
-    #[test]
-    fn names() {
-        for good in ["config", "data/ab/abcdef", "keys/x-1_2.3"] {
-            assert!(check_name(good).is_ok(), "{good}");
-        }
-        for bad in ["", "/abs", "a//b", "../x", "a/.hidden", "sp ace", "a/"] {
-            assert!(check_name(bad).is_err(), "{bad}");
         }
     }
 }

@@ -42,6 +42,23 @@ pub fn option<'a>(options: &'a [(String, String)], name: &str) -> Option<&'a str
     options.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
+/// Whether `segment` is made of `[A-Za-z0-9._-]` and not empty.
+pub fn valid_segment(segment: &str) -> bool {
+    !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Whether `name` is an object name of the contract: relative, '/'-separated valid segments,
+/// none starting with a dot (that keeps `..` and backends' temporary files out of the
+/// namespace).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.split('/').all(|seg| valid_segment(seg) && !seg.starts_with('.'))
+}
+
+/// [`valid_name`] as the contract's `invalid-name` error.
+pub fn check_name(name: &str) -> Result<(), Error> {
+    if valid_name(name) { Ok(()) } else { Err(Error::InvalidName(format!("invalid object name {name:?}"))) }
+}
+
 /// Exports a backend whose state is a value built by `open`, kept for the later calls.
 ///
 /// `store`'s inherent methods do the work, with the signatures of the WIT functions taking
@@ -126,4 +143,19 @@ macro_rules! export_store {
 
         $crate::export!(__CairnStorage);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["config", "data/ab/abcdef", "keys/x-1_2.3"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "/abs", "a//b", "../x", "a/.hidden", "sp ace", "a/", "ü"] {
+            assert!(matches!(check_name(bad), Err(Error::InvalidName(_))), "{bad}");
+        }
+    }
 }

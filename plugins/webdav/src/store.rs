@@ -11,7 +11,9 @@ use std::io::{BufReader, Read};
 use std::rc::Rc;
 
 use cairn_plugin_sdk::http::{self, Endpoint, Request, Response, Streaming, encode};
-use cairn_plugin_sdk::{Capabilities, Error, IncompleteUpload, ListPage, ObjectInfo};
+use cairn_plugin_sdk::{
+    Capabilities, Error, IncompleteUpload, ListPage, ObjectInfo, check_name, valid_name, valid_segment,
+};
 
 use crate::dav::{self, DavEntry};
 
@@ -24,20 +26,6 @@ const TIMEOUT_MS: u64 = 60_000;
 const OPEN_ATTEMPTS: u64 = 3;
 /// An upload's response comes only after its whole body was sent.
 const UPLOAD_TIMEOUT_MS: u64 = 600_000;
-
-/// Object names are relative, '/'-separated, made of `[A-Za-z0-9._-]`, and no segment may be
-/// empty or start with a dot (that keeps `..` and our temporary files out of the namespace).
-pub fn check_name(name: &str) -> Result<(), Error> {
-    if valid_name(name) { Ok(()) } else { Err(Error::InvalidName(format!("invalid object name {name:?}"))) }
-}
-
-fn valid_segment(seg: &str) -> bool {
-    !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.split('/').all(|seg| valid_segment(seg) && !seg.starts_with('.'))
-}
 
 /// A member of a collection: name, is a collection, size.
 type Member = (String, bool, u64);
