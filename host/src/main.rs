@@ -8,7 +8,19 @@ use cairn::cli::{Cli, Command, PluginAction};
 use cairn::commands::{self, Ctx};
 use cairn::error::{exit_code, one_line};
 
+/// glibc gives every thread that allocates its own arena, and freed memory stays spread over
+/// them: restores through network plugins (many threads passing buffers around) peaked
+/// 18 MiB higher than with two arenas, at no measurable cost in speed.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",

@@ -106,7 +106,7 @@ impl Report {
 pub const QUARANTINE: &str = "quarantine/";
 
 /// `--read-data` reads packs in pieces of this size.
-const PACK_READ_PIECE: u64 = 8 << 20;
+const PACK_READ_PIECE: u64 = 4 << 20;
 
 pub fn run(
     repo: &Repository,
@@ -442,8 +442,9 @@ impl PackCheck {
     }
 }
 
-/// Reads a pack whole and checks its name, its header, and every blob the journal places
-/// in it.
+/// Reads a whole pack as a stream, in pieces, checking as it goes: its bytes against its name,
+/// every blob the journal places in it (authenticated and hash-checked), and its header
+/// against the journal. Memory stays at a piece plus the largest blob, however big the pack.
 pub fn check_pack(
     repo: &Repository,
     rt: &tokio::runtime::Handle,
@@ -452,40 +453,55 @@ pub fn check_pack(
     bytes_read: &AtomicU64,
     blobs_checked: &AtomicU64,
 ) -> Result<PackCheck> {
-    let mut data = Vec::with_capacity(size as usize);
-    while (data.len() as u64) < size {
-        let want = (size - data.len() as u64).min(PACK_READ_PIECE);
-        let piece = rt.block_on(repo.backend.read(name, data.len() as u64, want))?;
+    let mut entries = repo.journal.pack_entries(name)?;
+    entries.sort_by_key(|e| e.offset);
+    // Where the blobs end and the header begins, as far as the journal knows.
+    let data_end = entries.iter().map(|e| e.offset + e.length as u64).max().unwrap_or(0);
+    let mut hasher = blake3::Hasher::new();
+    // Bytes [window_start, read) of the pack that a blob or the header still needs.
+    let mut window: Vec<u8> = Vec::new();
+    let mut window_start = 0u64;
+    let mut read = 0u64;
+    let mut next = 0;
+    let mut bad_blobs = Vec::new();
+    while read < size {
+        let want = (size - read).min(PACK_READ_PIECE);
+        let piece = rt.block_on(repo.backend.read(name, read, want))?;
         if piece.is_empty() {
             break;
         }
-        data.extend_from_slice(&piece);
+        hasher.update(&piece);
+        read += piece.len() as u64;
+        window.extend_from_slice(&piece);
+        drop(piece);
+        while let Some(e) = entries.get(next)
+            && e.offset + e.length as u64 <= read
+        {
+            let from = (e.offset - window_start) as usize;
+            let blob = &window[from..from + e.length as usize];
+            if format::decode_blob(&repo.key, e.kind, &e.id, blob, e.raw_length as usize).is_err() {
+                bad_blobs.push(e.id);
+            }
+            blobs_checked.fetch_add(1, Ordering::Relaxed);
+            next += 1;
+        }
+        let keep_from = entries.get(next).map_or(data_end, |e| e.offset).clamp(window_start, read);
+        window.drain(..(keep_from - window_start) as usize);
+        window_start = keep_from;
     }
-    bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
-    if (data.len() as u64) < size {
-        bail!("only {} of {size} bytes could be read", data.len());
+    bytes_read.fetch_add(read, Ordering::Relaxed);
+    if read < size {
+        bail!("only {read} of {size} bytes could be read");
     }
-    let hash_ok = format::id_of_name(name) == Some(Id::of_bytes(&data));
-    let entries = repo.journal.pack_entries(name)?;
-    let header_ok = match format::read_pack_header(&repo.key, &data, size) {
+    let hash_ok = format::id_of_name(name) == Some(Id(*hasher.finalize().as_bytes()));
+    // What remains is the header and the trailer.
+    let header_ok = match format::read_pack_header(&repo.key, &window, size) {
         Ok(mut header) => {
-            let mut expected = entries.clone();
             header.sort_by_key(|e| e.offset);
-            expected.sort_by_key(|e| e.offset);
-            header == expected
+            header == entries
         }
         Err(_) => false,
     };
-    let mut bad_blobs = Vec::new();
-    for e in &entries {
-        let (from, to) = (e.offset as usize, e.offset as usize + e.length as usize);
-        let ok = to <= data.len()
-            && format::decode_blob(&repo.key, e.kind, &e.id, &data[from..to], e.raw_length as usize).is_ok();
-        blobs_checked.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            bad_blobs.push(e.id);
-        }
-    }
     Ok(PackCheck { hash_ok, header_ok, bad_blobs, blobs: entries.len() })
 }
 
