@@ -339,15 +339,26 @@ pub fn find_journal(state: &Path) -> PathBuf {
 pub fn repo_objects(repo: &Path) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![repo.to_path_buf()];
+    // Polled while a backup runs too: a temporary file listed here may be renamed before it
+    // is looked at, and is then skipped.
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
+        let entries = match std::fs::read_dir(&d) {
+            Err(e) if gone(&e) => continue,
+            r => r.unwrap(),
+        };
+        for e in entries {
             let e = e.unwrap();
             let p = e.path();
             if e.file_type().unwrap().is_dir() {
                 stack.push(p);
             } else {
+                let len = match e.metadata() {
+                    Err(e) if gone(&e) => continue,
+                    r => r.unwrap().len(),
+                };
                 let rel = p.strip_prefix(repo).unwrap().to_string_lossy().into_owned();
-                out.push((rel, e.metadata().unwrap().len()));
+                out.push((rel, len));
             }
         }
     }
