@@ -28,7 +28,7 @@ fn secrets_never_reach_the_journal_or_the_logs() {
     write_file(&env.src.join("a.txt"), b"secret-free content", 0o644, 1_600_000_000);
     env.ok(&["-vv", "init"]);
     let out = env.run(&["-vv", "backup"]);
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!logs.contains(servers::DAV_PASS), "the password appears in the output");
     // Nothing in the state folder (journal, lock) holds it.
