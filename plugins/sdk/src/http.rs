@@ -128,7 +128,9 @@ pub fn status_error(status: u16, retry_after: Option<&str>, detail: String) -> E
                 .map(|s| s.saturating_mul(1000)),
             message: detail,
         }),
-        408 | 500..=599 => Error::Transient(detail),
+        // 423 Locked: WebDAV servers lock a collection while another request creates or
+        // fills it (rclone answers so to concurrent MKCOLs); it passes.
+        408 | 423 | 500..=599 => Error::Transient(detail),
         _ => Error::Other(detail),
     }
 }
@@ -489,4 +491,34 @@ pub fn encode(s: &str, keep_slash: bool) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_the_contract() {
+        let e = |status, retry_after| status_error(status, retry_after, String::new());
+        assert!(matches!(e(404, None), Error::NotFound(_)));
+        assert!(matches!(e(403, None), Error::PermissionDenied(_)));
+        assert!(matches!(e(423, None), Error::Transient(_)));
+        assert!(matches!(e(502, None), Error::Transient(_)));
+        assert!(matches!(e(400, None), Error::Other(_)));
+        assert!(matches!(
+            e(429, Some("3")),
+            Error::RateLimited(RateLimit { retry_after_ms: Some(3000), .. })
+        ));
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        let ep = Endpoint::parse("https://dav.example.com:8443/base/dir/").unwrap();
+        assert!(ep.https);
+        assert_eq!(ep.authority, "dav.example.com:8443");
+        assert_eq!(ep.url("/x"), "https://dav.example.com:8443/base/dir/x");
+        assert!(Endpoint::parse("ftp://x").is_err());
+        assert!(Endpoint::parse("http:///path").is_err());
+        assert_eq!(encode("a b/c", true), "a%20b/c");
+    }
 }
