@@ -73,3 +73,25 @@ fn seaweedfs_conditional_put_guards_init() {
     let out = first.run(&["verify", "--read-data"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// Wrong credentials and a missing bucket are named, without echoing the secret, and
+/// nothing is created.
+#[test]
+fn wrong_credentials_and_a_missing_bucket_are_named() {
+    let Some(server) = common::servers::require(common::servers::seaweedfs_s3()) else { return };
+    let env = remote_env_with(Flavour::Seaweed, &server, &server.origin(), "", "");
+    common::gen_dataset(&env.src, 38, 5, &[]);
+    let out = env.cmd(&["init"]).env("CAIRN_TEST_S3_SECRET", "not-the-secret-42").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!err.contains("not-the-secret-42"), "the secret is echoed: {err}");
+    assert!(err.contains("permission denied") && err.contains("SignatureDoesNotMatch"), "{err}");
+    assert!(err.contains("check options `access_key_id` and `secret_access_key`"), "{err}");
+    assert!(!env.state.exists() || common::snapshot_dir(&env.state).is_empty(), "state written: {err}");
+
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    env.write_config(&text.replace("bucket = \"cairn\"", "bucket = \"no-such-bucket\""));
+    let (_, err) = env.fails(&["init"]);
+    assert!(err.contains("bucket \"no-such-bucket\" not found"), "{err}");
+    assert!(err.contains("option `bucket`"), "{err}");
+}

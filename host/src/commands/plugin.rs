@@ -125,7 +125,11 @@ pub fn info(ctx: &Ctx, name: &str) -> Result<()> {
         if o.secret {
             flags.push("secret: give it as { env = \"VAR\" } or { command = \"...\" }");
         }
-        let default = o.default.as_ref().map(|d| format!(" (default {d})")).unwrap_or_default();
+        let default = match o.default.as_deref() {
+            Some("") => " (default empty)".to_string(),
+            Some(d) => format!(" (default {d})"),
+            None => String::new(),
+        };
         println!("  {:<20} [{}]{default} {}", o.name, flags.join(", "), o.help);
     }
     println!("grants it needs:");

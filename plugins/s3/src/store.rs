@@ -175,6 +175,10 @@ impl Config {
                 "option `bucket`: bucket {:?} not found at the endpoint ({m})",
                 self.bucket.name()
             ))),
+            Error::PermissionDenied(m) => Err(Error::PermissionDenied(format!(
+                "{m} (check options `access_key_id` and `secret_access_key`, and that the key may \
+                 list and write the bucket)"
+            ))),
             e => Err(e),
         }
     }
