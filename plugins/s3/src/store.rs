@@ -209,16 +209,10 @@ impl Config {
             return Err(net::s3_error(&resp, &what));
         }
         let root = parse_xml(&resp.body, &what)?;
-        let url_encoded = root.text_of("EncodingType").is_some_and(|e| e.eq_ignore_ascii_case("url"));
         let mut objects = Vec::new();
         let mut last_key = None;
         for c in root.all("Contents") {
-            let raw = c.text_of("Key").unwrap_or("");
-            let key = if url_encoded {
-                percent_decode_str(raw).decode_utf8_lossy().into_owned()
-            } else {
-                raw.to_string()
-            };
+            let key = key_of(&root, c);
             let size = c
                 .text_of("Size")
                 .map(|s| s.trim().parse::<u64>())
@@ -413,14 +407,8 @@ impl Config {
                 return Err(net::s3_error(&resp, &what));
             }
             let root = parse_xml(&resp.body, &what)?;
-            let url_encoded = root.text_of("EncodingType").is_some_and(|e| e.eq_ignore_ascii_case("url"));
             for u in root.all("Upload") {
-                let raw = u.text_of("Key").unwrap_or("");
-                let key = if url_encoded {
-                    percent_decode_str(raw).decode_utf8_lossy().into_owned()
-                } else {
-                    raw.to_string()
-                };
+                let key = key_of(&root, u);
                 let Some(upload_id) = u.text_of("UploadId") else { continue };
                 if let Some(name) = key.strip_prefix(self.prefix.as_str())
                     && name.starts_with(prefix)
@@ -536,6 +524,16 @@ impl Config {
 
 fn encode(s: &str) -> String {
     cairn_plugin_sdk::http::encode(s, false)
+}
+
+/// The `Key` of a listing entry, URL-decoded when the listing says it is encoded.
+fn key_of(listing: &xml::Node, entry: &xml::Node) -> String {
+    let raw = entry.text_of("Key").unwrap_or("");
+    if listing.text_of("EncodingType").is_some_and(|e| e.eq_ignore_ascii_case("url")) {
+        percent_decode_str(raw).decode_utf8_lossy().into_owned()
+    } else {
+        raw.to_string()
+    }
 }
 
 fn parse_xml(body: &[u8], what: &str) -> Result<xml::Node, Error> {
