@@ -51,8 +51,7 @@ pub fn remote_env_with(
     env.extra_env.push(("CAIRN_PLUGINS_DIR".into(), env.path("plugins").display().to_string()));
     let wasm = test_plugin(flavour.plugin());
     env.ok(&["plugin", "install", wasm.to_str().unwrap()]);
-    let prefix =
-        format!("run{}", Rng::new(std::process::id() as u64 ^ server.port as u64).next() % 1_000_000);
+    let prefix = repo_folder(server);
     let options = match flavour {
         Flavour::Seaweed | Flavour::RcloneS3 => format!(
             "endpoint = {origin:?}, bucket = {:?}, region = \"us-east-1\", access_key_id = {:?}, \
@@ -151,15 +150,15 @@ pub fn cut_uploads(flavour: Flavour) {
         let err = String::from_utf8_lossy(&first.stderr);
         assert!(err.lines().last().unwrap_or("").starts_with("cairn: "), "{err}");
     }
-    assert_no_partial_objects(flavour, &server, &env, "after uploads cut at 300 KiB");
+    assert_no_partial_objects(flavour, &server, "after uploads cut at 300 KiB");
     // A connection that stalls past the call deadline, and resets.
     write_file(&env.src.join("more/late.bin"), &Rng::new(34).bytes(2 << 20), 0o644, 1_600_000_000);
     proxy.set(Fault::StallAfter(100 << 10), 1);
     let _ = env.run(&["backup"]);
-    assert_no_partial_objects(flavour, &server, &env, "after a stalled upload");
+    assert_no_partial_objects(flavour, &server, "after a stalled upload");
     proxy.set(Fault::Reset, 3);
     let _ = env.run(&["backup"]);
-    assert_no_partial_objects(flavour, &server, &env, "after reset connections");
+    assert_no_partial_objects(flavour, &server, "after reset connections");
     // Healthy again: the next run completes and nothing partial is visible.
     proxy.set(Fault::Pass, 0);
     let b = env.json(&["backup"]);
@@ -175,22 +174,15 @@ pub fn cut_uploads(flavour: Flavour) {
     assert!(diff_trees(&env.src, &env.restored_src(&target)).is_empty());
 }
 
-/// The folder (WebDAV) or key prefix (S3) `remote_env` put this env's repository under,
-/// ending with '/'.
-fn repo_prefix(env: &Env) -> String {
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    let (start, end) = match text.find("prefix = \"") {
-        Some(i) => (i + "prefix = \"".len(), '"'),
-        None => (text.find("url = \"").unwrap() + "url = \"".len(), '"'),
-    };
-    let value = &text[start..start + text[start..].find(end).unwrap()];
-    format!("{}/", value.rsplit('/').next().unwrap())
+/// The folder (WebDAV) or key prefix (S3) on `server` that `remote_env` puts repositories in.
+fn repo_folder(server: &Server) -> String {
+    format!("run{}", Rng::new(std::process::id() as u64 ^ server.port as u64).next() % 1_000_000)
 }
 
 /// Every object the server shows under the repository's prefix, with its bytes. Hidden
 /// names (a segment starting with '.', the WebDAV plugin's temporary files) are left out.
-fn visible_objects(flavour: Flavour, server: &Server, env: &Env) -> Vec<(String, Vec<u8>)> {
-    let prefix = repo_prefix(env);
+fn visible_objects(flavour: Flavour, server: &Server) -> Vec<(String, Vec<u8>)> {
+    let prefix = format!("{}/", repo_folder(server));
     let mut out = Vec::new();
     match flavour {
         Flavour::Seaweed | Flavour::RcloneS3 => {
@@ -227,8 +219,8 @@ fn visible_objects(flavour: Flavour, server: &Server, env: &Env) -> Vec<(String,
 }
 
 /// No partial object is visible: every content-addressed object's bytes hash to its name.
-fn assert_no_partial_objects(flavour: Flavour, server: &Server, env: &Env, when: &str) {
-    let objects = visible_objects(flavour, server, env);
+fn assert_no_partial_objects(flavour: Flavour, server: &Server, when: &str) {
+    let objects = visible_objects(flavour, server);
     assert!(objects.iter().any(|(n, _)| n == "config"), "{flavour:?} {when}: no repository at all");
     for (name, bytes) in &objects {
         if name == "config" || name.starts_with("keys/") {
@@ -256,7 +248,7 @@ pub fn multipart_after_kill(flavour: Flavour) {
         "pack_size = \"12MiB\"",
         ", multipart_threshold = \"6MiB\", part_size = \"5MiB\"",
     );
-    let prefix = repo_prefix(&env);
+    let prefix = format!("{}/", repo_folder(&server));
     gen_dataset(&env.src, 35, 40, &[20 << 20, 14 << 20]);
     env.ok(&["init"]);
     // Parts stall 1 MiB in, so the upload is surely unfinished when the process is killed.

@@ -213,11 +213,16 @@ pub const SEAWEED_PORT_FLAGS: &[&str] = &[
 /// Other `weed mini` flags: nothing it does not need.
 pub const SEAWEED_EXTRA_FLAGS: &[&str] = &["-admin.ui=false", "-webdav=false"];
 
-/// A signed ListObjectsV2 URL for the test bucket, as the test credentials.
-pub fn presigned_list(port: u16, prefix: &str) -> String {
+/// The test bucket on a server at `port`, and the test credentials.
+fn test_bucket(port: u16) -> (rusty_s3::Bucket, rusty_s3::Credentials) {
     let base = format!("http://127.0.0.1:{port}").parse().unwrap();
     let bucket = rusty_s3::Bucket::new(base, rusty_s3::UrlStyle::Path, BUCKET, "us-east-1").unwrap();
-    let creds = rusty_s3::Credentials::new(ACCESS_KEY, SECRET_KEY);
+    (bucket, rusty_s3::Credentials::new(ACCESS_KEY, SECRET_KEY))
+}
+
+/// A signed ListObjectsV2 URL for the test bucket, as the test credentials.
+pub fn presigned_list(port: u16, prefix: &str) -> String {
+    let (bucket, creds) = test_bucket(port);
     let mut action = bucket.list_objects_v2(Some(&creds));
     if !prefix.is_empty() {
         action.with_prefix(prefix);
@@ -228,17 +233,17 @@ pub fn presigned_list(port: u16, prefix: &str) -> String {
 /// Keys of the unfinished multipart uploads under `prefix` in the test bucket, straight
 /// from the server (ListMultipartUploads, which rusty-s3 has no action for).
 pub fn unfinished_multipart_uploads(port: u16, prefix: &str) -> Vec<String> {
-    let url = format!("http://127.0.0.1:{port}/{BUCKET}/").parse().unwrap();
+    let (bucket, creds) = test_bucket(port);
     // Sorted, as the canonical request of the signature lists them.
     let query = [("prefix", prefix), ("uploads", "")];
     let url = rusty_s3::signing::sign(
         &jiff02::Timestamp::now(),
         rusty_s3::Method::Get,
-        url,
-        ACCESS_KEY,
-        SECRET_KEY,
+        bucket.base_url().clone(),
+        creds.key(),
+        creds.secret(),
         None,
-        "us-east-1",
+        bucket.region(),
         600,
         query.iter().copied(),
         std::iter::empty(),
@@ -279,9 +284,7 @@ pub fn http_get_bytes(port: u16, url: &str) -> Option<(u16, Vec<u8>)> {
 
 /// A signed GET URL of one key of the test bucket.
 pub fn presigned_get(port: u16, key: &str) -> String {
-    let base = format!("http://127.0.0.1:{port}").parse().unwrap();
-    let bucket = rusty_s3::Bucket::new(base, rusty_s3::UrlStyle::Path, BUCKET, "us-east-1").unwrap();
-    let creds = rusty_s3::Credentials::new(ACCESS_KEY, SECRET_KEY);
+    let (bucket, creds) = test_bucket(port);
     rusty_s3::S3Action::sign(&bucket.get_object(Some(&creds), key), Duration::from_secs(600)).to_string()
 }
 
