@@ -22,3 +22,4 @@ pub mod plugin;
 pub mod progress;
 pub mod repo;
 pub mod testing;
+pub mod untrusted;
