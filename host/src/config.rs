@@ -28,6 +28,24 @@ pub struct Config {
     /// Where the config was read from (not part of the file).
     #[serde(skip)]
     pub path: PathBuf,
+    /// The password once fetched: its command runs once per run (the plugin's messages are
+    /// masked with it before the repository is unlocked with it).
+    #[serde(skip)]
+    password: PasswordMemo,
+}
+
+/// A fetched password, never shown by `Debug`.
+#[derive(Default)]
+struct PasswordMemo(std::sync::OnceLock<String>);
+
+impl std::fmt::Debug for PasswordMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "PasswordMemo(fetched)"
+        } else {
+            "PasswordMemo(not fetched)"
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,7 +269,68 @@ impl Config {
         if self.repository.grants.call_timeout_secs == 0 {
             bail!("[repository.grants] call_timeout_secs must be at least 1");
         }
+        for dir in &self.repository.grants.dirs {
+            self.check_grant("repository.grants.dirs entry", dir)?;
+        }
+        // The fs backend is granted its repository folder; a literal one is checked now, one
+        // fetched at run time ({ env } or { command }) when the backend starts.
+        if self.repository.backend == "fs"
+            && let Some(OptionValue::String(path)) = self.repository.options.get("path")
+            && Path::new(path).is_absolute()
+        {
+            self.check_grant("options.path", Path::new(path))?;
+        }
         Ok(())
+    }
+
+    /// Refuses a folder a plugin would be granted (`what` names where it was given) when it
+    /// equals, contains or lies inside one of cairn's own folders, or contains the config
+    /// file: a plugin that can write there can replace the code cairn runs, the journal it
+    /// trusts, or the grants themselves. Both sides are compared canonicalised, so `..` and
+    /// symlinks cannot disguise an overlap.
+    pub fn check_grant(&self, what: &str, grant: &Path) -> Result<()> {
+        let real = canonical(grant);
+        for (own, path) in self.own_paths() {
+            let own_real = canonical(&path);
+            let overlap = if real == own_real {
+                Overlap::Equals
+            } else if own_real.starts_with(&real) {
+                Overlap::Contains
+            } else if real.starts_with(&own_real) && own != OwnPath::ConfigFile {
+                Overlap::IsInside
+            } else {
+                continue;
+            };
+            let resolved = if real != grant {
+                format!(" (which resolves to {})", real.display())
+            } else {
+                String::new()
+            };
+            bail!(
+                "{what} {}{resolved} {} cairn's {} {}: a plugin must not reach cairn's own files; \
+                 grant a separate folder{}",
+                grant.display(),
+                overlap.verb(),
+                own.describe(),
+                path.display(),
+                own.hint()
+            );
+        }
+        Ok(())
+    }
+
+    /// cairn's own folders and the config file, as far as they can be determined (one that
+    /// cannot be, for want of $HOME, is not used by this run either).
+    fn own_paths(&self) -> Vec<(OwnPath, PathBuf)> {
+        [
+            (OwnPath::State, self.state_dir()),
+            (OwnPath::Cache, self.cache_dir()),
+            (OwnPath::Plugins, self.plugins_dir()),
+            (OwnPath::ConfigFile, Ok(self.path.clone())),
+        ]
+        .into_iter()
+        .filter_map(|(own, path)| Some((own, path.ok()?)))
+        .collect()
     }
 
     pub fn pack_size(&self) -> Result<u64> {
@@ -317,8 +396,16 @@ impl Config {
         plugins_dir(self.plugins.dir.as_deref())
     }
 
-    /// The repository password, from the configured source.
+    /// The repository password, from the configured source (fetched once).
     pub fn password(&self) -> Result<String> {
+        if let Some(pw) = self.password.0.get() {
+            return Ok(pw.clone());
+        }
+        let pw = self.fetch_password()?;
+        Ok(self.password.0.get_or_init(|| pw).clone())
+    }
+
+    fn fetch_password(&self) -> Result<String> {
         let r = &self.repository;
         let pw = if let Some(var) = &r.password_env {
             std::env::var(var)
@@ -340,6 +427,76 @@ impl Config {
         }
         Ok(pw)
     }
+}
+
+/// One of the places no plugin may be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnPath {
+    State,
+    Cache,
+    Plugins,
+    ConfigFile,
+}
+
+impl OwnPath {
+    fn describe(self) -> &'static str {
+        match self {
+            OwnPath::State => "state folder (journal, lock)",
+            OwnPath::Cache => "cache folder (compiled plugins)",
+            OwnPath::Plugins => "plugins folder",
+            OwnPath::ConfigFile => "config file",
+        }
+    }
+
+    /// Where to move it instead, when the overlap is wanted.
+    fn hint(self) -> &'static str {
+        match self {
+            OwnPath::State => ", or move [state] dir",
+            OwnPath::Cache => ", or move [state] cache_dir",
+            OwnPath::Plugins => ", or move [plugins] dir",
+            OwnPath::ConfigFile => ", or move the config file",
+        }
+    }
+}
+
+/// How a granted folder overlaps one of cairn's own paths.
+#[derive(Debug, Clone, Copy)]
+enum Overlap {
+    Equals,
+    Contains,
+    IsInside,
+}
+
+impl Overlap {
+    fn verb(self) -> &'static str {
+        match self {
+            Overlap::Equals => "is",
+            Overlap::Contains => "contains",
+            Overlap::IsInside => "is inside",
+        }
+    }
+}
+
+/// `path` made absolute, with the symlinks of its longest existing part resolved and `.` and
+/// `..` of the rest (which does not exist yet) applied by name.
+pub fn canonical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let parts: Vec<Component> = abs.components().collect();
+    for n in (1..=parts.len()).rev() {
+        let Ok(mut out) = parts[..n].iter().collect::<PathBuf>().canonicalize() else { continue };
+        for part in &parts[n..] {
+            match part {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::Normal(name) => out.push(name),
+                _ => {}
+            }
+        }
+        return out;
+    }
+    abs
 }
 
 /// The plugin folder: `configured`, else `$CAIRN_PLUGINS_DIR`, else
@@ -471,6 +628,17 @@ mod tests {
         let err = c.repository.options["key"].resolve("key").unwrap_err().to_string();
         assert!(err.contains("CAIRN_TEST_NOPE_123"), "{err}");
         assert_eq!(c.repository.options["n"].resolve("n").unwrap(), "3");
+    }
+
+    #[test]
+    fn canonical_resolves_symlinks_and_the_dotdots_of_missing_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("a")).unwrap();
+        std::os::unix::fs::symlink(real.join("a"), real.join("link")).unwrap();
+        assert_eq!(canonical(&real.join("link")), real.join("a"));
+        assert_eq!(canonical(&real.join("link/new/../x")), real.join("a/x"));
+        assert_eq!(canonical(&real.join("missing/../a/./b")), real.join("a/b"));
     }
 
     #[test]
