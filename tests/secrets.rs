@@ -129,3 +129,20 @@ fn plugin_info_masks_what_the_plugin_says_with_this_configs_secrets() {
     assert_eq!(code, 1);
     assert!(err.contains("token=***") && !err.contains(TOKEN), "{err}");
 }
+
+#[test]
+fn the_password_command_runs_once_per_run() {
+    // The password is fetched before the plugin starts (to mask it) and used to unlock the
+    // repository: its command, which may prompt, still runs once.
+    let env = Env::new();
+    let calls = env.path("calls");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "password_env = \"CAIRN_TEST_PASSWORD\"",
+        &format!("password_command = \"echo call >> {}; echo {PASSWORD}\"", calls.display()),
+    );
+    env.write_config(&text);
+    env.ok(&["init"]);
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "call\n");
+    env.ok(&["snapshots"]);
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "call\ncall\n");
+}

@@ -28,15 +28,16 @@ pub struct Config {
     /// Where the config was read from (not part of the file).
     #[serde(skip)]
     pub path: PathBuf,
-    /// The password once fetched: its command runs once per run (the plugin's messages are
-    /// masked with it before the repository is unlocked with it).
+    /// The password (or why it cannot be had) once fetched: its command runs once per run,
+    /// although the plugin's messages are masked with it before the repository is unlocked.
     #[serde(skip)]
     password: PasswordMemo,
 }
 
-/// A fetched password, never shown by `Debug`.
+/// A fetched password (or the one-line reason it could not be fetched), never shown by
+/// `Debug`.
 #[derive(Default)]
-struct PasswordMemo(std::sync::OnceLock<String>);
+struct PasswordMemo(std::sync::OnceLock<std::result::Result<String, String>>);
 
 impl std::fmt::Debug for PasswordMemo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -398,11 +399,8 @@ impl Config {
 
     /// The repository password, from the configured source (fetched once).
     pub fn password(&self) -> Result<String> {
-        if let Some(pw) = self.password.0.get() {
-            return Ok(pw.clone());
-        }
-        let pw = self.fetch_password()?;
-        Ok(self.password.0.get_or_init(|| pw).clone())
+        let fetched = self.password.0.get_or_init(|| self.fetch_password().map_err(|e| format!("{e:#}")));
+        fetched.clone().map_err(anyhow::Error::msg)
     }
 
     fn fetch_password(&self) -> Result<String> {

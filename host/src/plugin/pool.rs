@@ -319,6 +319,8 @@ fn settle<T>(
         }
         Ok(Ok(Err(e))) => {
             if let Some(origin) = store.data_mut().take_denied_origin() {
+                // The origin is the plugin's choice: it may carry a secret.
+                let origin = secrets.clean(&origin);
                 return Err(err(ErrorKind::NotGranted(format!(
                     "HTTP to {origin} is not granted; add \"{origin}\" to repository.grants.hosts"
                 ))));
