@@ -63,6 +63,10 @@ impl Runtime {
                  recompiling it",
                 path.display()
             ),
+            // Written by a cairn that recorded no hashes, or interrupted before it did.
+            Cached::Unrecorded => {
+                tracing::info!("recompiling {}: no hash was recorded for it", path.display())
+            }
             Cached::Absent => {}
         }
         let compiled = self
@@ -80,7 +84,7 @@ impl Runtime {
     /// The cached artifact at `path`, read once (so what is checked is what is loaded).
     fn cached(&self, path: &Path) -> Cached {
         let Ok(compiled) = std::fs::read(path) else { return Cached::Absent };
-        let Ok(recorded) = std::fs::read_to_string(hash_path(path)) else { return Cached::Mismatch };
+        let Ok(recorded) = std::fs::read_to_string(hash_path(path)) else { return Cached::Unrecorded };
         if recorded.trim() == blake3::hash(&compiled).to_hex().as_str() {
             Cached::Trusted(compiled)
         } else {
@@ -100,7 +104,9 @@ impl Runtime {
 /// What the cache holds for one component.
 enum Cached {
     Absent,
-    /// Present, but missing its recorded hash or not matching it.
+    /// Present, without a recorded hash.
+    Unrecorded,
+    /// Present, not matching its recorded hash.
     Mismatch,
     /// The compiled bytes, matching the hash recorded when they were compiled.
     Trusted(Vec<u8>),
