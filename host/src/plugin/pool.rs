@@ -198,11 +198,14 @@ pub fn link(
                  add its server to repository.grants.hosts, e.g. hosts = [\"https://s3.example.com:443\"]"
             )
         } else {
+            // The import names are the component's own text.
+            let msg = crate::untrusted::escape(&msg);
             anyhow!("plugin {name} cannot be linked: it imports something cairn does not provide: {msg}")
         }
     })?;
     StorageBackendPre::new(pre).map_err(|e| {
-        anyhow!("plugin {name} does not export the cairn:storage/backend@0.1.0 interface: {e:#}")
+        let msg = crate::untrusted::escape(&format!("{e:#}")).into_owned();
+        anyhow!("plugin {name} does not export the cairn:storage/backend@0.1.0 interface: {msg}")
     })
 }
 
