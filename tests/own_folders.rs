@@ -68,7 +68,7 @@ fn assert_refused(env: &Env, grant: &Path, relation: &str, own: &str, own_path: 
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     let named = format!("repository.grants.dirs entry {} ", grant.display());
     assert!(err.contains(&named), "expected {named:?} in: {err}");
-    let expected = format!(" {relation} cairn's {own} {}: ", own_path.display());
+    let expected = format!(" {relation} cairn's {own} {}", own_path.display());
     assert!(err.contains(&expected), "expected {expected:?} in: {err}");
     assert_eq!(tree(env.dir.path()), before, "nothing may be written");
     err
@@ -134,6 +134,26 @@ fn a_grant_disguised_by_a_symlink_or_dotdot_is_refused() {
     // `..` through a folder that does not exist.
     let dotdot = env.path("nothing/../s/state");
     assert_refused(&env, &dotdot, "is", "state folder (journal, lock)", &env.path("s/state"));
+}
+
+#[test]
+fn a_grant_holding_a_symlink_to_an_own_place_is_refused() {
+    // The state folder and the config file are reached through symlinks kept in `links/`:
+    // a plugin granted `links/` could point them elsewhere.
+    let mut env = own_env();
+    let links = env.path("links");
+    std::fs::create_dir_all(&links).unwrap();
+    std::os::unix::fs::symlink(env.path("s/state"), links.join("state")).unwrap();
+    env.state = links.join("state");
+    let err = assert_refused(&env, &links, "contains", "state folder (journal, lock)", &env.state);
+    assert!(err.contains(&format!("(through the symlink {})", links.join("state").display())), "{err}");
+
+    let mut env = own_env();
+    let links = env.path("links");
+    std::fs::create_dir_all(&links).unwrap();
+    std::os::unix::fs::symlink(&env.config, links.join("cairn.toml")).unwrap();
+    env.config = links.join("cairn.toml");
+    assert_refused(&env, &links, "contains", "config file", &env.config);
 }
 
 #[test]

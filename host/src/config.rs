@@ -288,17 +288,19 @@ impl Config {
     /// equals, contains or lies inside one of cairn's own folders, or contains the config
     /// file: a plugin that can write there can replace the code cairn runs, the journal it
     /// trusts, or the grants themselves. Both sides are compared canonicalised, so `..` and
-    /// symlinks cannot disguise an overlap.
+    /// symlinks cannot disguise an overlap; a grant holding a symlink on the way to one of
+    /// them is refused too (the plugin could point the link elsewhere).
     pub fn check_grant(&self, what: &str, grant: &Path) -> Result<()> {
         let real = canonical(grant);
         for (own, path) in self.own_paths() {
-            let own_real = canonical(&path);
-            let overlap = if real == own_real {
-                Overlap::Equals
-            } else if own_real.starts_with(&real) {
-                Overlap::Contains
-            } else if real.starts_with(&own_real) && own != OwnPath::ConfigFile {
-                Overlap::IsInside
+            let places = own_places(&path);
+            let own_real = places.last().expect("own_places ends with the path itself");
+            let (overlap, link) = if &real == own_real {
+                (Overlap::Equals, None)
+            } else if real.starts_with(own_real) && own != OwnPath::ConfigFile {
+                (Overlap::IsInside, None)
+            } else if let Some(place) = places.iter().find(|p| p.starts_with(&real)) {
+                (Overlap::Contains, Some(place).filter(|p| p != &own_real))
             } else {
                 continue;
             };
@@ -307,8 +309,9 @@ impl Config {
             } else {
                 String::new()
             };
+            let through = link.map(|l| format!(" (through the symlink {})", l.display())).unwrap_or_default();
             bail!(
-                "{what} {}{resolved} {} cairn's {} {}: a plugin must not reach cairn's own files; \
+                "{what} {}{resolved} {} cairn's {} {}{through}: a plugin must not reach cairn's own files; \
                  grant a separate folder{}",
                 grant.display(),
                 overlap.verb(),
@@ -497,6 +500,34 @@ pub fn canonical(path: &Path) -> PathBuf {
     abs
 }
 
+/// Every place where `path` can be changed: the location of each symlink on the way to it
+/// (whoever can write the folder holding a link can point it elsewhere), then its canonical
+/// form, last.
+fn own_places(path: &Path) -> Vec<PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut places = Vec::new();
+    let mut at = PathBuf::new();
+    for part in abs.components() {
+        match part {
+            Component::ParentDir => {
+                at.pop();
+            }
+            Component::CurDir => {}
+            Component::Normal(name) => {
+                at.push(name);
+                if at.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+                    places.push(at.clone());
+                    at = canonical(&at);
+                }
+            }
+            root => at.push(root),
+        }
+    }
+    places.push(at);
+    places
+}
+
 /// The plugin folder: `configured`, else `$CAIRN_PLUGINS_DIR`, else
 /// `$XDG_DATA_HOME/cairn/plugins`.
 pub fn plugins_dir(configured: Option<&Path>) -> Result<PathBuf> {
@@ -637,6 +668,16 @@ mod tests {
         assert_eq!(canonical(&real.join("link")), real.join("a"));
         assert_eq!(canonical(&real.join("link/new/../x")), real.join("a/x"));
         assert_eq!(canonical(&real.join("missing/../a/./b")), real.join("a/b"));
+    }
+
+    #[test]
+    fn own_places_include_each_symlink_on_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(real.join("target/state")).unwrap();
+        std::os::unix::fs::symlink(real.join("target"), real.join("link")).unwrap();
+        assert_eq!(own_places(&real.join("link/state")), vec![real.join("link"), real.join("target/state")]);
+        assert_eq!(own_places(&real.join("target/./state")), vec![real.join("target/state")]);
     }
 
     #[test]
