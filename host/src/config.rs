@@ -480,7 +480,7 @@ impl Overlap {
 
 /// `path` made absolute, with the symlinks of its longest existing part resolved and `.` and
 /// `..` of the rest (which does not exist yet) applied by name.
-pub fn canonical(path: &Path) -> PathBuf {
+fn canonical(path: &Path) -> PathBuf {
     use std::path::Component;
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let parts: Vec<Component> = abs.components().collect();
