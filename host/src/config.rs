@@ -28,6 +28,25 @@ pub struct Config {
     /// Where the config was read from (not part of the file).
     #[serde(skip)]
     pub path: PathBuf,
+    /// The password (or why it cannot be had) once fetched: its command runs once per run,
+    /// although the plugin's messages are masked with it before the repository is unlocked.
+    #[serde(skip)]
+    password: PasswordMemo,
+}
+
+/// A fetched password (or the one-line reason it could not be fetched), never shown by
+/// `Debug`.
+#[derive(Default)]
+struct PasswordMemo(std::sync::OnceLock<std::result::Result<String, String>>);
+
+impl std::fmt::Debug for PasswordMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "PasswordMemo(fetched)"
+        } else {
+            "PasswordMemo(not fetched)"
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,7 +270,71 @@ impl Config {
         if self.repository.grants.call_timeout_secs == 0 {
             bail!("[repository.grants] call_timeout_secs must be at least 1");
         }
+        for dir in &self.repository.grants.dirs {
+            self.check_grant("repository.grants.dirs entry", dir)?;
+        }
+        // The fs backend is granted its repository folder; a literal one is checked now, one
+        // fetched at run time ({ env } or { command }) when the backend starts.
+        if self.repository.backend == "fs"
+            && let Some(OptionValue::String(path)) = self.repository.options.get("path")
+            && Path::new(path).is_absolute()
+        {
+            self.check_grant("options.path", Path::new(path))?;
+        }
         Ok(())
+    }
+
+    /// Refuses a folder a plugin would be granted (`what` names where it was given) when it
+    /// equals, contains or lies inside one of cairn's own folders, or contains the config
+    /// file: a plugin that can write there can replace the code cairn runs, the journal it
+    /// trusts, or the grants themselves. Both sides are compared canonicalised, so `..` and
+    /// symlinks cannot disguise an overlap; a grant holding a symlink on the way to one of
+    /// them is refused too (the plugin could point the link elsewhere).
+    pub fn check_grant(&self, what: &str, grant: &Path) -> Result<()> {
+        let real = canonical(grant);
+        for (own, path) in self.own_paths() {
+            let places = own_places(&path);
+            let own_real = places.last().expect("own_places ends with the path itself");
+            let (overlap, link) = if &real == own_real {
+                (Overlap::Equals, None)
+            } else if real.starts_with(own_real) && own != OwnPath::ConfigFile {
+                (Overlap::IsInside, None)
+            } else if let Some(place) = places.iter().find(|p| p.starts_with(&real)) {
+                (Overlap::Contains, Some(place).filter(|p| p != &own_real))
+            } else {
+                continue;
+            };
+            let resolved = if real != grant {
+                format!(" (which resolves to {})", real.display())
+            } else {
+                String::new()
+            };
+            let through = link.map(|l| format!(" (through the symlink {})", l.display())).unwrap_or_default();
+            bail!(
+                "{what} {}{resolved} {} cairn's {} {}{through}: a plugin must not reach cairn's own files; \
+                 grant a separate folder{}",
+                grant.display(),
+                overlap.verb(),
+                own.describe(),
+                path.display(),
+                own.hint()
+            );
+        }
+        Ok(())
+    }
+
+    /// cairn's own folders and the config file, as far as they can be determined (one that
+    /// cannot be, for want of $HOME, is not used by this run either).
+    fn own_paths(&self) -> Vec<(OwnPath, PathBuf)> {
+        [
+            (OwnPath::State, self.state_dir()),
+            (OwnPath::Cache, self.cache_dir()),
+            (OwnPath::Plugins, self.plugins_dir()),
+            (OwnPath::ConfigFile, Ok(self.path.clone())),
+        ]
+        .into_iter()
+        .filter_map(|(own, path)| Some((own, path.ok()?)))
+        .collect()
     }
 
     pub fn pack_size(&self) -> Result<u64> {
@@ -317,8 +400,13 @@ impl Config {
         plugins_dir(self.plugins.dir.as_deref())
     }
 
-    /// The repository password, from the configured source.
+    /// The repository password, from the configured source (fetched once).
     pub fn password(&self) -> Result<String> {
+        let fetched = self.password.0.get_or_init(|| self.fetch_password().map_err(|e| format!("{e:#}")));
+        fetched.clone().map_err(anyhow::Error::msg)
+    }
+
+    fn fetch_password(&self) -> Result<String> {
         let r = &self.repository;
         let pw = if let Some(var) = &r.password_env {
             std::env::var(var)
@@ -340,6 +428,104 @@ impl Config {
         }
         Ok(pw)
     }
+}
+
+/// One of the places no plugin may be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnPath {
+    State,
+    Cache,
+    Plugins,
+    ConfigFile,
+}
+
+impl OwnPath {
+    fn describe(self) -> &'static str {
+        match self {
+            OwnPath::State => "state folder (journal, lock)",
+            OwnPath::Cache => "cache folder (compiled plugins)",
+            OwnPath::Plugins => "plugins folder",
+            OwnPath::ConfigFile => "config file",
+        }
+    }
+
+    /// Where to move it instead, when the overlap is wanted.
+    fn hint(self) -> &'static str {
+        match self {
+            OwnPath::State => ", or move [state] dir",
+            OwnPath::Cache => ", or move [state] cache_dir",
+            OwnPath::Plugins => ", or move [plugins] dir",
+            OwnPath::ConfigFile => ", or move the config file",
+        }
+    }
+}
+
+/// How a granted folder overlaps one of cairn's own paths.
+#[derive(Debug, Clone, Copy)]
+enum Overlap {
+    Equals,
+    Contains,
+    IsInside,
+}
+
+impl Overlap {
+    fn verb(self) -> &'static str {
+        match self {
+            Overlap::Equals => "is",
+            Overlap::Contains => "contains",
+            Overlap::IsInside => "is inside",
+        }
+    }
+}
+
+/// `path` made absolute, with the symlinks of its longest existing part resolved and `.` and
+/// `..` of the rest (which does not exist yet) applied by name.
+fn canonical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let parts: Vec<Component> = abs.components().collect();
+    for n in (1..=parts.len()).rev() {
+        let Ok(mut out) = parts[..n].iter().collect::<PathBuf>().canonicalize() else { continue };
+        for part in &parts[n..] {
+            match part {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::Normal(name) => out.push(name),
+                _ => {}
+            }
+        }
+        return out;
+    }
+    abs
+}
+
+/// Every place where `path` can be changed: the location of each symlink on the way to it
+/// (whoever can write the folder holding a link can point it elsewhere), then its canonical
+/// form, last.
+fn own_places(path: &Path) -> Vec<PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut places = Vec::new();
+    let mut at = PathBuf::new();
+    for part in abs.components() {
+        match part {
+            Component::ParentDir => {
+                at.pop();
+            }
+            Component::CurDir => {}
+            Component::Normal(name) => {
+                at.push(name);
+                if at.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+                    places.push(at.clone());
+                    at = canonical(&at);
+                }
+            }
+            root => at.push(root),
+        }
+    }
+    places.push(at);
+    places
 }
 
 /// The plugin folder: `configured`, else `$CAIRN_PLUGINS_DIR`, else
@@ -471,6 +657,27 @@ mod tests {
         let err = c.repository.options["key"].resolve("key").unwrap_err().to_string();
         assert!(err.contains("CAIRN_TEST_NOPE_123"), "{err}");
         assert_eq!(c.repository.options["n"].resolve("n").unwrap(), "3");
+    }
+
+    #[test]
+    fn canonical_resolves_symlinks_and_the_dotdots_of_missing_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("a")).unwrap();
+        std::os::unix::fs::symlink(real.join("a"), real.join("link")).unwrap();
+        assert_eq!(canonical(&real.join("link")), real.join("a"));
+        assert_eq!(canonical(&real.join("link/new/../x")), real.join("a/x"));
+        assert_eq!(canonical(&real.join("missing/../a/./b")), real.join("a/b"));
+    }
+
+    #[test]
+    fn own_places_include_each_symlink_on_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(real.join("target/state")).unwrap();
+        std::os::unix::fs::symlink(real.join("target"), real.join("link")).unwrap();
+        assert_eq!(own_places(&real.join("link/state")), vec![real.join("link"), real.join("target/state")]);
+        assert_eq!(own_places(&real.join("target/./state")), vec![real.join("target/state")]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::config::Config;
+use crate::plugin::Secrets;
 use crate::plugin::runtime::Runtime;
 use crate::plugin::store::{Manifest, PluginStore};
 
@@ -30,6 +31,21 @@ fn default_cache() -> Result<std::path::PathBuf> {
     probe.cache_dir()
 }
 
+/// The manifest with everything the plugin said about itself (recorded at install) cleaned
+/// by `secrets` (masked and escaped) for display.
+fn cleaned(m: &Manifest, secrets: &Secrets) -> Manifest {
+    let mut m = m.clone();
+    m.plugin_name = secrets.clean(&m.plugin_name);
+    m.version = secrets.clean(&m.version);
+    m.description = secrets.clean(&m.description);
+    for o in &mut m.options {
+        o.name = secrets.clean(&o.name);
+        o.help = secrets.clean(&o.help);
+        o.default = o.default.as_deref().map(|d| secrets.clean(d));
+    }
+    m
+}
+
 fn manifest_json(m: &Manifest) -> serde_json::Value {
     json!({
         "name": m.name,
@@ -50,7 +66,7 @@ fn manifest_json(m: &Manifest) -> serde_json::Value {
 pub fn install(ctx: &Ctx, file: &Path, name: Option<&str>) -> Result<()> {
     let (store, cache, _) = store(ctx)?;
     let runtime = Runtime::new(&cache)?;
-    let m = ctx.rt.block_on(store.install(&runtime, file, name))?;
+    let m = cleaned(&ctx.rt.block_on(store.install(&runtime, file, name))?, &Secrets::default());
     if ctx.json {
         ctx.print_json(&manifest_json(&m));
     } else {
@@ -71,7 +87,7 @@ pub fn install(ctx: &Ctx, file: &Path, name: Option<&str>) -> Result<()> {
 
 pub fn list(ctx: &Ctx) -> Result<()> {
     let (store, _, _) = store(ctx)?;
-    let all = store.list()?;
+    let all: Vec<Manifest> = store.list()?.iter().map(|m| cleaned(m, &Secrets::default())).collect();
     if ctx.json {
         let mut v = vec![json!({"name": "fs", "builtin": true})];
         v.extend(all.iter().map(manifest_json));
@@ -96,21 +112,23 @@ pub fn info(ctx: &Ctx, name: &str) -> Result<()> {
         .get(name)?
         .ok_or_else(|| anyhow::anyhow!("no plugin named {name:?} is installed (see `cairn plugin list`)"))?;
     // Capabilities come from `open`, which needs the plugin's options: report them when the
-    // config uses this plugin.
-    let caps = match &config {
+    // config uses this plugin (whose secrets are then masked out of what it says).
+    let (caps, secrets) = match &config {
         Some(c) if c.repository.backend == name => {
             let backend = ctx.rt.block_on(crate::repo::open_backend(c, false))?;
             let caps = *backend.caps();
-            Some(json!({
+            let caps = json!({
                 "ranged_reads": caps.ranged_reads,
                 "atomic_put": caps.atomic_put,
                 "conditional_put": caps.conditional_put,
                 "max_object_size": caps.max_object_size,
                 "preferred_concurrency": caps.preferred_concurrency,
-            }))
+            });
+            (Some(caps), backend.pool().secrets().clone())
         }
-        _ => None,
+        _ => (None, Secrets::default()),
     };
+    let m = cleaned(&m, &secrets);
     if ctx.json {
         let mut v = manifest_json(&m);
         v["capabilities"] = caps.unwrap_or(serde_json::Value::Null);

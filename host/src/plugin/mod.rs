@@ -126,3 +126,81 @@ impl fmt::Display for BackendError {
 }
 
 impl std::error::Error for BackendError {}
+
+/// Values that must never be shown or logged: the repository password, every option value
+/// the plugin declares `secret`, and every option value fetched at run time (`{ env = ... }`,
+/// `{ command = ... }`). A plugin sees some of them, and whatever it says (errors, stderr,
+/// its description) may quote them, by mistake or on purpose.
+#[derive(Clone, Default)]
+pub struct Secrets(Vec<String>);
+
+impl Secrets {
+    pub fn add(&mut self, value: &str) {
+        if !value.is_empty() && !self.0.iter().any(|s| s == value) {
+            self.0.push(value.to_string());
+            // Longest first: a secret that holds another is masked whole.
+            self.0.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    /// Text from a plugin, made fit to show: each secret replaced by `***`, then escaped
+    /// (so control characters never reach a terminal or a log).
+    pub fn clean(&self, text: &str) -> String {
+        let mut masked = text.to_string();
+        for secret in &self.0 {
+            if masked.contains(secret.as_str()) {
+                masked = masked.replace(secret.as_str(), "***");
+            }
+        }
+        crate::untrusted::escape(&masked).into_owned()
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets({} values)", self.0.len())
+    }
+}
+
+impl ErrorKind {
+    /// The kind with the plugin's own message cleaned by `secrets` (host-written details
+    /// are left as they are).
+    pub fn cleaned(self, secrets: &Secrets) -> ErrorKind {
+        let c = |m: String| secrets.clean(&m);
+        match self {
+            ErrorKind::NotFound(m) => ErrorKind::NotFound(c(m)),
+            ErrorKind::AlreadyExists(m) => ErrorKind::AlreadyExists(c(m)),
+            ErrorKind::PermissionDenied(m) => ErrorKind::PermissionDenied(c(m)),
+            ErrorKind::InvalidConfig(m) => ErrorKind::InvalidConfig(c(m)),
+            ErrorKind::InvalidName(m) => ErrorKind::InvalidName(c(m)),
+            ErrorKind::Unsupported(m) => ErrorKind::Unsupported(c(m)),
+            ErrorKind::Transient(m) => ErrorKind::Transient(c(m)),
+            ErrorKind::RateLimited { retry_after, message } => {
+                ErrorKind::RateLimited { retry_after, message: c(message) }
+            }
+            ErrorKind::Other(m) => ErrorKind::Other(c(m)),
+            ErrorKind::Trap(m) => ErrorKind::Trap(c(m)),
+            kind @ (ErrorKind::Deadline(_)
+            | ErrorKind::MemoryLimit(_)
+            | ErrorKind::NotGranted(_)
+            | ErrorKind::Contract(_)) => kind,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_longest_first_then_escaped() {
+        let mut s = Secrets::default();
+        s.add("hunter2");
+        s.add("hunter2-and-more");
+        s.add("");
+        assert_eq!(s.clean("a hunter2-and-more b hunter2"), "a *** b ***");
+        assert_eq!(s.clean("key=hunter2\n\x1b[2Jfake"), "key=***\\n\\u{1b}[2Jfake");
+        assert_eq!(s.clean("nothing secret"), "nothing secret");
+        assert_eq!(format!("{s:?}"), "Secrets(2 values)");
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::error::Elapsed;
 use wasmtime::Store;
@@ -15,7 +15,7 @@ use super::bindings::cairn::storage::types::Error as WitError;
 use super::bindings::{StorageBackend, StorageBackendPre};
 use super::runtime::Runtime;
 use super::sandbox::{HostState, Sandbox};
-use super::{BackendError, Capabilities, ErrorKind, ObjectInfo, PluginInfo};
+use super::{BackendError, Capabilities, ErrorKind, ObjectInfo, PluginInfo, Secrets};
 
 struct Instance {
     store: Store<HostState>,
@@ -31,13 +31,15 @@ pub struct PluginPool {
     runtime: Arc<Runtime>,
     pre: StorageBackendPre<HostState>,
     options: Vec<(String, String)>,
+    /// Masked out of everything the plugin says before it is shown or logged.
+    secrets: Secrets,
     idle: Mutex<Vec<Instance>>,
     permits: Arc<Semaphore>,
 }
 
-/// Converts the contract's error variant to the host's.
-fn from_wit(e: WitError) -> ErrorKind {
-    match e {
+/// Converts the contract's error variant to the host's, its message cleaned of secrets.
+fn from_wit(e: WitError, secrets: &Secrets) -> ErrorKind {
+    let kind = match e {
         WitError::NotFound(m) => ErrorKind::NotFound(m),
         WitError::AlreadyExists(m) => ErrorKind::AlreadyExists(m),
         WitError::PermissionDenied(m) => ErrorKind::PermissionDenied(m),
@@ -50,32 +52,62 @@ fn from_wit(e: WitError) -> ErrorKind {
             message: r.message,
         },
         WitError::Other(m) => ErrorKind::Other(m),
+    };
+    kind.cleaned(secrets)
+}
+
+/// What a plugin says about itself, cleaned for display. Option names are kept as they are
+/// (the config is matched against them) and escaped where they are shown.
+fn clean_info(info: PluginInfo, secrets: &Secrets) -> PluginInfo {
+    let c = |t: String| secrets.clean(&t);
+    PluginInfo {
+        name: c(info.name),
+        version: c(info.version),
+        description: c(info.description),
+        options: info
+            .options
+            .into_iter()
+            .map(|o| super::bindings::cairn::storage::types::OptionSpec {
+                help: c(o.help),
+                default_value: o.default_value.map(c),
+                ..o
+            })
+            .collect(),
     }
 }
 
 impl PluginPool {
     /// Links and starts a plugin: checks its imports against the sandbox, instantiates one
-    /// instance, and calls `describe` and `open` on it.
+    /// instance, and calls `describe` and `open` on it. `secrets` holds the password and the
+    /// option values fetched at run time; the values of options the plugin declares secret
+    /// are added to it.
     pub async fn start(
         runtime: Arc<Runtime>,
         name: &str,
         component: &Component,
         sandbox: Sandbox,
         options: Vec<(String, String)>,
+        mut secrets: Secrets,
         max_instances: usize,
     ) -> Result<Arc<PluginPool>> {
         let engine = runtime.engine();
         let pre = link(engine, name, component, !sandbox.hosts.is_empty())?;
         let mut probe = Instance::new(engine, &pre, &sandbox)
             .await
-            .with_context(|| format!("cannot start plugin {name}"))?;
-        let info = probe.describe(name, &sandbox).await?;
+            .map_err(|e| anyhow!("cannot start plugin {name}: {}", secrets.clean(&format!("{e:#}"))))?;
+        let info = probe.describe(name, &sandbox, &secrets).await?;
+        for (k, v) in &options {
+            if info.options.iter().any(|o| &o.name == k && o.secret) {
+                secrets.add(v);
+            }
+        }
+        let info = clean_info(info, &secrets);
         check_options(name, &info, &options)?;
         // A server that is busy or briefly unreachable when the run starts is waited for,
         // as it is for any later call (the instance survives such errors).
         let mut attempt = 1;
         let caps = loop {
-            let err = match probe.open(name, &options, &sandbox).await {
+            let err = match probe.open(name, &options, &sandbox, &secrets).await {
                 Ok(caps) => break caps,
                 Err(e) => e.downcast::<BackendError>()?,
             };
@@ -97,9 +129,15 @@ impl PluginPool {
             runtime: runtime.clone(),
             pre,
             options,
+            secrets,
             idle: Mutex::new(vec![probe]),
             permits: Arc::new(Semaphore::new(permits)),
         }))
+    }
+
+    /// What is masked out of this plugin's messages.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     /// How many callers can hold an instance at once.
@@ -114,14 +152,19 @@ impl PluginPool {
         let inst = match idle {
             Some(i) => i,
             None => {
-                let mut inst = Instance::new(self.runtime.engine(), &self.pre, &self.sandbox)
-                    .await
-                    .map_err(|e| self.error("instantiate", None, ErrorKind::Other(format!("{e:#}"))))?;
-                inst.open(&self.name, &self.options, &self.sandbox).await.map_err(|e| match e
-                    .downcast::<BackendError>()
-                {
-                    Ok(be) => be,
-                    Err(e) => self.error("open", None, ErrorKind::Other(format!("{e:#}"))),
+                let mut inst =
+                    Instance::new(self.runtime.engine(), &self.pre, &self.sandbox).await.map_err(|e| {
+                        let kind = ErrorKind::Other(format!("{e:#}")).cleaned(&self.secrets);
+                        self.error("instantiate", None, kind)
+                    })?;
+                inst.open(&self.name, &self.options, &self.sandbox, &self.secrets).await.map_err(|e| {
+                    match e.downcast::<BackendError>() {
+                        Ok(be) => be,
+                        Err(e) => {
+                            let kind = ErrorKind::Other(format!("{e:#}")).cleaned(&self.secrets);
+                            self.error("open", None, kind)
+                        }
+                    }
                 })?;
                 inst
             }
@@ -155,11 +198,14 @@ pub fn link(
                  add its server to repository.grants.hosts, e.g. hosts = [\"https://s3.example.com:443\"]"
             )
         } else {
+            // The import names are the component's own text.
+            let msg = crate::untrusted::escape(&msg);
             anyhow!("plugin {name} cannot be linked: it imports something cairn does not provide: {msg}")
         }
     })?;
     StorageBackendPre::new(pre).map_err(|e| {
-        anyhow!("plugin {name} does not export the cairn:storage/backend@0.1.0 interface: {e:#}")
+        let msg = crate::untrusted::escape(&format!("{e:#}")).into_owned();
+        anyhow!("plugin {name} does not export the cairn:storage/backend@0.1.0 interface: {msg}")
     })
 }
 
@@ -181,7 +227,8 @@ pub async fn describe(
     sandbox: &Sandbox,
 ) -> Result<PluginInfo> {
     let mut inst = Instance::new(engine, pre, sandbox).await?;
-    Ok(inst.describe(name, sandbox).await?)
+    // As the plugin said it (recorded at install); cleaned where it is shown.
+    Ok(inst.describe(name, sandbox, &Secrets::default()).await?)
 }
 
 /// Checks the config's options against the ones the plugin declares: unknown names and
@@ -191,7 +238,7 @@ pub fn check_options(name: &str, info: &PluginInfo, options: &[(String, String)]
     let described = |o: &super::bindings::cairn::storage::types::OptionSpec| {
         format!(
             "{} ({}{}): {}",
-            o.name,
+            crate::untrusted::escape(&o.name),
             if o.required { "required" } else { "optional" },
             if o.secret { ", secret" } else { "" },
             o.help
@@ -207,7 +254,7 @@ pub fn check_options(name: &str, info: &PluginInfo, options: &[(String, String)]
         if o.required && !options.iter().any(|(k, _)| k == &o.name) {
             anyhow::bail!(
                 "plugin {name} needs option `{}` in [repository] options: {}",
-                o.name,
+                crate::untrusted::escape(&o.name),
                 described(o)
             );
         }
@@ -216,11 +263,17 @@ pub fn check_options(name: &str, info: &PluginInfo, options: &[(String, String)]
 }
 
 impl Instance {
-    async fn describe(&mut self, name: &str, sandbox: &Sandbox) -> Result<PluginInfo, BackendError> {
+    async fn describe(
+        &mut self,
+        name: &str,
+        sandbox: &Sandbox,
+        secrets: &Secrets,
+    ) -> Result<PluginInfo, BackendError> {
         let g = self.bindings.cairn_storage_backend();
         let timeout = sandbox.call_timeout;
         let r = tokio::time::timeout(timeout, g.call_describe(&mut self.store)).await;
-        settle(name, &mut self.store, "describe", None, timeout, sandbox.memory_bytes, r.map(|x| x.map(Ok)))
+        let r = r.map(|x| x.map(Ok));
+        settle(name, &mut self.store, "describe", None, (timeout, sandbox.memory_bytes), secrets, r)
     }
 
     async fn new(
@@ -238,23 +291,24 @@ impl Instance {
         name: &str,
         options: &[(String, String)],
         sandbox: &Sandbox,
+        secrets: &Secrets,
     ) -> Result<Capabilities> {
         let g = self.bindings.cairn_storage_backend();
         let timeout = sandbox.call_timeout;
         let r = tokio::time::timeout(timeout, g.call_open(&mut self.store, options)).await;
-        Ok(settle(name, &mut self.store, "open", None, timeout, sandbox.memory_bytes, r)?)
+        Ok(settle(name, &mut self.store, "open", None, (timeout, sandbox.memory_bytes), secrets, r)?)
     }
 }
 
-/// Turns the outcome of one guest call into a result, explaining traps and deadlines.
-#[allow(clippy::too_many_arguments)]
+/// Turns the outcome of one guest call into a result, explaining traps and deadlines. What
+/// the plugin said (its error message, its last stderr line) is cleaned by `secrets`.
 fn settle<T>(
     plugin: &str,
     store: &mut Store<HostState>,
     call: &'static str,
     object: Option<&str>,
-    timeout: std::time::Duration,
-    memory_bytes: usize,
+    (timeout, memory_bytes): (std::time::Duration, usize),
+    secrets: &Secrets,
     outcome: Result<wasmtime::Result<Result<T, WitError>>, Elapsed>,
 ) -> Result<T, BackendError> {
     let err =
@@ -268,11 +322,13 @@ fn settle<T>(
         }
         Ok(Ok(Err(e))) => {
             if let Some(origin) = store.data_mut().take_denied_origin() {
+                // The origin is the plugin's choice: it may carry a secret.
+                let origin = secrets.clean(&origin);
                 return Err(err(ErrorKind::NotGranted(format!(
                     "HTTP to {origin} is not granted; add \"{origin}\" to repository.grants.hosts"
                 ))));
             }
-            Err(err(from_wit(e)))
+            Err(err(from_wit(e, secrets)))
         }
         Ok(Err(trap)) => {
             if store.data().limiter.exceeded {
@@ -282,7 +338,7 @@ fn settle<T>(
                 let root = trap.root_cause().to_string();
                 root.lines().last().unwrap_or("trap").to_string()
             });
-            Err(err(ErrorKind::Trap(detail)))
+            Err(err(ErrorKind::Trap(detail).cleaned(secrets)))
         }
         Err(_elapsed) => Err(err(ErrorKind::Deadline(timeout))),
     }
@@ -319,8 +375,8 @@ macro_rules! guest_call {
             tokio::time::timeout(timeout, $body).await
         };
         let crashed = matches!(outcome, Err(_) | Ok(Err(_)));
-        let r =
-            settle(&pool.name, &mut inst.store, $call, $object, timeout, pool.sandbox.memory_bytes, outcome);
+        let limits = (timeout, pool.sandbox.memory_bytes);
+        let r = settle(&pool.name, &mut inst.store, $call, $object, limits, &pool.secrets, outcome);
         if crashed {
             $lease.inst = None;
         }

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::backend::Backend;
-use crate::config::Config;
+use crate::config::{Config, OptionValue};
 use crate::crypto::{KeyFile, MasterKey};
 use crate::ids::Id;
 use crate::journal::{Journal, ObjectKind};
 use crate::lock::{Lock, hostname};
+use crate::plugin::Secrets;
 use crate::plugin::pool::PluginPool;
 use crate::plugin::runtime::Runtime;
 use crate::plugin::sandbox::{Sandbox, parse_origin};
@@ -71,8 +72,19 @@ pub async fn open_backend(config: &Config, creating: bool) -> Result<Backend> {
     let (name, wasm) = component_bytes(config)?;
     let repo = &config.repository;
     let mut options = Vec::new();
+    // Masked out of whatever the plugin says: the password, and values fetched at run time
+    // (the pool adds the options the plugin declares secret). A password that cannot be
+    // had yet is reported where it is needed.
+    let mut secrets = Secrets::default();
+    if let Ok(password) = config.password() {
+        secrets.add(&password);
+    }
     for (k, v) in &repo.options {
-        options.push((k.clone(), v.resolve(k)?));
+        let value = v.resolve(k)?;
+        if matches!(v, OptionValue::Env { .. } | OptionValue::Command { .. }) {
+            secrets.add(&value);
+        }
+        options.push((k.clone(), value));
     }
     let grants = &repo.grants;
     let mut dirs = grants.dirs.clone();
@@ -86,6 +98,7 @@ pub async fn open_backend(config: &Config, creating: bool) -> Result<Backend> {
         if !path.is_absolute() {
             bail!("options.path {} must be an absolute path", path.display());
         }
+        config.check_grant("options.path", &path)?;
         dirs.push(path);
     }
     for dir in &dirs {
@@ -116,7 +129,7 @@ pub async fn open_backend(config: &Config, creating: bool) -> Result<Backend> {
     let runtime = Runtime::new(&config.cache_dir()?)?;
     let component = runtime.load(&wasm).with_context(|| format!("plugin {name}"))?;
     let instances = config.threads().max(4);
-    let pool = PluginPool::start(runtime, &name, &component, sandbox, options, instances).await?;
+    let pool = PluginPool::start(runtime, &name, &component, sandbox, options, secrets, instances).await?;
     Ok(Backend::new(pool))
 }
 
