@@ -115,7 +115,20 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
             report.kept_bytes += obj.size;
             continue;
         }
-        if !writes || (remote.is_some() && !deletes) {
+        if !writes {
+            continue;
+        }
+        if remote.is_some() && !deletes {
+            // Append-only: the partial or foreign object under this name stays (verify and
+            // repair list it), and the journal stops counting on it, so its data is packed
+            // again under another name rather than deduplicated against bytes that are not there.
+            tracing::warn!(
+                "{} holds other bytes than the interrupted run uploaded, and this repository is append-only: \
+                 left as it is; its data will be stored again",
+                obj.name
+            );
+            journal.forget_object(&obj.name)?;
+            report.discarded += 1;
             continue;
         }
         if remote.is_some() {

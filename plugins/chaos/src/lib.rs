@@ -16,7 +16,8 @@
 //!   transient error, as if the answer was lost), `lose-reply-garbled` (the same, but the
 //!   stored object's bytes are flipped: another object now holds the name).
 //! - `log = "1"`: append every `start-upload`, `finish`, `delete` and `abort-incomplete`
-//!   (with its name, Debug-quoted) to the hidden file `.chaos-log` in the repository folder.
+//!   (with its name, Debug-quoted) to a hidden file `.chaos-log-<random>` in the repository
+//!   folder, one file per instance (instances run in parallel; one file each keeps lines whole).
 //!
 //! Calls are counted across instances and processes, in hidden files `.chaos-count-CALL` in
 //! the repository folder (the fs backend never lists hidden names), so "the 3rd write"
@@ -72,7 +73,8 @@ struct State {
     store: Option<FsStore>,
     faults: Vec<Fault>,
     path: String,
-    log: bool,
+    /// This instance's log file, when the `log` option is on.
+    log: Option<String>,
 }
 
 thread_local! {
@@ -123,14 +125,10 @@ fn count(path: &str, call: &str) -> u64 {
 fn log(call: &str, name: &str) {
     STATE.with(|s| {
         let s = s.borrow();
-        if !s.log || s.path.is_empty() {
-            return;
-        }
+        let Some(log) = &s.log else { return };
         use std::io::Write;
-        let file =
-            std::fs::OpenOptions::new().create(true).append(true).open(format!("{}/.chaos-log", s.path));
-        if let Ok(mut f) = file {
-            let _ = writeln!(f, "{call} {name:?}");
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = f.write_all(format!("{call} {name:?}\n").as_bytes());
         }
     })
 }
@@ -215,7 +213,12 @@ impl Guest for Chaos {
     fn open(options: Vec<(String, String)>) -> Result<Capabilities, Error> {
         let faults = parse_faults(cairn_plugin_sdk::option(&options, "faults").unwrap_or(""))?;
         let path = cairn_plugin_sdk::option(&options, "path").unwrap_or("").to_string();
-        let log = cairn_plugin_sdk::option(&options, "log") == Some("1");
+        let log = (cairn_plugin_sdk::option(&options, "log") == Some("1") && !path.is_empty()).then(|| {
+            // RandomState is seeded from wasi:random: a name no other instance picks.
+            use std::hash::{BuildHasher, Hasher};
+            let id = std::collections::hash_map::RandomState::new().build_hasher().finish();
+            format!("{path}/.chaos-log-{id:016x}")
+        });
         STATE.with(|s| {
             let mut s = s.borrow_mut();
             s.faults = faults;
