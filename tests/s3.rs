@@ -4,7 +4,7 @@
 mod common;
 
 use common::remote::{
-    Flavour, cut_uploads, multipart_after_kill, remote_env_with, resume_after_kill, round_trip,
+    Flavour, cut_uploads, multipart_after_kill, remote_env_with, repo_folder, resume_after_kill, round_trip,
     slow_down_is_waited_for,
 };
 
@@ -94,4 +94,56 @@ fn wrong_credentials_and_a_missing_bucket_are_named() {
     let (_, err) = env.fails(&["init"]);
     assert!(err.contains("bucket \"no-such-bucket\" not found"), "{err}");
     assert!(err.contains("option `bucket`"), "{err}");
+}
+
+/// Append-only on S3 (no conditional put: the host looks before every upload): backups
+/// work, and `repair --quarantine` is refused before anything is uploaded, so an earlier
+/// `quarantine/NAME` keeps its bytes. With deletes granted, quarantine still never replaces
+/// it: the copy takes `quarantine/NAME.1`.
+#[test]
+fn seaweedfs_quarantine_never_replaces_an_object() {
+    let Some(server) = common::servers::require(common::servers::seaweedfs_s3()) else { return };
+    let env = remote_env_with(Flavour::Seaweed, &server, &server.origin(), "", "");
+    let granted = std::fs::read_to_string(&env.config).unwrap();
+    assert!(granted.contains("call_timeout_secs = 10 }"), "{granted}");
+    env.write_config(
+        &granted.replace("call_timeout_secs = 10 }", "call_timeout_secs = 10, delete = false }"),
+    );
+    common::gen_dataset(&env.src, 39, 20, &[1 << 20]);
+    env.ok(&["init"]);
+    let b = env.json(&["backup"]);
+    assert_eq!(b["errors"], 0, "{b}");
+
+    let port = server.port;
+    let key = |name: &str| format!("{}/{name}", repo_folder(&server));
+    let get = |name: &str| {
+        let (status, bytes) =
+            common::servers::http_get_bytes(port, &common::servers::presigned_get(port, &key(name))).unwrap();
+        assert_eq!(status, 200, "GET {name}");
+        bytes
+    };
+    let put = |name: &str, body: &[u8]| {
+        let status = common::servers::http_put(port, &common::servers::presigned_put(port, &key(name)), body);
+        assert_eq!(status, Some(200), "PUT {name}");
+    };
+    let name = format!("data/ee/{}", "ee".repeat(32));
+    let quarantined = format!("quarantine/{name}");
+    let foreign = b"not a pack, under a pack's name".to_vec();
+    let earlier = b"an earlier quarantined object: must never be replaced".to_vec();
+    put(&name, &foreign);
+    put(&quarantined, &earlier);
+
+    let (code, err) = env.fails(&["repair", "--quarantine"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("append-only") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(get(&quarantined), earlier);
+    assert_eq!(get(&name), foreign);
+
+    env.write_config(&granted);
+    let out = env.ok(&["repair", "--quarantine"]);
+    assert!(out.contains(&format!("moved {name} to {quarantined}.1")), "{out}");
+    assert_eq!(get(&quarantined), earlier);
+    assert_eq!(get(&format!("{quarantined}.1")), foreign);
+    let out = env.run(&["verify", "--read-data"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
