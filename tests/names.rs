@@ -300,3 +300,61 @@ fn append_only_upload_over_other_bytes_fails_clearly_and_keeps_them() {
     c.env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert!(diff_trees(&c.env.src, &c.env.restored_src(&target)).is_empty());
 }
+
+/// The backend layer itself (what every command goes through): foreign targets are refused
+/// before the plugin sees them, and in an append-only repository an upload never replaces
+/// what is stored, whoever calls it and whatever it asks.
+#[test]
+fn the_backend_refuses_foreign_targets_and_replaces_nothing_when_append_only() {
+    use std::os::unix::fs::MetadataExt;
+
+    use cairn::ids::Id;
+    use cairn::plugin::ErrorKind;
+
+    let c = Chaos::new(", delete = false");
+    let text = std::fs::read_to_string(&c.env.config).unwrap();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cairn-cache");
+    c.env.write_config(&text.replace("[state]\n", &format!("[state]\ncache_dir = {cache:?}\n")));
+    let config = cairn::config::Config::load(&c.env.config).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = rt.block_on(cairn::repo::open_backend(&config, false)).unwrap();
+
+    for bad in ["../../x", "/etc/passwd", "data/../../y", "keys/\x1b[31mred", "README.txt"] {
+        let e = rt.block_on(backend.upload_bytes(bad, b"x", false)).unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::InvalidName(_)), "{e}");
+        assert!(e.to_string().contains("not a name cairn writes"), "{e}");
+        assert_no_control("the error", e.to_string().as_bytes());
+        let e = rt
+            .block_on(backend.delete(&[format!("index/{}", Id::of_bytes(b"y").hex()), bad.to_string()]))
+            .unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::InvalidName(_)), "{e}");
+    }
+    assert!(c.log().is_empty(), "the plugin was asked: {:?}", c.log());
+
+    let stored = |name: &str| {
+        let p = c.env.repo.join(name);
+        (std::fs::read(&p).unwrap(), std::fs::metadata(&p).unwrap().ino())
+    };
+    // Already stored with exactly its bytes: accepted, not written again.
+    let bytes = b"an object stored before".to_vec();
+    let same = format!("index/{}", Id::of_bytes(&bytes).hex());
+    write_file(&c.env.repo.join(&same), &bytes, 0o644, 1_600_000_000);
+    let before = stored(&same);
+    rt.block_on(backend.upload_bytes(&same, &bytes, false)).unwrap();
+    assert_eq!(stored(&same), before);
+    // Other bytes under a content address: an error, and they stay.
+    let other = format!("index/{}", Id::of_bytes(b"what the upload holds").hex());
+    write_file(&c.env.repo.join(&other), b"something else", 0o644, 1_600_000_000);
+    let before = stored(&other);
+    let e = rt.block_on(backend.upload_bytes(&other, b"what the upload holds", false)).unwrap_err();
+    assert!(e.to_string().contains("another object is stored under this content address"), "{e}");
+    assert_eq!(stored(&other), before);
+    // A name that is not content-addressed: already exists, kept.
+    let quarantined = format!("quarantine/{same}");
+    write_file(&c.env.repo.join(&quarantined), b"earlier", 0o644, 1_600_000_000);
+    let before = stored(&quarantined);
+    let e = rt.block_on(backend.upload_bytes(&quarantined, b"later", false)).unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::AlreadyExists(_)), "{e}");
+    assert_eq!(stored(&quarantined), before);
+    assert!(!c.log().iter().any(|(call, _)| call == "finish"), "{:?}", c.log());
+}
