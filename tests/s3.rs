@@ -147,3 +147,68 @@ fn seaweedfs_quarantine_never_replaces_an_object() {
     let out = env.run(&["verify", "--read-data"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// The append-only upload rule on a backend without conditional put (the host looks
+/// first): an object already stored with exactly its bytes is accepted without being sent
+/// again; other bytes under a content address, or an existing name that is not
+/// content-addressed, are an error and stay as they are.
+#[test]
+fn seaweedfs_append_only_uploads_replace_nothing() {
+    use cairn::ids::Id;
+    use cairn::plugin::ErrorKind;
+
+    let Some(server) = common::servers::require(common::servers::seaweedfs_s3()) else { return };
+    let env = remote_env_with(Flavour::Seaweed, &server, &server.origin(), "", "");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cairn-cache");
+    let text = text
+        .replace("call_timeout_secs = 10 }", "call_timeout_secs = 10, delete = false }")
+        .replace("{ env = \"CAIRN_TEST_S3_SECRET\" }", &format!("{:?}", common::servers::SECRET_KEY))
+        .replace("[state]\n", &format!("[state]\ncache_dir = {cache:?}\n"))
+        + &format!("\n[plugins]\ndir = {:?}\n", env.path("plugins"));
+    assert!(text.contains("delete = false") && text.contains("cache_dir"), "{text}");
+    env.write_config(&text);
+    let config = cairn::config::Config::load(&env.config).unwrap();
+    assert!(!config.repository.grants.delete);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = rt.block_on(cairn::repo::open_backend(&config, false)).unwrap();
+    assert!(!backend.caps().conditional_put);
+
+    let port = server.port;
+    let key = |name: &str| format!("{}/{name}", repo_folder(&server));
+    let get = |name: &str| {
+        let (status, bytes) =
+            common::servers::http_get_bytes(port, &common::servers::presigned_get(port, &key(name))).unwrap();
+        assert_eq!(status, 200, "GET {name}");
+        bytes
+    };
+    let put = |name: &str, body: &[u8]| {
+        let status = common::servers::http_put(port, &common::servers::presigned_put(port, &key(name)), body);
+        assert_eq!(status, Some(200), "PUT {name}");
+    };
+
+    let bytes = b"an object stored before".to_vec();
+    let same = format!("index/{}", Id::of_bytes(&bytes).hex());
+    put(&same, &bytes);
+    rt.block_on(backend.upload_bytes(&same, &bytes, false)).unwrap();
+    assert_eq!(get(&same), bytes);
+    assert_eq!(backend.traffic.uploaded.load(std::sync::atomic::Ordering::Relaxed), 0, "bytes were sent");
+
+    let other = format!("index/{}", Id::of_bytes(b"what the upload holds").hex());
+    put(&other, b"something else");
+    let e = rt.block_on(backend.upload_bytes(&other, b"what the upload holds", false)).unwrap_err();
+    assert!(e.to_string().contains("another object is stored under this content address"), "{e}");
+    assert_eq!(get(&other), b"something else");
+
+    let quarantined = format!("quarantine/{same}");
+    put(&quarantined, b"earlier");
+    let e = rt.block_on(backend.upload_bytes(&quarantined, b"later", false)).unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::AlreadyExists(_)), "{e}");
+    assert_eq!(get(&quarantined), b"earlier");
+
+    // Where nothing is stored, the upload goes through.
+    let fresh = b"a new object".to_vec();
+    let new = format!("index/{}", Id::of_bytes(&fresh).hex());
+    rt.block_on(backend.upload_bytes(&new, &fresh, false)).unwrap();
+    assert_eq!(get(&new), fresh);
+}
