@@ -320,7 +320,8 @@ impl Backend {
         };
         let other_bytes = || {
             exists(
-                "another object is stored under this content address (its bytes do not hash to its name);                  it was not replaced; run `cairn verify`, then `cairn repair`"
+                "another object is stored under this content address (its bytes do not hash to its name); \
+                 it was not replaced; run `cairn verify`, then `cairn repair`"
                     .into(),
             )
         };
