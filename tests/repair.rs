@@ -328,14 +328,22 @@ fn foreign_files_and_partial_uploads_are_left_alone_unless_asked() {
     let (_, r) = repair(&env, &["--delete-unrecoverable"]);
     assert!(!partial.exists(), "{r:#}");
     assert!(env.repo.join("README.txt").exists() && env.repo.join(&fake_name).exists());
-    // Quarantine: the rest is moved, byte for byte.
+    // Quarantine: what carries a name cairn writes is moved, byte for byte; names cairn never
+    // writes are foreign and only listed (never passed back to the backend as targets).
     let (_, r) = repair(&env, &["--quarantine"]);
-    assert!(!env.repo.join("README.txt").exists(), "{r:#}");
-    assert_eq!(std::fs::read(env.repo.join("quarantine/README.txt")).unwrap(), b"someone else's file");
+    assert!(!env.repo.join(&fake_name).exists(), "{r:#}");
     assert_eq!(
         std::fs::read(env.repo.join("quarantine").join(&fake_name)).unwrap(),
         &bytes[..bytes.len() / 2]
     );
+    for name in ["README.txt", "data/notes.md"] {
+        assert!(env.repo.join(name).exists(), "{name} was moved: {r:#}");
+        assert!(!env.repo.join("quarantine").join(name).exists(), "{name} was copied: {r:#}");
+        assert!(r["left_alone"].to_string().contains(&format!("{name}: a foreign name")), "{r:#}");
+    }
+    // They stay the owner's business.
+    std::fs::remove_file(env.repo.join("README.txt")).unwrap();
+    std::fs::remove_file(env.repo.join("data/notes.md")).unwrap();
     assert_clean(&env);
     assert_restores(&env);
 }

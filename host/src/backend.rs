@@ -12,8 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::ids::Id;
 use crate::plugin::pool::{Lease, PluginPool};
 use crate::plugin::{BackendError, Capabilities, ErrorKind, ObjectInfo};
+use crate::repo::format::ObjectName;
+use crate::untrusted::escape;
 
 /// Bytes handed to the plugin per `write` call.
 const WRITE_PIECE: usize = 1 << 20;
@@ -218,7 +221,8 @@ impl Backend {
         self.read(name, 0, info.size).await
     }
 
-    /// Uploads `data` as `name`.
+    /// Uploads `data` as `name`. With `if_absent`, an existing object is never replaced
+    /// (see [`Backend::upload`] for what happens then).
     pub async fn upload_bytes(&self, name: &str, data: &[u8], if_absent: bool) -> Result<(), BackendError> {
         self.upload(name, data.len() as u64, if_absent, &mut std::io::Cursor::new(data)).await
     }
@@ -238,6 +242,31 @@ impl Backend {
         }
     }
 
+    /// `name` as one of cairn's own object names, or an error: the host passes nothing else
+    /// to `start-upload` or `delete`, so a name taken from a listing cannot make the plugin
+    /// write or remove anything outside cairn's namespace.
+    fn own_name(&self, call: &'static str, name: &str) -> Result<ObjectName, BackendError> {
+        ObjectName::parse(name).ok_or_else(|| BackendError {
+            plugin: self.pool.name.clone(),
+            call,
+            object: Some(escape(name).into_owned()),
+            kind: ErrorKind::InvalidName(
+                "not a name cairn writes; cairn never passes a foreign name back to its backend".into(),
+            ),
+        })
+    }
+
+    /// The one place where the append-only rule lives. Without the delete grant nothing
+    /// stored is ever replaced, since replacing loses bytes just as deleting does: every
+    /// upload is `if-absent`, and when the backend cannot honour that atomically, the host
+    /// looks (`stat`) first. (Between that look and the upload another client could still
+    /// write the name; such a backend can narrow that window, not close it.)
+    ///
+    /// An upload with `if_absent` that finds the object present succeeds without sending
+    /// anything when the name is content-addressed and the stored bytes hash to it (they
+    /// are the very bytes being uploaded); otherwise it fails with `already-exists` (other
+    /// bytes under a content address are named as such), and the caller chooses another
+    /// name or reports it.
     async fn upload<R: Read + Seek + Send>(
         &self,
         name: &str,
@@ -245,11 +274,75 @@ impl Backend {
         if_absent: bool,
         src: &mut R,
     ) -> Result<(), BackendError> {
+        let parsed = self.own_name("start-upload", name)?;
+        let append_only = !self.can_delete();
+        let if_absent = if_absent || append_only;
+        if append_only
+            && !self.caps().conditional_put
+            && let Some(present) = self.stat(name).await?
+        {
+            return self.already_present(&parsed, name, size, present.size).await;
+        }
         // A Mutex only to lend the source to one attempt at a time inside `retry`.
         let src = tokio::sync::Mutex::new(src);
-        self.retry(|| async { self.upload_once(name, size, if_absent, &mut **src.lock().await).await })
-            .await?;
+        let sent = self
+            .retry(|| async { self.upload_once(name, size, if_absent, &mut **src.lock().await).await })
+            .await;
+        match sent {
+            Ok(()) => {}
+            Err(e) if if_absent && matches!(e.kind, ErrorKind::AlreadyExists(_)) => {
+                let present = self.stat(name).await?.map_or(0, |i| i.size);
+                return self.already_present(&parsed, name, size, present).await;
+            }
+            Err(e) => return Err(e),
+        }
         self.traffic.uploads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// An `if_absent` upload of `size` bytes found `name` already stored with `present`
+    /// bytes: fine if it is content-addressed and holds exactly its content, else an error.
+    async fn already_present(
+        &self,
+        parsed: &ObjectName,
+        name: &str,
+        size: u64,
+        present: u64,
+    ) -> Result<(), BackendError> {
+        let exists = |why: String| BackendError {
+            plugin: self.pool.name.clone(),
+            call: "start-upload",
+            object: Some(name.to_string()),
+            kind: ErrorKind::AlreadyExists(why),
+        };
+        let Some(id) = parsed.content_id() else {
+            return Err(exists("the object is already stored and is not replaced".into()));
+        };
+        let other_bytes = || {
+            exists(
+                "another object is stored under this content address (its bytes do not hash to its name); \
+                 it was not replaced; run `cairn verify`, then `cairn repair`"
+                    .into(),
+            )
+        };
+        // Same bytes mean same size; a different size needs no download to be refused.
+        if present != size {
+            return Err(other_bytes());
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut at = 0;
+        while at < present {
+            let piece = self.read(name, at, (present - at).min(READ_PIECE)).await?;
+            if piece.is_empty() {
+                return Err(other_bytes());
+            }
+            hasher.update(&piece);
+            at += piece.len() as u64;
+        }
+        if Id(*hasher.finalize().as_bytes()) != id {
+            return Err(other_bytes());
+        }
+        tracing::debug!("{name} is already stored with these bytes; not uploaded again");
         Ok(())
     }
 
@@ -291,8 +384,9 @@ impl Backend {
         result
     }
 
-    /// Aborts every unfinished upload whose intended name is exactly `name`.
+    /// Aborts every unfinished upload whose intended name is exactly `name`, one of cairn's.
     pub async fn abort_incomplete_of(&self, name: &str) -> Result<usize, BackendError> {
+        self.own_name("abort-incomplete", name)?;
         let mut n = 0;
         for (id, target, _) in self.list_incomplete(name).await? {
             if target == name {
@@ -303,8 +397,12 @@ impl Backend {
         Ok(n)
     }
 
-    /// Deletes objects; missing ones are not an error.
+    /// Deletes objects; missing ones are not an error. Every name must be one of cairn's
+    /// own: a foreign name refuses the whole call before anything is deleted.
     pub async fn delete(&self, names: &[String]) -> Result<(), BackendError> {
+        for name in names {
+            self.own_name("delete", name)?;
+        }
         for batch in names.chunks(DELETE_BATCH) {
             self.retry(|| async { self.lease().await?.delete(batch).await }).await?;
         }

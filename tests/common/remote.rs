@@ -175,7 +175,8 @@ pub fn cut_uploads(flavour: Flavour) {
 }
 
 /// The folder (WebDAV) or key prefix (S3) on `server` that `remote_env` puts repositories in.
-fn repo_folder(server: &Server) -> String {
+/// The key prefix (folder) of this test process's repository on `server`.
+pub fn repo_folder(server: &Server) -> String {
     format!("run{}", Rng::new(std::process::id() as u64 ^ server.port as u64).next() % 1_000_000)
 }
 

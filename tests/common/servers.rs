@@ -288,6 +288,27 @@ pub fn presigned_get(port: u16, key: &str) -> String {
     rusty_s3::S3Action::sign(&bucket.get_object(Some(&creds), key), Duration::from_secs(600)).to_string()
 }
 
+/// A signed PUT URL of one key of the test bucket.
+pub fn presigned_put(port: u16, key: &str) -> String {
+    let (bucket, creds) = test_bucket(port);
+    rusty_s3::S3Action::sign(&bucket.put_object(Some(&creds), key), Duration::from_secs(600)).to_string()
+}
+
+/// A plain HTTP PUT of `body` on 127.0.0.1: the status.
+pub fn http_put(port: u16, url: &str, body: &[u8]) -> Option<u16> {
+    use std::io::{Read, Write};
+    let path = url.splitn(4, '/').nth(3).map(|p| format!("/{p}"))?;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let head =
+        format!("PUT {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf).split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Ready once the test bucket can be listed with the test credentials (weed creates the
 /// bucket a moment after its S3 gateway starts answering).
 fn bucket_ready(port: u16) -> bool {

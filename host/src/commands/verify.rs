@@ -7,6 +7,7 @@ use super::{Ctx, human_bytes};
 use crate::engine::verify::{self, Subset};
 use crate::error::Exit;
 use crate::repo::{Access, Repository};
+use crate::untrusted::escape;
 
 pub fn run(ctx: &Ctx, read_data: bool, subset: Option<Subset>) -> Result<()> {
     let config = ctx.config()?;
@@ -45,7 +46,7 @@ pub fn run(ctx: &Ctx, read_data: bool, subset: Option<Subset>) -> Result<()> {
         if !report.problems.is_empty() {
             println!("problems:");
             for p in &report.problems {
-                println!("  {:<18} {}: {}", p.kind, p.object, p.detail);
+                println!("  {:<18} {}: {}", p.kind, escape(&p.object), p.detail);
             }
         }
         if !report.affected.is_empty() {

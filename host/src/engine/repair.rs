@@ -29,8 +29,10 @@ use crate::engine::tree::TreeReader;
 use crate::engine::verify::{self, Affected, QUARANTINE, Subset, display_path, snapshot_damage};
 use crate::ids::Id;
 use crate::journal::{ObjectKind, State};
+use crate::plugin::ErrorKind;
 use crate::repo::Repository;
-use crate::repo::format::{self, BlobKind, IndexFile, NodeKind, PackEntry, Snapshot, Tree};
+use crate::repo::format::{self, BlobKind, IndexFile, NodeKind, ObjectName, PackEntry, Snapshot, Tree};
+use crate::untrusted::escape;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -143,6 +145,16 @@ pub fn run(
             stale.len()
         );
     }
+    if opts.destructive() && !repo.backend.can_delete() {
+        // Moving to quarantine/ is a copy and a delete; the other two delete outright. Said
+        // before anything is uploaded, so nothing is half done.
+        bail!(
+            "refusing --quarantine, --delete-unrecoverable and --purge-broken: they delete objects (moving to \
+             {QUARANTINE} is a copy then a delete), and this repository is append-only \
+             (repository.grants.delete = false); nothing was changed; run `cairn repair` without them, or grant \
+             deletes"
+        );
+    }
     let journal = &repo.journal;
     let mut out = Outcome::default();
     let verb = |done: &str, planned: &str| if opts.dry_run { planned.to_string() } else { done.to_string() };
@@ -153,6 +165,10 @@ pub fn run(
     let mut adopted_anything = false;
     let mut quarantine: Vec<(String, String)> = Vec::new();
     for p in report.problems.iter().filter(|p| p.kind == "unknown") {
+        if ObjectName::parse(&p.object).is_none() {
+            out.left_alone.push(foreign(&p.object));
+            continue;
+        }
         match classify(repo, rt, &p.object)? {
             Some(what) => {
                 adopted_anything = true;
@@ -408,6 +424,10 @@ pub fn run(
     // Unfinished uploads and partial objects: ours provably, deleted only on request.
     let incomplete = rt.block_on(repo.backend.list_incomplete(""))?;
     for (id, name, size) in incomplete {
+        if ObjectName::parse(&name).is_none() {
+            out.left_alone.push(format!("unfinished upload of {}", foreign(&name)));
+            continue;
+        }
         let ours = journal.object(&name)?.is_some() || rt.block_on(repo.backend.stat(&name))?.is_some();
         if ours && opts.delete_unrecoverable {
             if !opts.dry_run {
@@ -461,11 +481,17 @@ pub fn run(
 
     // Foreign and replaced objects: left alone, or set aside.
     for (name, why) in quarantine {
+        let Some(parsed) = ObjectName::parse(&name) else {
+            out.left_alone.push(foreign(&name));
+            continue;
+        };
         if opts.quarantine {
-            if !opts.dry_run {
-                move_to_quarantine(repo, rt, &name)?;
+            if opts.dry_run {
+                out.actions.push(format!("would move {name} to {QUARANTINE} ({why})"));
+            } else {
+                let target = move_to_quarantine(repo, rt, &parsed)?;
+                out.actions.push(format!("moved {name} to {target} ({why})"));
             }
-            out.actions.push(format!("{} {name} to {QUARANTINE} ({why})", verb("moved", "would move")));
         } else {
             out.left_alone.push(format!("{name}: {why}; --quarantine moves it to {QUARANTINE}"));
         }
@@ -533,19 +559,49 @@ fn retire_or_forget(repo: &Repository, name: &str, gone: bool) -> Result<()> {
     if gone { repo.journal.forget_object(name) } else { repo.journal.set_state(name, State::Retired) }
 }
 
+/// How a foreign name (one cairn never writes) is listed: escaped, and never acted on.
+fn foreign(name: &str) -> String {
+    format!("{}: a foreign name (not one cairn writes); never moved or deleted", escape(name))
+}
+
+/// Fresh names tried in `quarantine/` (`NAME`, then `NAME.1` ...) before giving up.
+const QUARANTINE_ATTEMPTS: u32 = 1000;
+
 /// Copies an object under `quarantine/` and then deletes the original: nothing is lost,
-/// it just leaves the repository's namespace.
-fn move_to_quarantine(repo: &Repository, rt: &tokio::runtime::Handle, name: &str) -> Result<()> {
-    let bytes = rt.block_on(repo.backend.read_all(name))?;
-    let target = format!("{QUARANTINE}{name}");
-    rt.block_on(repo.backend.upload_bytes(&target, &bytes, false))?;
+/// it just leaves the repository's namespace. An earlier quarantined object of the same
+/// name is never replaced: the copy takes the first free `quarantine/NAME.N`. Returns the
+/// name of the copy.
+fn move_to_quarantine(repo: &Repository, rt: &tokio::runtime::Handle, name: &ObjectName) -> Result<String> {
+    let original = name.to_string();
+    let bytes = rt.block_on(repo.backend.read_all(&original))?;
+    let mut stored = None;
+    for attempt in 0..QUARANTINE_ATTEMPTS {
+        let Some(target) = name.quarantined(attempt) else {
+            bail!("{original} is already in {QUARANTINE}");
+        };
+        let target = target.to_string();
+        match rt.block_on(repo.backend.upload_bytes(&target, &bytes, true)) {
+            Ok(()) => {
+                stored = Some(target);
+                break;
+            }
+            Err(e) if matches!(e.kind, ErrorKind::AlreadyExists(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let Some(target) = stored else {
+        bail!(
+            "{QUARANTINE} already holds {QUARANTINE_ATTEMPTS} copies of {original}; the original was kept; \
+             clear out {QUARANTINE} and run again"
+        );
+    };
     match rt.block_on(repo.backend.stat(&target))? {
         Some(i) if i.size == bytes.len() as u64 => {}
-        _ => bail!("the copy of {name} in {QUARANTINE} could not be confirmed; the original was kept"),
+        _ => bail!("the copy of {original} in {QUARANTINE} could not be confirmed; the original was kept"),
     }
-    rt.block_on(repo.backend.delete(&[name.to_string()]))?;
-    repo.journal.forget_object(name)?;
-    Ok(())
+    rt.block_on(repo.backend.delete(std::slice::from_ref(&original)))?;
+    repo.journal.forget_object(&original)?;
+    Ok(target)
 }
 
 /// Rewrites a tree without the `broken` paths (files whose data is lost, folders whose

@@ -185,11 +185,12 @@ pub fn run(
     let mut unknown: Vec<&String> = remote.keys().filter(|n| !known.contains(n.as_str())).collect();
     unknown.sort();
     for name in unknown {
-        report.problem(
-            "unknown",
-            name,
-            "not in the journal (another client's work in progress, a lost journal, or a foreign file)",
-        );
+        let detail = if format::ObjectName::parse(name).is_some() {
+            "not in the journal (another client's work in progress, a lost journal, or a foreign file)"
+        } else {
+            "a foreign file: not a name cairn writes (cairn never reads, moves or deletes it)"
+        };
+        report.problem("unknown", name, detail);
     }
     for (_, name, size) in rt.block_on(repo.backend.list_incomplete(""))? {
         report.problem("unfinished-upload", &name, format!("an unfinished upload of {size} bytes"));

@@ -59,6 +59,99 @@ pub fn key_name(id: &Id) -> String {
 }
 pub const CONFIG_NAME: &str = "config";
 
+/// Where `repair --quarantine` sets aside objects it will not delete.
+pub const QUARANTINE_PREFIX: &str = "quarantine/";
+
+/// A remote object name in cairn's own naming scheme, exactly as `pack_name`, `index_name`,
+/// `snapshot_name`, `key_name`, [`CONFIG_NAME`] and `repair --quarantine` write it.
+///
+/// Names a plugin returns (listings, unfinished uploads) are untrusted: anything that does not
+/// parse into this is foreign. A foreign name is reported (escaped), never passed back to the
+/// plugin as an upload or delete target, so a hostile or broken backend cannot steer cairn
+/// into writing or deleting `../../x` or names with control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectName {
+    Config,
+    Key(Id),
+    Pack(Id),
+    Index(Id),
+    Snapshot(Id),
+    /// `quarantine/<name>`, or `quarantine/<name>.<n>` (n >= 1) when that name was taken in
+    /// an append-only repository, where nothing is ever replaced.
+    Quarantined(Box<ObjectName>, Option<u32>),
+}
+
+impl ObjectName {
+    /// The name, if `name` is exactly one that cairn writes: lowercase hex ids of the right
+    /// length, a pack's two-digit folder matching its id, no other prefix, suffix or form.
+    pub fn parse(name: &str) -> Option<ObjectName> {
+        let parsed = match name.strip_prefix(QUARANTINE_PREFIX) {
+            Some(rest) => Self::parse_quarantined(rest)?,
+            None => Self::parse_plain(name)?,
+        };
+        // Exactness: what we would write for this value is the very name given (this refuses
+        // uppercase hex and a pack folder that does not match the id).
+        (parsed.to_string() == name).then_some(parsed)
+    }
+
+    fn parse_plain(name: &str) -> Option<ObjectName> {
+        if name == CONFIG_NAME {
+            return Some(ObjectName::Config);
+        }
+        let (kind, id) = name.split_once('/')?;
+        match kind {
+            "keys" => Some(ObjectName::Key(Id::from_hex(id)?)),
+            "index" => Some(ObjectName::Index(Id::from_hex(id)?)),
+            "snapshots" => Some(ObjectName::Snapshot(Id::from_hex(id)?)),
+            "data" => Some(ObjectName::Pack(Id::from_hex(id.split_once('/')?.1)?)),
+            _ => None,
+        }
+    }
+
+    fn parse_quarantined(rest: &str) -> Option<ObjectName> {
+        if let Some(inner) = Self::parse_plain(rest) {
+            return Some(ObjectName::Quarantined(Box::new(inner), None));
+        }
+        let (inner, n) = rest.rsplit_once('.')?;
+        let n: u32 = n.parse().ok().filter(|&n| n >= 1)?;
+        Some(ObjectName::Quarantined(Box::new(Self::parse_plain(inner)?), Some(n)))
+    }
+
+    /// The id the object's bytes hash to, for names that are content-addressed. A quarantined
+    /// copy is not: it holds whatever was set aside, damaged or not.
+    pub fn content_id(&self) -> Option<Id> {
+        match self {
+            ObjectName::Key(id) | ObjectName::Pack(id) | ObjectName::Index(id) | ObjectName::Snapshot(id) => {
+                Some(*id)
+            }
+            ObjectName::Config | ObjectName::Quarantined(..) => None,
+        }
+    }
+
+    /// Where `repair --quarantine` puts this object: attempt 0 is `quarantine/<name>`,
+    /// attempt n is `quarantine/<name>.<n>`. `None` for a name that is already quarantined.
+    pub fn quarantined(&self, attempt: u32) -> Option<ObjectName> {
+        match self {
+            ObjectName::Quarantined(..) => None,
+            other => Some(ObjectName::Quarantined(Box::new(other.clone()), (attempt > 0).then_some(attempt))),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectName::Config => f.write_str(CONFIG_NAME),
+            ObjectName::Key(id) => f.write_str(&key_name(id)),
+            ObjectName::Pack(id) => f.write_str(&pack_name(id)),
+            ObjectName::Index(id) => f.write_str(&index_name(id)),
+            ObjectName::Snapshot(id) => f.write_str(&snapshot_name(id)),
+            ObjectName::Quarantined(inner, None) => write!(f, "{QUARANTINE_PREFIX}{inner}"),
+            ObjectName::Quarantined(inner, Some(n)) => write!(f, "{QUARANTINE_PREFIX}{inner}.{n}"),
+        }
+    }
+}
+
 /// The id part of a content-addressed name (`data/ab/ab12...` -> `ab12...`).
 pub fn id_of_name(name: &str) -> Option<Id> {
     Id::from_hex(name.rsplit('/').next()?)
@@ -471,6 +564,66 @@ mod tests {
         let id = key.blob_id(&data);
         let stored = encode_blob(&key, BlobKind::Data, &id, &data, 3);
         assert_eq!(stored.len(), data.len() + 1 + OVERHEAD);
+    }
+
+    #[test]
+    fn object_names_round_trip_exactly() {
+        let id = Id::of_bytes(b"x");
+        let names = [
+            ObjectName::Config,
+            ObjectName::Key(id),
+            ObjectName::Pack(id),
+            ObjectName::Index(id),
+            ObjectName::Snapshot(id),
+            ObjectName::Quarantined(Box::new(ObjectName::Pack(id)), None),
+            ObjectName::Quarantined(Box::new(ObjectName::Config), Some(3)),
+        ];
+        for n in names {
+            assert_eq!(ObjectName::parse(&n.to_string()), Some(n.clone()), "{n}");
+        }
+        assert_eq!(ObjectName::Pack(id).to_string(), pack_name(&id));
+        assert_eq!(ObjectName::Index(id).to_string(), index_name(&id));
+        assert_eq!(ObjectName::Snapshot(id).to_string(), snapshot_name(&id));
+        assert_eq!(ObjectName::Key(id).to_string(), key_name(&id));
+        assert_eq!(
+            ObjectName::Pack(id).quarantined(2).unwrap().to_string(),
+            format!("quarantine/{}.2", pack_name(&id))
+        );
+    }
+
+    #[test]
+    fn foreign_names_do_not_parse() {
+        let h = Id::of_bytes(b"x").hex();
+        let upper = h.to_uppercase();
+        let wrong_folder = if h.starts_with("00") { "01" } else { "00" };
+        for name in [
+            "".to_string(),
+            "../../x".into(),
+            "/etc/passwd".into(),
+            "data/../../y".into(),
+            "keys/\x1b[31mred".into(),
+            "index/\nfake line".into(),
+            "README.txt".into(),
+            "config/".into(),
+            "/config".into(),
+            format!("index/{upper}"),
+            format!("index/{}", &h[..63]),
+            format!("index/{h}0"),
+            format!("index/{h}/"),
+            format!("index//{h}"),
+            format!("snapshots/../index/{h}"),
+            format!("data/{h}"),
+            format!("data/{wrong_folder}/{h}"),
+            format!("data/{}/{h}/x", &h[..2]),
+            format!("quarantine/index/{h}.0"),
+            format!("quarantine/index/{h}.01"),
+            format!("quarantine/index/{h}.x"),
+            format!("quarantine/quarantine/index/{h}"),
+            "quarantine/README.txt".into(),
+            "quarantine/../../x".into(),
+        ] {
+            assert_eq!(ObjectName::parse(&name), None, "{name:?} parsed");
+        }
     }
 
     #[test]

@@ -171,7 +171,16 @@ impl Repository {
     /// Starts the backend and unlocks the repository: its key and parameters.
     async fn unlock(config: &Config) -> Result<(Backend, MasterKey, RepoConfig)> {
         let backend = open_backend(config, false).await?;
-        let keys = backend.list("keys/").await?;
+        let (keys, foreign): (Vec<_>, Vec<_>) =
+            backend.list("keys/").await?.into_iter().partition(|k| {
+                matches!(format::ObjectName::parse(&k.name), Some(format::ObjectName::Key(_)))
+            });
+        for k in &foreign {
+            tracing::warn!(
+                "ignoring {}: not a key file name cairn writes",
+                crate::untrusted::escape(&k.name)
+            );
+        }
         if keys.is_empty() {
             bail!("no cairn repository at {} (it has no keys/); run `cairn init` first", describe(config));
         }

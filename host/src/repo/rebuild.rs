@@ -15,7 +15,7 @@ use crate::crypto::KeyFile;
 use crate::ids::Id;
 use crate::journal::ObjectKind;
 use crate::repo::Repository;
-use crate::repo::format::{self, IndexFile, PACK_TRAILER};
+use crate::repo::format::{self, IndexFile, ObjectName, PACK_TRAILER};
 
 #[derive(Default, Debug)]
 pub struct Report {
@@ -44,6 +44,10 @@ pub async fn rebuild(repo: &Repository) -> Result<Report> {
         if known.contains(&k.name) {
             continue;
         }
+        if !matches!(ObjectName::parse(&k.name), Some(ObjectName::Key(_))) {
+            report.invalid.push(k.name); // foreign: never read
+            continue;
+        }
         let bytes = backend.read_all(&k.name).await?;
         if serde_json::from_slice::<KeyFile>(&bytes).is_ok() {
             journal.record_present(&k.name, ObjectKind::Key, k.size, Some(&Id::of_bytes(&bytes)), &[])?;
@@ -58,6 +62,10 @@ pub async fn rebuild(repo: &Repository) -> Result<Report> {
     // Index objects first: they cover almost every pack.
     for obj in backend.list("index/").await? {
         if known.contains(&obj.name) {
+            continue;
+        }
+        if !matches!(ObjectName::parse(&obj.name), Some(ObjectName::Index(_))) {
+            report.invalid.push(obj.name); // foreign: never read
             continue;
         }
         let bytes = backend.read_all(&obj.name).await?;
@@ -81,6 +89,10 @@ pub async fn rebuild(repo: &Repository) -> Result<Report> {
     let known: HashSet<String> = journal.all_objects()?.into_iter().map(|o| o.name).collect();
     for obj in backend.list("data/").await? {
         if known.contains(&obj.name) {
+            continue;
+        }
+        if !matches!(ObjectName::parse(&obj.name), Some(ObjectName::Pack(_))) {
+            report.invalid.push(obj.name); // foreign: never read
             continue;
         }
         match read_header(repo, &obj.name, obj.size).await {

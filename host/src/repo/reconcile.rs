@@ -17,6 +17,8 @@ use anyhow::Result;
 use crate::ids::Id;
 use crate::journal::{ObjectKind, State};
 use crate::repo::Repository;
+use crate::repo::format::ObjectName;
+use crate::untrusted::escape;
 
 #[derive(Default, Debug)]
 pub struct Report {
@@ -43,11 +45,15 @@ impl Report {
 /// After an interruption: names remote objects the journal does not know (after syncing
 /// other clients' indexes and snapshots). They are reported, never deleted here; they may
 /// be another client's work in progress. `cairn verify` and `cairn repair` deal with them.
+/// Names outside cairn's naming scheme are foreign: counted and shown escaped, not returned.
 pub async fn report_unknown(repo: &Repository) -> Result<Vec<String>> {
     let mut unknown = Vec::new();
+    let mut foreign = Vec::new();
     for prefix in ["data/", "index/", "snapshots/", "keys/"] {
         for obj in repo.backend.list(prefix).await? {
-            if repo.journal.object(&obj.name)?.is_none() {
+            if ObjectName::parse(&obj.name).is_none() {
+                foreign.push(obj.name);
+            } else if repo.journal.object(&obj.name)?.is_none() {
                 unknown.push(obj.name);
             }
         }
@@ -60,16 +66,26 @@ pub async fn report_unknown(repo: &Repository) -> Result<Vec<String>> {
             unknown[0]
         );
     }
+    if !foreign.is_empty() {
+        tracing::warn!(
+            "{} name(s) in the repository are not cairn's (foreign files), e.g. {}; they are left alone",
+            foreign.len(),
+            escape(&foreign[0])
+        );
+    }
     Ok(unknown)
 }
 
-/// Settles what an interrupted run left. With `deletes` false nothing is deleted or
-/// aborted: partial objects are left as they are (and reported by `verify`).
-pub async fn reconcile(repo: &Repository, deletes: bool) -> Result<Report> {
+/// Settles what an interrupted run left. With `writes` false (a command that only reads)
+/// nothing is changed: partial objects are left as they are (and reported by `verify`). In
+/// an append-only repository (deletes not granted) nothing is deleted or aborted, but a
+/// finished pack whose upload never landed is still uploaded from `tmp/` (never replacing
+/// anything: the backend's upload rule sees to that).
+pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
     // Local temporary packs are ours to clear; remote garbage stays in an append-only
     // repository (deletes are not granted).
-    let clear_tmp = deletes;
-    let deletes = deletes && repo.backend.can_delete();
+    let clear_tmp = writes;
+    let deletes = writes && repo.backend.can_delete();
     let mut report = Report::default();
     let backend = &repo.backend;
     let journal = &repo.journal;
@@ -99,7 +115,20 @@ pub async fn reconcile(repo: &Repository, deletes: bool) -> Result<Report> {
             report.kept_bytes += obj.size;
             continue;
         }
-        if !deletes {
+        if !writes {
+            continue;
+        }
+        if remote.is_some() && !deletes {
+            // Append-only: the partial or foreign object under this name stays (verify and
+            // repair list it), and the journal stops counting on it, so its data is packed
+            // again under another name rather than deduplicated against bytes that are not there.
+            tracing::warn!(
+                "{} holds other bytes than the interrupted run uploaded, and this repository is append-only: \
+                 left as it is; its data will be stored again",
+                obj.name
+            );
+            journal.forget_object(&obj.name)?;
+            report.discarded += 1;
             continue;
         }
         if remote.is_some() {

@@ -7,14 +7,15 @@ use anyhow::Result;
 use crate::ids::Id;
 use crate::journal::ObjectKind;
 use crate::repo::Repository;
-use crate::repo::format::{self, IndexFile, Snapshot};
+use crate::repo::format::{self, IndexFile, ObjectName, Snapshot};
 
 pub async fn sync_remote(repo: &Repository) -> Result<()> {
     let journal = &repo.journal;
     let known: std::collections::HashSet<String> =
         journal.objects_of_kind(ObjectKind::Index)?.into_iter().map(|o| o.name).collect();
     for obj in repo.backend.list("index/").await? {
-        if known.contains(&obj.name) {
+        // Foreign names are never read: `verify` reports them.
+        if known.contains(&obj.name) || !matches!(ObjectName::parse(&obj.name), Some(ObjectName::Index(_))) {
             continue;
         }
         let (id, bytes) = fetch_checked(repo, &obj.name).await?;
@@ -29,7 +30,7 @@ pub async fn sync_remote(repo: &Repository) -> Result<()> {
 
     let known: std::collections::HashSet<Id> = journal.snapshots()?.into_iter().map(|(id, _)| id).collect();
     for obj in repo.backend.list("snapshots/").await? {
-        let Some(id) = format::id_of_name(&obj.name) else {
+        let Some(ObjectName::Snapshot(id)) = ObjectName::parse(&obj.name) else {
             continue;
         };
         if known.contains(&id) {

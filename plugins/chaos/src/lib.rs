@@ -10,7 +10,14 @@
 //!   `spin` (loop forever), `alloc` (allocate without bound), `trap` (panic), `hang` (sleep
 //!   for an hour), `transient` / `permanent` (return that kind of error), `truncate` (finish:
 //!   store half the object and report success), `hide` (list: omit every other object),
-//!   `forge` (read of a pack under `data/`: flip the bytes returned).
+//!   `forge` (read of a pack under `data/`: flip the bytes returned), `badnames` (list,
+//!   list-incomplete: add names cairn never writes, such as `../../x` and names with control
+//!   characters, to the answer), `lose-reply` (finish: store the object, then report a
+//!   transient error, as if the answer was lost), `lose-reply-garbled` (the same, but the
+//!   stored object's bytes are flipped: another object now holds the name).
+//! - `log = "1"`: append every `start-upload`, `finish`, `delete` and `abort-incomplete`
+//!   (with its name, Debug-quoted) to a hidden file `.chaos-log-<random>` in the repository
+//!   folder, one file per instance (instances run in parallel; one file each keeps lines whole).
 //!
 //! Calls are counted across instances and processes, in hidden files `.chaos-count-CALL` in
 //! the repository folder (the fs backend never lists hidden names), so "the 3rd write"
@@ -38,7 +45,22 @@ enum Action {
     Truncate,
     Hide,
     Forge,
+    BadNames,
+    LoseReply,
+    LoseReplyGarbled,
 }
+
+/// What `badnames` adds to listings: path tricks, an absolute path, and names that would
+/// act on a terminal if printed raw.
+const BAD_NAMES: &[&str] = &[
+    "../../x",
+    "/etc/passwd",
+    "data/../../y",
+    "data/ab/../../../z",
+    "keys/\x1b[31mred",
+    "index/\nfake line",
+    "snapshots/\u{202e}gpj.exe",
+];
 
 struct Fault {
     call: String,
@@ -51,6 +73,8 @@ struct State {
     store: Option<FsStore>,
     faults: Vec<Fault>,
     path: String,
+    /// This instance's log file, when the `log` option is on.
+    log: Option<String>,
 }
 
 thread_local! {
@@ -76,6 +100,9 @@ fn parse_faults(spec: &str) -> Result<Vec<Fault>, Error> {
             "truncate" => Action::Truncate,
             "hide" => Action::Hide,
             "forge" => Action::Forge,
+            "badnames" => Action::BadNames,
+            "lose-reply" => Action::LoseReply,
+            "lose-reply-garbled" => Action::LoseReplyGarbled,
             _ => return Err(bad()),
         };
         out.push(Fault { call: call.to_string(), nth, action });
@@ -92,6 +119,18 @@ fn count(path: &str, call: &str) -> u64 {
     let n = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0) + 1;
     let _ = std::fs::write(&file, n.to_string());
     n
+}
+
+/// Appends `call name` to `.chaos-log` when the `log` option is on.
+fn log(call: &str, name: &str) {
+    STATE.with(|s| {
+        let s = s.borrow();
+        let Some(log) = &s.log else { return };
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = f.write_all(format!("{call} {name:?}\n").as_bytes());
+        }
+    })
 }
 
 /// Counts the call and returns the fault that applies to it, if any. Faults that replace
@@ -166,6 +205,7 @@ impl Guest for Chaos {
                 opt("fsync", false, "Sync objects before publishing them"),
                 opt("escape", false, "A host file to try to read, outside every grant"),
                 opt("faults", false, "CALL[#N]:ACTION,... (see the crate docs)"),
+                opt("log", false, "1: log uploads and deletes to .chaos-log"),
             ],
         }
     }
@@ -173,10 +213,17 @@ impl Guest for Chaos {
     fn open(options: Vec<(String, String)>) -> Result<Capabilities, Error> {
         let faults = parse_faults(cairn_plugin_sdk::option(&options, "faults").unwrap_or(""))?;
         let path = cairn_plugin_sdk::option(&options, "path").unwrap_or("").to_string();
+        let log = (cairn_plugin_sdk::option(&options, "log") == Some("1") && !path.is_empty()).then(|| {
+            // RandomState is seeded from wasi:random: a name no other instance picks.
+            use std::hash::{BuildHasher, Hasher};
+            let id = std::collections::hash_map::RandomState::new().build_hasher().finish();
+            format!("{path}/.chaos-log-{id:016x}")
+        });
         STATE.with(|s| {
             let mut s = s.borrow_mut();
             s.faults = faults;
             s.path = path;
+            s.log = log;
         });
         enter("open")?;
         if let Some(target) = cairn_plugin_sdk::option(&options, "escape")
@@ -199,6 +246,10 @@ impl Guest for Chaos {
                 keep
             });
         }
+        if action == Some(Action::BadNames) && cursor.is_none() {
+            let bad = BAD_NAMES.iter().filter(|n| n.starts_with(prefix.as_str()));
+            page.objects.extend(bad.map(|n| ObjectInfo { name: n.to_string(), size: 1 }));
+        }
         Ok(page)
     }
 
@@ -219,22 +270,36 @@ impl Guest for Chaos {
     }
 
     fn start_upload(name: String, size: u64, if_absent: bool) -> Result<Upload, Error> {
+        log("start-upload", &name);
         enter("start-upload")?;
         let inner = with_store(|s| s.start_upload(&name, size, if_absent))?;
         Ok(Upload::new(ChaosUpload { inner, truncate_to: RefCell::new(None), name }))
     }
 
     fn list_incomplete(prefix: String) -> Result<Vec<IncompleteUpload>, Error> {
-        enter("list-incomplete")?;
-        with_store(|s| s.list_incomplete(&prefix))
+        let action = enter("list-incomplete")?;
+        let mut out = with_store(|s| s.list_incomplete(&prefix))?;
+        if action == Some(Action::BadNames) {
+            let bad = BAD_NAMES.iter().enumerate().filter(|(_, n)| n.starts_with(prefix.as_str()));
+            out.extend(bad.map(|(i, n)| IncompleteUpload {
+                id: format!("chaos-bad-{i}"),
+                name: n.to_string(),
+                size: 1,
+            }));
+        }
+        Ok(out)
     }
 
     fn abort_incomplete(id: String) -> Result<(), Error> {
+        log("abort-incomplete", &id);
         enter("abort-incomplete")?;
         with_store(|s| s.abort_incomplete(&id))
     }
 
     fn delete(names: Vec<String>) -> Result<(), Error> {
+        for name in &names {
+            log("delete", name);
+        }
         enter("delete")?;
         with_store(|s| s.delete(&names))
     }
@@ -247,10 +312,23 @@ impl GuestUpload for ChaosUpload {
     }
 
     fn finish(&self) -> Result<(), Error> {
-        if enter("finish")? == Some(Action::Truncate) {
+        log("finish", &self.name);
+        let action = enter("finish")?;
+        if action == Some(Action::Truncate) {
             *self.truncate_to.borrow_mut() = Some(0);
         }
         self.inner.finish()?;
+        if matches!(action, Some(Action::LoseReply | Action::LoseReplyGarbled)) {
+            if action == Some(Action::LoseReplyGarbled) {
+                let path = STATE.with(|s| s.borrow().path.clone());
+                let full = format!("{path}/{}", self.name);
+                if let Ok(mut bytes) = std::fs::read(&full) {
+                    bytes.iter_mut().for_each(|b| *b ^= 0x5A);
+                    let _ = std::fs::write(&full, bytes);
+                }
+            }
+            return Err(Error::Transient(format!("chaos: the answer to finishing {} was lost", self.name)));
+        }
         if self.truncate_to.borrow().is_some() {
             // Lie: report success but keep only the first half of the object.
             let path = STATE.with(|s| s.borrow().path.clone());
