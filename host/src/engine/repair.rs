@@ -30,7 +30,7 @@ use crate::engine::verify::{self, Affected, QUARANTINE, Subset, display_path, sn
 use crate::ids::Id;
 use crate::journal::{ObjectKind, State};
 use crate::repo::Repository;
-use crate::repo::format::{self, BlobKind, IndexFile, NodeKind, PackEntry, Snapshot, Tree};
+use crate::repo::format::{self, BlobKind, IndexFile, NodeKind, PackEntry, Snapshot, Tree, WholeObject};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -489,7 +489,8 @@ fn classify(repo: &Repository, rt: &tokio::runtime::Handle, name: &str) -> Resul
             .map(|e| format!("a pack of {} chunks, from its header", e.len())));
     }
     if name.starts_with("index/") || name.starts_with("snapshots/") {
-        let bytes = rt.block_on(repo.backend.read_all(name))?;
+        let kind = if name.starts_with("index/") { WholeObject::Index } else { WholeObject::Snapshot };
+        let Some(bytes) = read_capped(repo, rt, kind, name)? else { return Ok(None) };
         if format::id_of_name(name) != Some(Id::of_bytes(&bytes)) {
             return Ok(None);
         }
@@ -501,10 +502,25 @@ fn classify(repo: &Repository, rt: &tokio::runtime::Handle, name: &str) -> Resul
         return Ok(ok.then(|| if name.starts_with("index/") { "an index" } else { "a snapshot" }.to_string()));
     }
     if name.starts_with("keys/") {
-        let bytes = rt.block_on(repo.backend.read_all(name))?;
+        let Some(bytes) = read_capped(repo, rt, WholeObject::Key, name)? else { return Ok(None) };
         return Ok(serde_json::from_slice::<KeyFile>(&bytes).is_ok().then(|| "a key file".to_string()));
     }
     Ok(None)
+}
+
+/// A whole object of `kind`, or `None` when it is larger than its kind may be (then it is
+/// not a valid object of that kind, and nothing was downloaded).
+fn read_capped(
+    repo: &Repository,
+    rt: &tokio::runtime::Handle,
+    kind: WholeObject,
+    name: &str,
+) -> Result<Option<Vec<u8>>> {
+    match rt.block_on(format::read_object(&repo.backend, kind, name)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(format::ReadObjectError::TooLarge { .. }) => Ok(None),
+        Err(format::ReadObjectError::Backend(e)) => Err(e.into()),
+    }
 }
 
 fn adopt(repo: &Repository, rt: &tokio::runtime::Handle, name: &str, _what: &str) -> Result<()> {
@@ -521,7 +537,7 @@ fn adopt(repo: &Repository, rt: &tokio::runtime::Handle, name: &str, _what: &str
             )?;
         }
     } else if name.starts_with("keys/") {
-        let bytes = rt.block_on(repo.backend.read_all(name))?;
+        let bytes = rt.block_on(format::read_object(&repo.backend, WholeObject::Key, name))?;
         journal.record_present(name, ObjectKind::Key, info.size, Some(&Id::of_bytes(&bytes)), &[])?;
     }
     // Index and snapshot objects are picked up by the sync that follows.
@@ -536,7 +552,8 @@ fn retire_or_forget(repo: &Repository, name: &str, gone: bool) -> Result<()> {
 /// Copies an object under `quarantine/` and then deletes the original: nothing is lost,
 /// it just leaves the repository's namespace.
 fn move_to_quarantine(repo: &Repository, rt: &tokio::runtime::Handle, name: &str) -> Result<()> {
-    let bytes = rt.block_on(repo.backend.read_all(name))?;
+    // Any kind of object may be quarantined (a pack too): not capped by kind.
+    let bytes = rt.block_on(repo.backend.read_all(name, u64::MAX))?;
     let target = format!("{QUARANTINE}{name}");
     rt.block_on(repo.backend.upload_bytes(&target, &bytes, false))?;
     match rt.block_on(repo.backend.stat(&target))? {

@@ -11,6 +11,11 @@
 //!   for an hour), `transient` / `permanent` (return that kind of error), `truncate` (finish:
 //!   store half the object and report success), `hide` (list: omit every other object),
 //!   `forge` (read of a pack under `data/`: flip the bytes returned).
+//!   Hostile answers, to check that the host bounds what it accepts: `cycle` (list: cursors
+//!   that go A -> B -> A), `endless` (list: full pages of made-up objects with a fresh cursor
+//!   every time), `flood` (list: a page ten times larger than `max`; read of a pack under
+//!   `data/` from a nonzero offset, so whole tree packs still arrive and a restore gets to
+//!   its parallel data reads: ~120 MiB whatever `len` was), `huge` (stat: claims 4 GiB).
 //!
 //! Calls are counted across instances and processes, in hidden files `.chaos-count-CALL` in
 //! the repository folder (the fs backend never lists hidden names), so "the 3rd write"
@@ -38,7 +43,14 @@ enum Action {
     Truncate,
     Hide,
     Forge,
+    Cycle,
+    Endless,
+    Flood,
+    Huge,
 }
+
+/// What `read:flood` answers: ~120 MiB, under the default 256 MiB memory cap.
+const FLOOD_BYTES: usize = 120 << 20;
 
 struct Fault {
     call: String,
@@ -76,6 +88,10 @@ fn parse_faults(spec: &str) -> Result<Vec<Fault>, Error> {
             "truncate" => Action::Truncate,
             "hide" => Action::Hide,
             "forge" => Action::Forge,
+            "cycle" => Action::Cycle,
+            "endless" => Action::Endless,
+            "flood" => Action::Flood,
+            "huge" => Action::Huge,
             _ => return Err(bad()),
         };
         out.push(Fault { call: call.to_string(), nth, action });
@@ -191,6 +207,28 @@ impl Guest for Chaos {
 
     fn list(prefix: String, cursor: Option<String>, max: u32) -> Result<ListPage, Error> {
         let action = enter("list")?;
+        match action {
+            Some(Action::Cycle) => {
+                let mut page = with_store(|s| s.list(&prefix, None, max))?;
+                page.next_cursor = Some(if cursor.as_deref() == Some("A") { "B" } else { "A" }.into());
+                return Ok(page);
+            }
+            Some(Action::Endless) => {
+                let n: u64 =
+                    cursor.as_deref().and_then(|c| c.strip_prefix("endless-")?.parse().ok()).unwrap_or(0);
+                let objects = (0..max as u64)
+                    .map(|i| ObjectInfo { name: format!("{prefix}{n:032x}{i:032x}"), size: 1 })
+                    .collect();
+                return Ok(ListPage { objects, next_cursor: Some(format!("endless-{}", n + 1)) });
+            }
+            Some(Action::Flood) => {
+                let objects = (0..max as u64 * 10)
+                    .map(|i| ObjectInfo { name: format!("{prefix}{i:064x}"), size: 1 })
+                    .collect();
+                return Ok(ListPage { objects, next_cursor: None });
+            }
+            _ => {}
+        }
         let mut page = with_store(|s| s.list(&prefix, cursor.as_deref(), max))?;
         if action == Some(Action::Hide) {
             let mut keep = false;
@@ -203,12 +241,20 @@ impl Guest for Chaos {
     }
 
     fn stat(name: String) -> Result<ObjectInfo, Error> {
-        enter("stat")?;
-        with_store(|s| s.stat(&name))
+        let action = enter("stat")?;
+        let mut info = with_store(|s| s.stat(&name))?;
+        if action == Some(Action::Huge) {
+            info.size = 4 << 30;
+        }
+        Ok(info)
     }
 
     fn read(name: String, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
         let action = enter("read")?;
+        if action == Some(Action::Flood) && name.starts_with("data/") && offset > 0 {
+            // Touched, not just reserved: the guest really holds it.
+            return Ok(vec![0xA5; FLOOD_BYTES]);
+        }
         let mut data = with_store(|s| s.read(&name, offset, len))?;
         if action == Some(Action::Forge) && name.starts_with("data/") {
             for b in data.iter_mut() {

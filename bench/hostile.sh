@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Peak memory of cairn under hostile answers: a test plugin (plugins/chaos) whose listing
+# cycles, never ends or floods a page, whose `stat` claims 4 GiB, whose `read` answers
+# ~120 MiB whatever was asked; and a repository holding hostile objects (forged key files,
+# a 3 GiB index object). Each command must fail with one clear line (or succeed, skipping
+# the hostile objects); the table gives the peak RSS of the cairn process (/usr/bin/time)
+# with the default thread count and plugin memory cap (256 MiB). tests/bounded.rs checks
+# the same cases against the budget of 150 MiB + the plugin memory cap.
+#
+# usage: bench/hostile.sh [-w WORK (default /tmp/bench/hostile)]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=/tmp/bench/hostile
+while getopts "w:" o; do
+  case $o in w) WORK=$OPTARG;; *) sed -n 2,10p "$0"; exit 2;; esac
+done
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+(cd "$ROOT" && cargo build --release --quiet -p cairn --bin cairn)
+CAIRN=$TARGET/release/cairn
+CHAOS=$TARGET/wasm-plugins/wasm32-wasip2/release/cairn_plugin_chaos.wasm
+rm -rf "$WORK" && mkdir -p "$WORK/src" "$WORK/repo"
+for i in 1 2 3 4 5 6; do head -c $((4 << 20)) /dev/urandom >"$WORK/src/f$i.bin"; done
+export CAIRN_PASSWORD=bench
+
+config() { # $1: backend, $2: faults
+  cat >"$WORK/cairn.toml" <<TOML
+[repository]
+backend = "$1"
+options = { path = "$WORK/repo"$( [ "$1" = fs ] || echo ", faults = \"$2\"" ) }
+password_env = "CAIRN_PASSWORD"
+$( [ "$1" = fs ] || echo "grants = { dirs = [\"$WORK/repo\"] }" )
+[backup]
+sources = ["$WORK/src"]
+pack_size = "4MiB"
+[state]
+dir = "$WORK/state"
+cache_dir = "$WORK/cache"
+TOML
+  rm -f "$WORK"/repo/.chaos-count-*
+}
+C=("$CAIRN" --config "$WORK/cairn.toml")
+config "$CHAOS" ""
+"${C[@]}" init >/dev/null
+"${C[@]}" backup >/dev/null
+
+measure() { # $1: label, rest: cairn arguments
+  local label=$1
+  shift
+  local rc=0
+  /usr/bin/time -f "%M" -o "$WORK/rss" "${C[@]}" "$@" >/dev/null 2>"$WORK/err" || rc=$?
+  local line
+  line=$(grep '^cairn: ' "$WORK/err" | head -1 || true)
+  [ -n "$line" ] || line="(exit $rc) $(grep -c 'skipping' "$WORK/err" || true) object(s) skipped with a warning"
+  printf '| %s | %d MiB | %s |\n' "$label" $(($(tail -1 "$WORK/rss") / 1024)) "${line:0:110}"
+}
+
+echo "| hostile answer | peak RSS | outcome |"
+echo "|---|---|---|"
+measure "none (snapshots, for reference)" snapshots
+for f in list:cycle list:endless list:flood stat:huge; do
+  config "$CHAOS" "$f"
+  measure "$f (snapshots)" snapshots
+done
+config "$CHAOS" "read:flood"
+rm -rf "$WORK/restored"
+measure "read:flood (restore)" restore latest --target "$WORK/restored"
+
+config fs ""
+good=$(ls "$WORK/repo/keys" | head -1)
+zeros=000000000000000000000000000000000000000000000000000000000000
+printf '{ not JSON' >"$WORK/repo/keys/${zeros}0001"
+sed 's/"memory_kib": *[0-9]*/"memory_kib": 67108864/' "$WORK/repo/keys/$good" >"$WORK/repo/keys/${zeros}0002"
+truncate -s 2G "$WORK/repo/keys/${zeros}0003"
+measure "3 forged key files beside the good one (snapshots)" snapshots
+truncate -s 3G "$WORK/repo/index/$(printf 'ab%.0s' $(seq 32))"
+measure "a 3 GiB index object (snapshots)" snapshots
