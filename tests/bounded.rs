@@ -147,7 +147,7 @@ fn a_listing_that_never_ends_stops() {
         &[
             &format!("plugin {CHAOS} broke the storage contract in `list` keys/"),
             "its listing did not end after",
-            "far more than a cairn repository holds (at most 10000 pages, 1000000 objects, 64 MiB of names)",
+            "far more than a cairn repository holds (at most 10000 pages, 1000000 objects, 80 MiB of names)",
         ],
     );
 }

@@ -30,7 +30,7 @@ const DELETE_BATCH: usize = 200;
 /// name bytes are bounded too: names are short, but a plugin chooses them.
 const MAX_LIST_PAGES: usize = 10_000;
 const MAX_LIST_OBJECTS: usize = 1_000_000;
-const MAX_LIST_NAME_BYTES: usize = 64 << 20;
+const MAX_LIST_NAME_BYTES: usize = 80 << 20;
 
 /// Attempts for transient errors, and for crashed or timed-out instances.
 const TRANSIENT_ATTEMPTS: u32 = 6;
