@@ -8,15 +8,18 @@
 # the same cases against the budget of 150 MiB + the plugin memory cap.
 #
 # usage: bench/hostile.sh [-w WORK (default /tmp/bench/hostile)]
+#        (CAIRN=path/to/cairn skips the release build and measures that binary)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=/tmp/bench/hostile
 while getopts "w:" o; do
-  case $o in w) WORK=$OPTARG;; *) sed -n 2,10p "$0"; exit 2;; esac
+  case $o in w) WORK=$OPTARG;; *) sed -n 2,11p "$0"; exit 2;; esac
 done
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-(cd "$ROOT" && cargo build --release --quiet -p cairn --bin cairn)
-CAIRN=$TARGET/release/cairn
+if [ -z "${CAIRN:-}" ]; then
+  (cd "$ROOT" && cargo build --release --quiet -p cairn --bin cairn)
+  CAIRN=$TARGET/release/cairn
+fi
 CHAOS=$TARGET/wasm-plugins/wasm32-wasip2/release/cairn_plugin_chaos.wasm
 rm -rf "$WORK" && mkdir -p "$WORK/src" "$WORK/repo"
 for i in 1 2 3 4 5 6; do head -c $((4 << 20)) /dev/urandom >"$WORK/src/f$i.bin"; done
@@ -48,14 +51,14 @@ measure() { # $1: label, rest: cairn arguments
   shift
   local rc=0
   /usr/bin/time -f "%M" -o "$WORK/rss" "${C[@]}" "$@" >/dev/null 2>"$WORK/err" || rc=$?
-  local line
-  line=$(grep '^cairn: ' "$WORK/err" | head -1 || true)
-  [ -n "$line" ] || line="(exit $rc) $(grep -c 'skipping' "$WORK/err" || true) object(s) skipped with a warning"
-  printf '| %s | %d MiB | %s |\n' "$label" $(($(tail -1 "$WORK/rss") / 1024)) "${line:0:110}"
+  printf '| %s | %d MiB | %d | %d |\n' "$label" $(($(tail -1 "$WORK/rss") / 1024)) "$rc" \
+    "$(grep -c 'skipping' "$WORK/err" || true)"
+  grep '^cairn: ' "$WORK/err" | sed "s/^/    ($label) /" >>"$WORK/messages" || true
 }
 
-echo "| hostile answer | peak RSS | outcome |"
-echo "|---|---|---|"
+: >"$WORK/messages"
+echo "| hostile answer | peak RSS | exit code | objects skipped with a warning |"
+echo "|---|---|---|---|"
 measure "none (snapshots, for reference)" snapshots
 for f in list:cycle list:endless list:flood stat:huge; do
   config "$CHAOS" "$f"
@@ -72,5 +75,9 @@ printf '{ not JSON' >"$WORK/repo/keys/${zeros}0001"
 sed 's/"memory_kib": *[0-9]*/"memory_kib": 67108864/' "$WORK/repo/keys/$good" >"$WORK/repo/keys/${zeros}0002"
 truncate -s 2G "$WORK/repo/keys/${zeros}0003"
 measure "3 forged key files beside the good one (snapshots)" snapshots
+rm "$WORK/repo/keys/${zeros}"000*
 truncate -s 3G "$WORK/repo/index/$(printf 'ab%.0s' $(seq 32))"
 measure "a 3 GiB index object (snapshots)" snapshots
+echo
+echo "messages:"
+cat "$WORK/messages"
