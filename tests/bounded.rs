@@ -281,3 +281,20 @@ fn hostile_key_files_are_skipped_and_the_good_one_unlocks() {
     );
     m.assert_within_budget("hostile key files");
 }
+
+#[test]
+fn quarantining_a_large_unknown_object_streams_it() {
+    let env = Env::new();
+    gen_dataset(&env.src, 10, 20, &[]);
+    env.ok(&["init"]);
+    env.ok(&["backup"]);
+    let name = format!("index/{}", "cd".repeat(32));
+    let size = 400u64 << 20;
+    sparse(&env.repo.join(&name), size);
+    let m = run_measured(env.cmd(&["repair", "--quarantine"]));
+    assert_eq!(m.code, 0, "repair should succeed:\n{}", m.stderr);
+    assert!(!env.repo.join(&name).exists(), "{name} was not moved");
+    let moved = env.repo.join("quarantine").join(&name);
+    assert_eq!(std::fs::metadata(&moved).unwrap().len(), size, "{}", moved.display());
+    m.assert_within_budget("repair --quarantine of a 400 MiB object");
+}

@@ -552,18 +552,35 @@ fn retire_or_forget(repo: &Repository, name: &str, gone: bool) -> Result<()> {
 /// Copies an object under `quarantine/` and then deletes the original: nothing is lost,
 /// it just leaves the repository's namespace.
 fn move_to_quarantine(repo: &Repository, rt: &tokio::runtime::Handle, name: &str) -> Result<()> {
-    // Any kind of object may be quarantined (a pack too): not capped by kind.
-    let bytes = rt.block_on(repo.backend.read_all(name, u64::MAX))?;
+    // Any object may be quarantined, of any size (a pack, or a hostile object): it is copied
+    // through a temporary file piece by piece, never held in memory whole.
+    let info = rt.block_on(repo.backend.stat(name))?.ok_or_else(|| anyhow!("{name} vanished"))?;
+    let dir = repo.tmp_dir();
+    std::fs::create_dir_all(&dir)?;
+    let mut copy = tempfile::NamedTempFile::new_in(&dir)?;
+    let mut size = 0u64;
+    while size < info.size {
+        let piece = rt.block_on(repo.backend.read(name, size, (info.size - size).min(QUARANTINE_PIECE)))?;
+        if piece.is_empty() {
+            break;
+        }
+        std::io::Write::write_all(&mut copy, &piece)?;
+        size += piece.len() as u64;
+    }
+    std::io::Write::flush(&mut copy)?;
     let target = format!("{QUARANTINE}{name}");
-    rt.block_on(repo.backend.upload_bytes(&target, &bytes, false))?;
+    rt.block_on(repo.backend.upload_file(&target, copy.path(), size))?;
     match rt.block_on(repo.backend.stat(&target))? {
-        Some(i) if i.size == bytes.len() as u64 => {}
+        Some(i) if i.size == size => {}
         _ => bail!("the copy of {name} in {QUARANTINE} could not be confirmed; the original was kept"),
     }
     rt.block_on(repo.backend.delete(&[name.to_string()]))?;
     repo.journal.forget_object(name)?;
     Ok(())
 }
+
+/// Bytes read at a time when copying an object into quarantine.
+const QUARANTINE_PIECE: u64 = 8 << 20;
 
 /// Rewrites a tree without the `broken` paths (files whose data is lost, folders whose
 /// listing is lost). Returns the new tree id, or `None` when this folder itself is broken.
