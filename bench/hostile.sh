@@ -2,7 +2,7 @@
 # Peak memory of cairn under hostile answers: a test plugin (plugins/chaos) whose listing
 # cycles, never ends or floods a page, whose `stat` claims 4 GiB, whose `read` answers
 # ~120 MiB whatever was asked; and a repository holding hostile objects (forged key files,
-# a 3 GiB index object). Each command must fail with one clear line (or succeed, skipping
+# a 3 GiB index object, a 400 MiB unknown object moved by `repair --quarantine`). Each command must fail with one clear line (or succeed, skipping
 # the hostile objects); the table gives the peak RSS of the cairn process (/usr/bin/time)
 # with the default thread count and plugin memory cap (256 MiB). tests/bounded.rs checks
 # the same cases against the budget of 150 MiB + the plugin memory cap.
@@ -76,8 +76,12 @@ sed 's/"memory_kib": *[0-9]*/"memory_kib": 67108864/' "$WORK/repo/keys/$good" >"
 truncate -s 2G "$WORK/repo/keys/${zeros}0003"
 measure "3 forged key files beside the good one (snapshots)" snapshots
 rm "$WORK/repo/keys/${zeros}"000*
-truncate -s 3G "$WORK/repo/index/$(printf 'ab%.0s' $(seq 32))"
+huge_index=$WORK/repo/index/$(printf 'ab%.0s' $(seq 32))
+truncate -s 3G "$huge_index"
 measure "a 3 GiB index object (snapshots)" snapshots
+rm "$huge_index"
+truncate -s 400M "$WORK/repo/index/$(printf 'cd%.0s' $(seq 32))"
+measure "a 400 MiB unknown object (repair --quarantine)" repair --quarantine
 echo
 echo "messages:"
 cat "$WORK/messages"
