@@ -21,11 +21,19 @@ use crate::untrusted::escape;
 /// Bytes handed to the plugin per `write` call.
 const WRITE_PIECE: usize = 1 << 20;
 /// Bytes asked of the plugin per `read` call (bounded by the plugin's memory cap).
-const READ_PIECE: u64 = 8 << 20;
+pub(crate) const READ_PIECE: u64 = 8 << 20;
 /// Objects per `list` page (`CAIRN_LIST_PAGE` makes it smaller, so tests page through
 /// small listings) and per `delete` call.
 const LIST_PAGE: u32 = 1000;
 const DELETE_BATCH: usize = 200;
+
+/// Bounds of one listing, far beyond any cairn repository (a million objects under one
+/// prefix is 16 TiB of packs at the default pack size), so that a listing that never ends
+/// (fresh cursors forever) stops with an error instead of filling the host's memory. The
+/// name bytes are bounded too: names are short, but a plugin chooses them.
+const MAX_LIST_PAGES: usize = 10_000;
+const MAX_LIST_OBJECTS: usize = 1_000_000;
+const MAX_LIST_NAME_BYTES: usize = 80 << 20;
 
 /// Attempts for transient errors, and for crashed or timed-out instances.
 const TRANSIENT_ATTEMPTS: u32 = 6;
@@ -140,21 +148,58 @@ impl Backend {
         }
     }
 
-    /// Every complete object whose name starts with `prefix`.
+    /// Every complete object whose name starts with `prefix`. A listing that repeats a
+    /// cursor (anywhere in the sequence, so a cycle A->B->A is caught) or grows past the
+    /// `MAX_LIST_*` bounds is the plugin's fault, and an error.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
-        loop {
+        // Hashes, not the cursors: a plugin chooses how long they are.
+        let mut seen = std::collections::HashSet::new();
+        let mut name_bytes = 0usize;
+        for page in 1.. {
             let (objects, next) = self
                 .retry(|| async { self.lease().await?.list(prefix, cursor.as_deref(), self.list_page).await })
                 .await?;
-            out.extend(objects.into_iter().filter(|o| o.name.starts_with(prefix)));
-            match next {
-                Some(c) if cursor.as_deref() != Some(c.as_str()) => cursor = Some(c),
-                _ => break,
+            for o in objects.into_iter().filter(|o| o.name.starts_with(prefix)) {
+                name_bytes += o.name.len();
+                out.push(o);
             }
+            let more = next.is_some();
+            if out.len() > MAX_LIST_OBJECTS
+                || name_bytes > MAX_LIST_NAME_BYTES
+                || (more && page >= MAX_LIST_PAGES)
+            {
+                return Err(self.list_error(
+                    prefix,
+                    format!(
+                        "its listing did not end after {page} pages and {} objects, far more than a \
+                         cairn repository holds (at most {MAX_LIST_PAGES} pages, {MAX_LIST_OBJECTS} \
+                         objects, {} MiB of names)",
+                        out.len(),
+                        MAX_LIST_NAME_BYTES >> 20
+                    ),
+                ));
+            }
+            let Some(next) = next else { break };
+            if !seen.insert(*blake3::hash(next.as_bytes()).as_bytes()) {
+                return Err(self.list_error(
+                    prefix,
+                    format!("on page {page} it returned a cursor it had already returned: its listing loops"),
+                ));
+            }
+            cursor = Some(next);
         }
         Ok(out)
+    }
+
+    fn list_error(&self, prefix: &str, message: String) -> BackendError {
+        BackendError {
+            plugin: self.pool.name.clone(),
+            call: "list",
+            object: Some(prefix.to_string()),
+            kind: ErrorKind::Contract(message),
+        }
     }
 
     /// Size of an object, or `None` if it does not exist.
@@ -166,9 +211,10 @@ impl Backend {
         }
     }
 
-    /// `len` bytes from `offset`; fewer only if the object ends first.
+    /// `len` bytes from `offset`; fewer only if the object ends first. Memory grows with
+    /// what arrives, not with `len` (which may come from a plugin's `stat`).
     pub async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        let mut out = Vec::with_capacity(len.min(1 << 30) as usize);
+        let mut out = Vec::with_capacity(len.min(READ_PIECE) as usize);
         let mut lease: Option<Lease> = None;
         while (out.len() as u64) < len {
             let want = (len - out.len() as u64).min(READ_PIECE);
@@ -210,14 +256,23 @@ impl Backend {
         Ok(out)
     }
 
-    /// The whole object.
-    pub async fn read_all(&self, name: &str) -> Result<Vec<u8>, BackendError> {
+    /// The whole object, if it is at most `max` bytes: the size is checked before anything
+    /// is downloaded, and no more than the size `stat` gave is read.
+    pub async fn read_all(&self, name: &str, max: u64) -> Result<Vec<u8>, BackendError> {
         let info = self.stat(name).await?.ok_or_else(|| BackendError {
             plugin: self.pool.name.clone(),
             call: "stat",
             object: Some(name.to_string()),
             kind: ErrorKind::NotFound("no such object".into()),
         })?;
+        if info.size > max {
+            return Err(BackendError {
+                plugin: self.pool.name.clone(),
+                call: "stat",
+                object: Some(name.to_string()),
+                kind: ErrorKind::TooLarge { size: info.size, max },
+            });
+        }
         self.read(name, 0, info.size).await
     }
 
@@ -227,10 +282,17 @@ impl Backend {
         self.upload(name, data.len() as u64, if_absent, &mut std::io::Cursor::new(data)).await
     }
 
-    /// Uploads the file at `path` (of `size` bytes) as `name`.
-    pub async fn upload_file(&self, name: &str, path: &Path, size: u64) -> Result<(), BackendError> {
+    /// Uploads the file at `path` (of `size` bytes) as `name`. With `if_absent`, as
+    /// [`Backend::upload_bytes`].
+    pub async fn upload_file(
+        &self,
+        name: &str,
+        path: &Path,
+        size: u64,
+        if_absent: bool,
+    ) -> Result<(), BackendError> {
         let mut file = std::fs::File::open(path).map_err(|e| self.local_error(name, path, e))?;
-        self.upload(name, size, false, &mut file).await
+        self.upload(name, size, if_absent, &mut file).await
     }
 
     fn local_error(&self, name: &str, path: &Path, e: std::io::Error) -> BackendError {

@@ -6,7 +6,7 @@
 //! file under `keys/`. Every sealed message is `nonce (24) || ciphertext || tag (16)` with a
 //! random nonce; the associated data binds it to its role (and, for blobs, to its id).
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
@@ -111,6 +111,30 @@ const KDF_ITERATIONS: u32 = 2;
 const KDF_PARALLELISM: u32 = 1;
 const KEY_AAD: &[u8] = b"cairn key v1";
 
+/// The most a key file may ask argon2id for: 256 MiB, 16 passes, 8 lanes (4x the memory and
+/// 8x the passes of new keys). A key file is untrusted data (anyone who can write to the
+/// repository can add one), so its costs are checked before deriving anything.
+pub const KDF_MAX_MEMORY_KIB: u32 = 256 * 1024;
+pub const KDF_MAX_ITERATIONS: u32 = 16;
+pub const KDF_MAX_PARALLELISM: u32 = 8;
+
+/// Why a key file cannot be used, whatever the password.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("unsupported key file (version {version}, kdf {kdf})")]
+    Unsupported { version: u32, kdf: String },
+    #[error(
+        "it asks argon2id for {memory_kib} KiB, {iterations} passes, {parallelism} lanes; \
+         cairn allows at most {} KiB, {} passes, {} lanes",
+        KDF_MAX_MEMORY_KIB,
+        KDF_MAX_ITERATIONS,
+        KDF_MAX_PARALLELISM
+    )]
+    TooCostly { memory_kib: u32, iterations: u32, parallelism: u32 },
+    #[error("its {0} is not valid")]
+    Malformed(&'static str),
+}
+
 /// A key file (`keys/<id>`): the master key wrapped by a password-derived key. JSON, so a
 /// user can see which KDF and parameters it uses.
 #[derive(Serialize, Deserialize)]
@@ -145,21 +169,27 @@ impl KeyFile {
     }
 
     /// Unwraps the master key; `Ok(None)` means the password does not open this key.
-    pub fn unlock(&self, password: &str) -> Result<Option<MasterKey>> {
+    pub fn unlock(&self, password: &str) -> Result<Option<MasterKey>, KeyFileError> {
         if self.version != 1 || self.kdf != "argon2id" {
-            bail!("unsupported key file (version {}, kdf {})", self.version, self.kdf);
+            return Err(KeyFileError::Unsupported { version: self.version, kdf: self.kdf.clone() });
         }
-        // Bound the costs a (possibly forged) key file can make us pay.
-        if self.memory_kib > 4 << 20 || self.iterations > 100 || self.parallelism > 64 {
-            bail!("key file asks for unreasonable KDF costs");
+        if self.memory_kib > KDF_MAX_MEMORY_KIB
+            || self.iterations > KDF_MAX_ITERATIONS
+            || self.parallelism > KDF_MAX_PARALLELISM
+        {
+            return Err(KeyFileError::TooCostly {
+                memory_kib: self.memory_kib,
+                iterations: self.iterations,
+                parallelism: self.parallelism,
+            });
         }
-        let salt = hex::decode(&self.salt).map_err(|_| anyhow!("key file salt is not hex"))?;
-        let wrapped = hex::decode(&self.wrapped).map_err(|_| anyhow!("key file key is not hex"))?;
-        let wrap = derive(password, &salt, self.memory_kib, self.iterations, self.parallelism)?;
+        let salt = hex::decode(&self.salt).map_err(|_| KeyFileError::Malformed("salt"))?;
+        let wrapped = hex::decode(&self.wrapped).map_err(|_| KeyFileError::Malformed("wrapped key"))?;
+        let wrap = derive(password, &salt, self.memory_kib, self.iterations, self.parallelism)
+            .map_err(|_| KeyFileError::Malformed("KDF parameters"))?;
         match wrap.open(KEY_AAD, &wrapped) {
             Ok(raw) => {
-                let raw: [u8; 64] =
-                    raw.try_into().map_err(|_| anyhow!("key file holds a key of the wrong size"))?;
+                let raw: [u8; 64] = raw.try_into().map_err(|_| KeyFileError::Malformed("wrapped key"))?;
                 Ok(Some(MasterKey::from_raw(raw)))
             }
             Err(AuthError) => Ok(None),
@@ -206,5 +236,32 @@ mod tests {
         assert!(f.unlock("wrong").unwrap().is_none());
         let back = f.unlock("secret").unwrap().unwrap();
         assert_eq!(back.blob_id(b"x"), k.blob_id(b"x"));
+    }
+
+    #[test]
+    fn key_file_beyond_the_kdf_maxima_is_refused_before_deriving() {
+        let k = MasterKey::generate();
+        let good = KeyFile::create(&k, "secret", "host").unwrap();
+        let costly = |m: u32, t: u32, p: u32| KeyFile {
+            memory_kib: m,
+            iterations: t,
+            parallelism: p,
+            salt: good.salt.clone(),
+            wrapped: good.wrapped.clone(),
+            version: 1,
+            kdf: "argon2id".into(),
+            created: String::new(),
+            hostname: String::new(),
+        };
+        for f in [
+            costly(KDF_MAX_MEMORY_KIB + 1, 2, 1),
+            costly(64 * 1024, KDF_MAX_ITERATIONS + 1, 1),
+            costly(64 * 1024, 2, KDF_MAX_PARALLELISM + 1),
+            costly(u32::MAX, u32::MAX, u32::MAX),
+        ] {
+            let e = f.unlock("secret").err().expect("refused");
+            assert!(matches!(e, KeyFileError::TooCostly { .. }), "{e}");
+            assert!(e.to_string().contains("cairn allows at most 262144 KiB, 16 passes, 8 lanes"), "{e}");
+        }
     }
 }

@@ -31,7 +31,9 @@ use crate::ids::Id;
 use crate::journal::{ObjectKind, State};
 use crate::plugin::ErrorKind;
 use crate::repo::Repository;
-use crate::repo::format::{self, BlobKind, IndexFile, NodeKind, ObjectName, PackEntry, Snapshot, Tree};
+use crate::repo::format::{
+    self, BlobKind, IndexFile, NodeKind, ObjectName, PackEntry, Snapshot, Tree, WholeObject,
+};
 use crate::untrusted::escape;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -515,7 +517,8 @@ fn classify(repo: &Repository, rt: &tokio::runtime::Handle, name: &str) -> Resul
             .map(|e| format!("a pack of {} chunks, from its header", e.len())));
     }
     if name.starts_with("index/") || name.starts_with("snapshots/") {
-        let bytes = rt.block_on(repo.backend.read_all(name))?;
+        let kind = if name.starts_with("index/") { WholeObject::Index } else { WholeObject::Snapshot };
+        let Some(bytes) = read_capped(repo, rt, kind, name)? else { return Ok(None) };
         if format::id_of_name(name) != Some(Id::of_bytes(&bytes)) {
             return Ok(None);
         }
@@ -527,10 +530,25 @@ fn classify(repo: &Repository, rt: &tokio::runtime::Handle, name: &str) -> Resul
         return Ok(ok.then(|| if name.starts_with("index/") { "an index" } else { "a snapshot" }.to_string()));
     }
     if name.starts_with("keys/") {
-        let bytes = rt.block_on(repo.backend.read_all(name))?;
+        let Some(bytes) = read_capped(repo, rt, WholeObject::Key, name)? else { return Ok(None) };
         return Ok(serde_json::from_slice::<KeyFile>(&bytes).is_ok().then(|| "a key file".to_string()));
     }
     Ok(None)
+}
+
+/// A whole object of `kind`, or `None` when it is larger than its kind may be (then it is
+/// not a valid object of that kind, and nothing was downloaded).
+fn read_capped(
+    repo: &Repository,
+    rt: &tokio::runtime::Handle,
+    kind: WholeObject,
+    name: &str,
+) -> Result<Option<Vec<u8>>> {
+    match rt.block_on(format::read_object(&repo.backend, kind, name)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(format::ReadObjectError::TooLarge { .. }) => Ok(None),
+        Err(format::ReadObjectError::Backend(e)) => Err(e.into()),
+    }
 }
 
 fn adopt(repo: &Repository, rt: &tokio::runtime::Handle, name: &str, _what: &str) -> Result<()> {
@@ -547,7 +565,7 @@ fn adopt(repo: &Repository, rt: &tokio::runtime::Handle, name: &str, _what: &str
             )?;
         }
     } else if name.starts_with("keys/") {
-        let bytes = rt.block_on(repo.backend.read_all(name))?;
+        let bytes = rt.block_on(format::read_object(&repo.backend, WholeObject::Key, name))?;
         journal.record_present(name, ObjectKind::Key, info.size, Some(&Id::of_bytes(&bytes)), &[])?;
     }
     // Index and snapshot objects are picked up by the sync that follows.
@@ -569,18 +587,33 @@ const QUARANTINE_ATTEMPTS: u32 = 1000;
 
 /// Copies an object under `quarantine/` and then deletes the original: nothing is lost,
 /// it just leaves the repository's namespace. An earlier quarantined object of the same
-/// name is never replaced: the copy takes the first free `quarantine/NAME.N`. Returns the
-/// name of the copy.
+/// name is never replaced: the copy takes the first free `quarantine/NAME.N`. Any object may
+/// be quarantined, of any size (a pack, or a hostile object): it is copied through a
+/// temporary file piece by piece, never held in memory whole. Returns the name of the copy.
 fn move_to_quarantine(repo: &Repository, rt: &tokio::runtime::Handle, name: &ObjectName) -> Result<String> {
     let original = name.to_string();
-    let bytes = rt.block_on(repo.backend.read_all(&original))?;
+    let info = rt.block_on(repo.backend.stat(&original))?.ok_or_else(|| anyhow!("{original} vanished"))?;
+    let dir = repo.tmp_dir();
+    std::fs::create_dir_all(&dir)?;
+    let mut copy = tempfile::NamedTempFile::new_in(&dir)?;
+    let mut size = 0u64;
+    while size < info.size {
+        let piece =
+            rt.block_on(repo.backend.read(&original, size, (info.size - size).min(QUARANTINE_PIECE)))?;
+        if piece.is_empty() {
+            break;
+        }
+        std::io::Write::write_all(&mut copy, &piece)?;
+        size += piece.len() as u64;
+    }
+    std::io::Write::flush(&mut copy)?;
     let mut stored = None;
     for attempt in 0..QUARANTINE_ATTEMPTS {
         let Some(target) = name.quarantined(attempt) else {
             bail!("{original} is already in {QUARANTINE}");
         };
         let target = target.to_string();
-        match rt.block_on(repo.backend.upload_bytes(&target, &bytes, true)) {
+        match rt.block_on(repo.backend.upload_file(&target, copy.path(), size, true)) {
             Ok(()) => {
                 stored = Some(target);
                 break;
@@ -596,13 +629,16 @@ fn move_to_quarantine(repo: &Repository, rt: &tokio::runtime::Handle, name: &Obj
         );
     };
     match rt.block_on(repo.backend.stat(&target))? {
-        Some(i) if i.size == bytes.len() as u64 => {}
+        Some(i) if i.size == size => {}
         _ => bail!("the copy of {original} in {QUARANTINE} could not be confirmed; the original was kept"),
     }
     rt.block_on(repo.backend.delete(std::slice::from_ref(&original)))?;
     repo.journal.forget_object(&original)?;
     Ok(target)
 }
+
+/// Bytes read at a time when copying an object into quarantine.
+const QUARANTINE_PIECE: u64 = 8 << 20;
 
 /// Rewrites a tree without the `broken` paths (files whose data is lost, folders whose
 /// listing is lost). Returns the new tree id, or `None` when this folder itself is broken.

@@ -104,7 +104,7 @@ async fn upload_one(backend: &Backend, journal: &Journal, dedup: &Dedup, pack: F
     dedup.release(pack.entries.iter().map(|e| e.id));
     let mut attempt = 1;
     loop {
-        backend.upload_file(&pack.name, &pack.path, pack.size).await?;
+        backend.upload_file(&pack.name, &pack.path, pack.size, false).await?;
         match backend.stat(&pack.name).await? {
             Some(info) if info.size == pack.size => break,
             found => {

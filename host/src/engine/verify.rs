@@ -26,7 +26,7 @@ use crate::engine::tree::TreeReader;
 use crate::ids::Id;
 use crate::journal::{ObjectKind, State};
 use crate::repo::Repository;
-use crate::repo::format::{self, NodeKind};
+use crate::repo::format::{self, NodeKind, WholeObject};
 
 /// Which packs `--read-data` reads.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -205,7 +205,15 @@ pub fn run(
         {
             continue;
         }
-        let bytes = rt.block_on(repo.backend.read_all(&obj.name))?;
+        let kind = if obj.kind == ObjectKind::Index { WholeObject::Index } else { WholeObject::Snapshot };
+        let bytes = match rt.block_on(format::read_object(&repo.backend, kind, &obj.name)) {
+            Ok(bytes) => bytes,
+            Err(e @ format::ReadObjectError::TooLarge { .. }) => {
+                report.problem("too-large", &obj.name, e.to_string());
+                continue;
+            }
+            Err(format::ReadObjectError::Backend(e)) => return Err(e.into()),
+        };
         let decodes = match obj.kind {
             ObjectKind::Index => {
                 format::open_object::<format::IndexFile>(&repo.key, format::AAD_INDEX, &bytes, false).is_ok()

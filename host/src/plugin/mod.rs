@@ -56,6 +56,11 @@ pub enum ErrorKind {
     NotGranted(String),
     /// The plugin broke the contract (e.g. returned more bytes than asked for).
     Contract(String),
+    /// The object is larger than the caller accepts for it; nothing was downloaded.
+    TooLarge {
+        size: u64,
+        max: u64,
+    },
 }
 
 impl ErrorKind {
@@ -121,6 +126,11 @@ impl fmt::Display for BackendError {
             ErrorKind::Contract(m) => {
                 write!(f, "plugin {p} broke the storage contract in `{c}`{on}: {m}")
             }
+            ErrorKind::TooLarge { size, max } => write!(
+                f,
+                "backend {p}: {c}{on}: the object is {size} bytes, more than the {max} bytes cairn accepts for it; \
+                 nothing was downloaded"
+            ),
         }
     }
 }
@@ -183,7 +193,8 @@ impl ErrorKind {
             kind @ (ErrorKind::Deadline(_)
             | ErrorKind::MemoryLimit(_)
             | ErrorKind::NotGranted(_)
-            | ErrorKind::Contract(_)) => kind,
+            | ErrorKind::Contract(_)
+            | ErrorKind::TooLarge { .. }) => kind,
         }
     }
 }

@@ -2,7 +2,13 @@
 //! caller at a time; a caller leases an instance, makes calls, and returns it. Every call
 //! runs under a deadline. After a trap, a memory-cap hit or a deadline, the instance (whose
 //! store can never be entered again) is dropped, and the next lease gets a fresh one.
+//!
+//! What a plugin hands back is bounded before the host holds it: each store's hostcall fuel
+//! caps the bytes one call may copy out of the guest ([`MAX_CALL_COPY`]), and answers that
+//! break the contract (a `read` longer than asked, a `list` page longer than `max`) are
+//! refused as [`ErrorKind::Contract`].
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
@@ -16,6 +22,17 @@ use super::bindings::{StorageBackend, StorageBackendPre};
 use super::runtime::Runtime;
 use super::sandbox::{HostState, Sandbox};
 use super::{BackendError, Capabilities, ErrorKind, ObjectInfo, PluginInfo, Secrets};
+
+/// The most one call may copy out of a plugin: a bit over the largest `read` piece the host
+/// asks for (`backend::READ_PIECE`), so honest answers always fit and a flood stops at the
+/// copy, before the host allocates it. Also bounds what the guest passes to WASI calls.
+pub const MAX_CALL_COPY: usize = crate::backend::READ_PIECE as usize + (1 << 20);
+
+/// Recognises wasmtime's "hostcall fuel exhausted" error. Its type is private to wasmtime,
+/// so the message is the only way to tell it from other failures of a call.
+fn is_copy_limit(err: &wasmtime::Error) -> bool {
+    err.chain().any(|e| e.to_string().contains("fuel allocated for hostcalls has been exhausted"))
+}
 
 struct Instance {
     store: Store<HostState>,
@@ -35,6 +52,8 @@ pub struct PluginPool {
     secrets: Secrets,
     idle: Mutex<Vec<Instance>>,
     permits: Arc<Semaphore>,
+    /// Linear memory held by all instances, capped together at `sandbox.memory_bytes`.
+    memory_in_use: Arc<AtomicUsize>,
 }
 
 /// Converts the contract's error variant to the host's, its message cleaned of secrets.
@@ -92,7 +111,8 @@ impl PluginPool {
     ) -> Result<Arc<PluginPool>> {
         let engine = runtime.engine();
         let pre = link(engine, name, component, !sandbox.hosts.is_empty())?;
-        let mut probe = Instance::new(engine, &pre, &sandbox)
+        let memory_in_use = Arc::new(AtomicUsize::new(0));
+        let mut probe = Instance::new(engine, &pre, &sandbox, memory_in_use.clone())
             .await
             .map_err(|e| anyhow!("cannot start plugin {name}: {}", secrets.clean(&format!("{e:#}"))))?;
         let info = probe.describe(name, &sandbox, &secrets).await?;
@@ -132,6 +152,7 @@ impl PluginPool {
             secrets,
             idle: Mutex::new(vec![probe]),
             permits: Arc::new(Semaphore::new(permits)),
+            memory_in_use,
         }))
     }
 
@@ -152,11 +173,17 @@ impl PluginPool {
         let inst = match idle {
             Some(i) => i,
             None => {
-                let mut inst =
-                    Instance::new(self.runtime.engine(), &self.pre, &self.sandbox).await.map_err(|e| {
-                        let kind = ErrorKind::Other(format!("{e:#}")).cleaned(&self.secrets);
-                        self.error("instantiate", None, kind)
-                    })?;
+                let mut inst = Instance::new(
+                    self.runtime.engine(),
+                    &self.pre,
+                    &self.sandbox,
+                    self.memory_in_use.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    let kind = ErrorKind::Other(format!("{e:#}")).cleaned(&self.secrets);
+                    self.error("instantiate", None, kind)
+                })?;
                 inst.open(&self.name, &self.options, &self.sandbox, &self.secrets).await.map_err(|e| {
                     match e.downcast::<BackendError>() {
                         Ok(be) => be,
@@ -226,7 +253,7 @@ pub async fn describe(
     pre: &StorageBackendPre<HostState>,
     sandbox: &Sandbox,
 ) -> Result<PluginInfo> {
-    let mut inst = Instance::new(engine, pre, sandbox).await?;
+    let mut inst = Instance::new(engine, pre, sandbox, Arc::new(AtomicUsize::new(0))).await?;
     // As the plugin said it (recorded at install); cleaned where it is shown.
     Ok(inst.describe(name, sandbox, &Secrets::default()).await?)
 }
@@ -280,8 +307,10 @@ impl Instance {
         engine: &wasmtime::Engine,
         pre: &StorageBackendPre<HostState>,
         sandbox: &Sandbox,
+        memory_in_use: Arc<AtomicUsize>,
     ) -> Result<Instance> {
-        let mut store = sandbox.new_store(engine)?;
+        let mut store = sandbox.new_store(engine, memory_in_use)?;
+        store.set_hostcall_fuel(MAX_CALL_COPY);
         let bindings = pre.instantiate_async(&mut store).await?;
         Ok(Instance { store, bindings })
     }
@@ -331,6 +360,12 @@ fn settle<T>(
             Err(err(from_wit(e, secrets)))
         }
         Ok(Err(trap)) => {
+            if is_copy_limit(&trap) {
+                return Err(err(ErrorKind::Contract(format!(
+                    "it tried to pass more than {} MiB to cairn in one call, the most cairn copies out of a plugin at once",
+                    MAX_CALL_COPY >> 20
+                ))));
+            }
             if store.data().limiter.exceeded {
                 return Err(err(ErrorKind::MemoryLimit((memory_bytes >> 20) as u64)));
             }
@@ -402,6 +437,16 @@ impl Lease {
     ) -> Result<(Vec<ObjectInfo>, Option<String>), BackendError> {
         let page =
             guest_call!(self, "list", Some(prefix), |g, store| g.call_list(store, prefix, cursor, max))?;
+        if page.objects.len() > max as usize {
+            return Err(self.pool.error(
+                "list",
+                Some(prefix),
+                ErrorKind::Contract(format!(
+                    "it returned a page of {} objects when asked for at most {max}",
+                    page.objects.len()
+                )),
+            ));
+        }
         Ok((page.objects, page.next_cursor))
     }
 
@@ -415,7 +460,7 @@ impl Lease {
             return Err(self.pool.error(
                 "read",
                 Some(name),
-                ErrorKind::Contract(format!("asked for {len} bytes, got {}", data.len())),
+                ErrorKind::Contract(format!("it returned {} bytes when asked for at most {len}", data.len())),
             ));
         }
         Ok(data)

@@ -5,11 +5,12 @@
 //! - Network: no sockets. HTTP (wasi:http) only to the granted `scheme://host:port` entries,
 //!   checked here on every request; wasi:http is linked only when hosts are granted.
 //! - No environment, no arguments, no stdin; stderr is captured so a crash can be explained.
-//! - Memory: every linear memory is capped; growing past it traps and is reported as such.
+//! - Memory: the linear memories of all instances of one plugin together are capped; growing
+//!   past it traps and is reported as such.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use wasmtime::component::ResourceTable;
@@ -51,22 +52,39 @@ impl WasiHttpView for HostState {
 }
 
 /// Caps linear memory and remembers that the cap was hit, so the trap can be explained.
+/// The cap holds for all instances of a plugin together (they share `in_use`): parallel
+/// instances that each grow large cannot multiply what the plugin costs the host.
 pub struct MemoryCap {
     max_bytes: usize,
     pub exceeded: bool,
+    /// Bytes this instance's memories hold, counted in `in_use`.
+    held: usize,
+    /// Bytes all instances of the plugin hold.
+    in_use: Arc<AtomicUsize>,
+}
+
+impl Drop for MemoryCap {
+    /// The store, and so its memories, are being freed.
+    fn drop(&mut self) {
+        self.in_use.fetch_sub(self.held, Ordering::SeqCst);
+    }
 }
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let grow = desired.saturating_sub(current);
+        let total = self.in_use.fetch_add(grow, Ordering::SeqCst) + grow;
+        if desired > self.max_bytes || total > self.max_bytes {
+            self.in_use.fetch_sub(grow, Ordering::SeqCst);
             self.exceeded = true;
             return Err(wasmtime::format_err!("memory limit of {} bytes reached", self.max_bytes));
         }
+        self.held += grow;
         Ok(true)
     }
 
@@ -140,8 +158,9 @@ impl WasiHttpHooks for AllowList {
 }
 
 impl Sandbox {
-    /// A fresh store for one instance, holding exactly this sandbox's capabilities.
-    pub fn new_store(&self, engine: &wasmtime::Engine) -> Result<Store<HostState>> {
+    /// A fresh store for one instance, holding exactly this sandbox's capabilities. `in_use`
+    /// counts the memory of every instance of the plugin, for the shared cap.
+    pub fn new_store(&self, engine: &wasmtime::Engine, in_use: Arc<AtomicUsize>) -> Result<Store<HostState>> {
         let stderr = MemoryOutputPipe::new(64 * 1024);
         let mut b = WasiCtxBuilder::new();
         b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
@@ -164,7 +183,7 @@ impl Sandbox {
                 denied: Arc::new(AtomicBool::new(false)),
                 last_denied: Arc::new(std::sync::Mutex::new(None)),
             },
-            limiter: MemoryCap { max_bytes: self.memory_bytes, exceeded: false },
+            limiter: MemoryCap { max_bytes: self.memory_bytes, exceeded: false, held: 0, in_use },
             stderr,
         };
         let mut store = Store::new(engine, state);

@@ -15,8 +15,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::backend::Backend;
 use crate::crypto::{AuthError, MasterKey, OVERHEAD};
 use crate::ids::Id;
+use crate::plugin::{BackendError, ErrorKind};
 
 pub const PACK_MAGIC: &[u8; 8] = b"CAIRNPK1";
 /// Length of a pack's fixed trailer: header length (u32 LE) and magic.
@@ -149,6 +151,93 @@ impl std::fmt::Display for ObjectName {
             ObjectName::Quarantined(inner, None) => write!(f, "{QUARANTINE_PREFIX}{inner}"),
             ObjectName::Quarantined(inner, Some(n)) => write!(f, "{QUARANTINE_PREFIX}{inner}.{n}"),
         }
+    }
+}
+
+/// An object cairn downloads whole, before it can check it. Each kind has a documented
+/// maximum size (`docs/format.md`), far above what cairn writes, so that a repository or a
+/// plugin claiming a huge object costs a `stat`, not the download.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WholeObject {
+    /// `keys/<id>`: a few hundred bytes of JSON.
+    Key,
+    /// `config`: a few hundred bytes, sealed.
+    Config,
+    /// `index/<id>`: at most ~65,536 blob entries (~53 bytes each) plus a pack's worth.
+    Index,
+    /// `snapshots/<id>`: facts and the list of sources.
+    Snapshot,
+}
+
+impl WholeObject {
+    pub const fn max_size(self) -> u64 {
+        match self {
+            WholeObject::Key => 64 << 10,
+            WholeObject::Config => 64 << 10,
+            WholeObject::Index => 32 << 20,
+            WholeObject::Snapshot => 4 << 20,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            WholeObject::Key => "a key file",
+            WholeObject::Config => "the config",
+            WholeObject::Index => "an index object",
+            WholeObject::Snapshot => "a snapshot object",
+        }
+    }
+}
+
+/// Why a whole object could not be read.
+#[derive(Debug)]
+pub enum ReadObjectError {
+    /// Larger than its kind allows: refused before downloading anything.
+    TooLarge {
+        kind: WholeObject,
+        name: String,
+        plugin: String,
+        size: u64,
+    },
+    Backend(BackendError),
+}
+
+impl std::fmt::Display for ReadObjectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadObjectError::TooLarge { kind, name, plugin, size } => write!(
+                f,
+                "plugin {plugin} says {} is {size} bytes, more than {} may be ({} KiB); nothing was downloaded",
+                crate::untrusted::escape(name),
+                kind.what(),
+                kind.max_size() >> 10
+            ),
+            ReadObjectError::Backend(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReadObjectError {}
+
+impl From<BackendError> for ReadObjectError {
+    fn from(e: BackendError) -> Self {
+        ReadObjectError::Backend(e)
+    }
+}
+
+/// Reads a whole object of `kind`: its size is checked against the kind's maximum before
+/// anything is downloaded, and no more bytes than that size are accepted.
+pub async fn read_object(
+    backend: &Backend,
+    kind: WholeObject,
+    name: &str,
+) -> Result<Vec<u8>, ReadObjectError> {
+    match backend.read_all(name, kind.max_size()).await {
+        Ok(bytes) => Ok(bytes),
+        Err(BackendError { kind: ErrorKind::TooLarge { size, .. }, plugin, .. }) => {
+            Err(ReadObjectError::TooLarge { kind, name: name.to_string(), plugin, size })
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

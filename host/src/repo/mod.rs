@@ -24,7 +24,7 @@ use crate::plugin::Secrets;
 use crate::plugin::pool::PluginPool;
 use crate::plugin::runtime::Runtime;
 use crate::plugin::sandbox::{Sandbox, parse_origin};
-use format::{CONFIG_NAME, ChunkerParams, RepoConfig};
+use format::{CONFIG_NAME, ChunkerParams, RepoConfig, WholeObject};
 
 pub struct Repository {
     pub backend: Arc<Backend>,
@@ -186,35 +186,39 @@ impl Repository {
         }
         let password = config.password()?;
         let mut key = None;
-        let mut damaged = Vec::new();
+        // Key files are untrusted data: one that cannot be read, parsed, or afforded is
+        // skipped with a warning, and the next one is tried.
+        let mut skipped = Vec::new();
         for k in &keys {
-            let bytes = backend.read_all(&k.name).await?;
-            let file: KeyFile = match serde_json::from_slice(&bytes) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!("ignoring damaged key file {}: {e}", k.name);
-                    damaged.push(k.name.clone());
-                    continue;
+            match try_key(&backend, &k.name, &password).await {
+                Ok(Some(found)) => {
+                    key = Some(found);
+                    break;
                 }
-            };
-            if let Some(k) = file.unlock(&password)? {
-                key = Some(k);
-                break;
+                Ok(None) => {}
+                Err(why) => {
+                    let name = crate::untrusted::escape(&k.name).into_owned();
+                    tracing::warn!("skipping key file {name}: {why}");
+                    skipped.push(name);
+                }
             }
         }
-        if key.is_none() && damaged.len() == keys.len() {
+        if key.is_none() && skipped.len() == keys.len() {
             bail!(
-                "every key file in the repository is damaged ({}); restore keys/ from a copy, nothing was changed",
-                damaged.join(", ")
+                "no key file in the repository could be used ({}; see the warnings above); \
+                 restore keys/ from a copy, nothing was changed",
+                skipped.join(", ")
             );
         }
         let key = key.ok_or_else(|| {
             anyhow!(
                 "wrong password: none of the {} key(s) in the repository opens with it; nothing was changed",
-                keys.len()
+                keys.len() - skipped.len()
             )
         })?;
-        let sealed = backend.read_all(CONFIG_NAME).await.context("cannot read the repository config")?;
+        let sealed = format::read_object(&backend, WholeObject::Config, CONFIG_NAME)
+            .await
+            .context("cannot read the repository config")?;
         let params: RepoConfig = format::open_object(&key, format::AAD_CONFIG, &sealed, true)
             .context("the repository config object is damaged")?;
         if params.version != 1 {
@@ -342,6 +346,25 @@ impl Repository {
     pub fn tmp_dir(&self) -> PathBuf {
         self.dir.join("tmp")
     }
+}
+
+/// Why a key file was skipped.
+#[derive(Debug, thiserror::Error)]
+enum KeySkipped {
+    #[error("{0}")]
+    Read(#[from] format::ReadObjectError),
+    #[error("it is not a key file: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("{0}")]
+    Unusable(#[from] crate::crypto::KeyFileError),
+}
+
+/// Reads one key file (capped at a key file's maximum size) and tries the password on it:
+/// `Ok(None)` when the password does not open it, `Err` when it cannot be used at all.
+async fn try_key(backend: &Backend, name: &str, password: &str) -> Result<Option<MasterKey>, KeySkipped> {
+    let bytes = format::read_object(backend, WholeObject::Key, name).await?;
+    let file: KeyFile = serde_json::from_slice(&bytes)?;
+    Ok(file.unlock(password)?)
 }
 
 /// A short description of where the repository is, for messages.

@@ -11,11 +11,12 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 
+use crate::backend::Backend;
 use crate::crypto::KeyFile;
 use crate::ids::Id;
 use crate::journal::ObjectKind;
 use crate::repo::Repository;
-use crate::repo::format::{self, IndexFile, ObjectName, PACK_TRAILER};
+use crate::repo::format::{self, IndexFile, ObjectName, PACK_TRAILER, ReadObjectError, WholeObject};
 
 #[derive(Default, Debug)]
 pub struct Report {
@@ -48,7 +49,9 @@ pub async fn rebuild(repo: &Repository) -> Result<Report> {
             report.invalid.push(k.name); // foreign: never read
             continue;
         }
-        let bytes = backend.read_all(&k.name).await?;
+        let Some(bytes) = read_or_invalid(backend, WholeObject::Key, &k.name, &mut report).await? else {
+            continue;
+        };
         if serde_json::from_slice::<KeyFile>(&bytes).is_ok() {
             journal.record_present(&k.name, ObjectKind::Key, k.size, Some(&Id::of_bytes(&bytes)), &[])?;
         } else {
@@ -68,7 +71,9 @@ pub async fn rebuild(repo: &Repository) -> Result<Report> {
             report.invalid.push(obj.name); // foreign: never read
             continue;
         }
-        let bytes = backend.read_all(&obj.name).await?;
+        let Some(bytes) = read_or_invalid(backend, WholeObject::Index, &obj.name, &mut report).await? else {
+            continue;
+        };
         let id = Id::of_bytes(&bytes);
         let index = match format::open_object::<IndexFile>(&repo.key, format::AAD_INDEX, &bytes, false) {
             Ok(i) if format::id_of_name(&obj.name) == Some(id) => i,
@@ -114,6 +119,25 @@ pub async fn rebuild(repo: &Repository) -> Result<Report> {
     journal.set_meta("rebuild", "done")?;
     report.bytes_downloaded = backend.traffic.downloaded.load(Ordering::Relaxed) - before;
     Ok(report)
+}
+
+/// A whole object, or `None` (and it is counted invalid) when it is larger than its kind
+/// may be: it is never downloaded.
+async fn read_or_invalid(
+    backend: &Backend,
+    kind: WholeObject,
+    name: &str,
+    report: &mut Report,
+) -> Result<Option<Vec<u8>>> {
+    match format::read_object(backend, kind, name).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e @ ReadObjectError::TooLarge { .. }) => {
+            tracing::warn!("{e}");
+            report.invalid.push(name.to_string());
+            Ok(None)
+        }
+        Err(ReadObjectError::Backend(e)) => Err(e.into()),
+    }
 }
 
 /// A pack's entries from its header, or `None` if it is not a valid cairn pack (foreign,

@@ -143,7 +143,7 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
             && let Some(hash) = obj.hash
             && let Some(local) = intact_local_pack(&tmp, &hash, obj.size)
         {
-            backend.upload_file(&obj.name, &local, obj.size).await?;
+            backend.upload_file(&obj.name, &local, obj.size, false).await?;
             if backend.stat(&obj.name).await?.is_some_and(|i| i.size == obj.size) {
                 journal.set_state(&obj.name, State::Uploaded)?;
                 report.resumed += 1;

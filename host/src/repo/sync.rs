@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::ids::Id;
 use crate::journal::ObjectKind;
 use crate::repo::Repository;
-use crate::repo::format::{self, IndexFile, ObjectName, Snapshot};
+use crate::repo::format::{self, IndexFile, ObjectName, ReadObjectError, Snapshot, WholeObject};
 
 pub async fn sync_remote(repo: &Repository) -> Result<()> {
     let journal = &repo.journal;
@@ -18,7 +18,9 @@ pub async fn sync_remote(repo: &Repository) -> Result<()> {
         if known.contains(&obj.name) || !matches!(ObjectName::parse(&obj.name), Some(ObjectName::Index(_))) {
             continue;
         }
-        let (id, bytes) = fetch_checked(repo, &obj.name).await?;
+        let Some((id, bytes)) = fetch_checked(repo, WholeObject::Index, &obj.name).await? else {
+            continue;
+        };
         match format::open_object::<IndexFile>(&repo.key, format::AAD_INDEX, &bytes, false) {
             Ok(index) if format::id_of_name(&obj.name) == Some(id) => {
                 journal.record_index(&obj.name, obj.size, &id, &index)?
@@ -36,7 +38,9 @@ pub async fn sync_remote(repo: &Repository) -> Result<()> {
         if known.contains(&id) {
             continue;
         }
-        let (actual, bytes) = fetch_checked(repo, &obj.name).await?;
+        let Some((actual, bytes)) = fetch_checked(repo, WholeObject::Snapshot, &obj.name).await? else {
+            continue;
+        };
         match format::open_object::<Snapshot>(&repo.key, format::AAD_SNAPSHOT, &bytes, false) {
             Ok(snap) if actual == id => {
                 journal.add_snapshot(&id, &snap)?;
@@ -55,7 +59,19 @@ pub fn sync_remote_blocking(repo: &Repository, rt: &tokio::runtime::Handle) -> R
 }
 
 /// Reads a content-addressed object: its bytes and their hash (which should be its name).
-pub async fn fetch_checked(repo: &Repository, name: &str) -> Result<(Id, Vec<u8>)> {
-    let bytes = repo.backend.read_all(name).await?;
-    Ok((Id::of_bytes(&bytes), bytes))
+/// `None` (with a warning) when it is larger than its kind may be: like a damaged object, it
+/// must not stop every command, and it is never downloaded.
+pub async fn fetch_checked(
+    repo: &Repository,
+    kind: WholeObject,
+    name: &str,
+) -> Result<Option<(Id, Vec<u8>)>> {
+    match format::read_object(&repo.backend, kind, name).await {
+        Ok(bytes) => Ok(Some((Id::of_bytes(&bytes), bytes))),
+        Err(e @ ReadObjectError::TooLarge { .. }) => {
+            tracing::warn!("skipping {}: {e}; `cairn repair` deals with it", crate::untrusted::escape(name));
+            Ok(None)
+        }
+        Err(ReadObjectError::Backend(e)) => Err(e.into()),
+    }
 }

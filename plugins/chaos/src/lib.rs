@@ -15,6 +15,11 @@
 //!   characters, to the answer), `lose-reply` (finish: store the object, then report a
 //!   transient error, as if the answer was lost), `lose-reply-garbled` (the same, but the
 //!   stored object's bytes are flipped: another object now holds the name).
+//!   Hostile answers, to check that the host bounds what it accepts: `cycle` (list: cursors
+//!   that go A -> B -> A), `endless` (list: full pages of made-up objects with a fresh cursor
+//!   every time), `flood` (list: a page ten times larger than `max`; read of a pack under
+//!   `data/` from a nonzero offset, so whole tree packs still arrive and a restore gets to
+//!   its parallel data reads: ~120 MiB whatever `len` was), `huge` (stat: claims 4 GiB).
 //! - `log = "1"`: append every `start-upload`, `finish`, `delete` and `abort-incomplete`
 //!   (with its name, Debug-quoted) to a hidden file `.chaos-log-<random>` in the repository
 //!   folder, one file per instance (instances run in parallel; one file each keeps lines whole).
@@ -48,6 +53,10 @@ enum Action {
     BadNames,
     LoseReply,
     LoseReplyGarbled,
+    Cycle,
+    Endless,
+    Flood,
+    Huge,
 }
 
 /// What `badnames` adds to listings: path tricks, an absolute path, and names that would
@@ -61,6 +70,9 @@ const BAD_NAMES: &[&str] = &[
     "index/\nfake line",
     "snapshots/\u{202e}gpj.exe",
 ];
+
+/// What `read:flood` answers: ~120 MiB, under the default 256 MiB memory cap.
+const FLOOD_BYTES: usize = 120 << 20;
 
 struct Fault {
     call: String,
@@ -103,6 +115,10 @@ fn parse_faults(spec: &str) -> Result<Vec<Fault>, Error> {
             "badnames" => Action::BadNames,
             "lose-reply" => Action::LoseReply,
             "lose-reply-garbled" => Action::LoseReplyGarbled,
+            "cycle" => Action::Cycle,
+            "endless" => Action::Endless,
+            "flood" => Action::Flood,
+            "huge" => Action::Huge,
             _ => return Err(bad()),
         };
         out.push(Fault { call: call.to_string(), nth, action });
@@ -238,6 +254,28 @@ impl Guest for Chaos {
 
     fn list(prefix: String, cursor: Option<String>, max: u32) -> Result<ListPage, Error> {
         let action = enter("list")?;
+        match action {
+            Some(Action::Cycle) => {
+                let mut page = with_store(|s| s.list(&prefix, None, max))?;
+                page.next_cursor = Some(if cursor.as_deref() == Some("A") { "B" } else { "A" }.into());
+                return Ok(page);
+            }
+            Some(Action::Endless) => {
+                let n: u64 =
+                    cursor.as_deref().and_then(|c| c.strip_prefix("endless-")?.parse().ok()).unwrap_or(0);
+                let objects = (0..max as u64)
+                    .map(|i| ObjectInfo { name: format!("{prefix}{n:032x}{i:032x}"), size: 1 })
+                    .collect();
+                return Ok(ListPage { objects, next_cursor: Some(format!("endless-{}", n + 1)) });
+            }
+            Some(Action::Flood) => {
+                let objects = (0..max as u64 * 10)
+                    .map(|i| ObjectInfo { name: format!("{prefix}{i:064x}"), size: 1 })
+                    .collect();
+                return Ok(ListPage { objects, next_cursor: None });
+            }
+            _ => {}
+        }
         let mut page = with_store(|s| s.list(&prefix, cursor.as_deref(), max))?;
         if action == Some(Action::Hide) {
             let mut keep = false;
@@ -254,12 +292,20 @@ impl Guest for Chaos {
     }
 
     fn stat(name: String) -> Result<ObjectInfo, Error> {
-        enter("stat")?;
-        with_store(|s| s.stat(&name))
+        let action = enter("stat")?;
+        let mut info = with_store(|s| s.stat(&name))?;
+        if action == Some(Action::Huge) {
+            info.size = 4 << 30;
+        }
+        Ok(info)
     }
 
     fn read(name: String, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
         let action = enter("read")?;
+        if action == Some(Action::Flood) && name.starts_with("data/") && offset > 0 {
+            // Touched, not just reserved: the guest really holds it.
+            return Ok(vec![0xA5; FLOOD_BYTES]);
+        }
         let mut data = with_store(|s| s.read(&name, offset, len))?;
         if action == Some(Action::Forge) && name.starts_with("data/") {
             for b in data.iter_mut() {
