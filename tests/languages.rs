@@ -162,8 +162,10 @@ fn javascript_backend_round_trip() {
 
 /// componentize-py 0.25.1 leaks every `read` result inside the guest (about the size of the
 /// read, 4 MiB per call during `verify --read-data`), so an instance reaches the default
-/// 256 MiB cap after some dozens of reads and is stopped; until the host replaces instances
-/// before that, the verify of this tree reports packs it could not read.
+/// 256 MiB cap after roughly 55 to 60 reads and is stopped. Measured on this tree: verify
+/// read 485 of its 520 MiB, then two instances were stopped at the cap and their packs
+/// were reported damaged (exit 3). Until the host replaces instances before the cap, this
+/// test fails at the verify step.
 #[test]
 #[ignore = "needs instance recycling (issue 10, host side)"]
 fn python_backend_round_trip() {
