@@ -30,10 +30,14 @@ const DELETE_BATCH: usize = 200;
 /// Bounds of one listing, far beyond any cairn repository (a million objects under one
 /// prefix is 16 TiB of packs at the default pack size), so that a listing that never ends
 /// (fresh cursors forever) stops with an error instead of filling the host's memory. The
-/// name bytes are bounded too: names are short, but a plugin chooses them.
+/// name bytes are bounded too: names are short, but a plugin chooses them. A repository
+/// whose journal knows more objects gets proportionally more room ([`Backend::expect_objects`]).
 const MAX_LIST_PAGES: usize = 10_000;
 const MAX_LIST_OBJECTS: usize = 1_000_000;
 const MAX_LIST_NAME_BYTES: usize = 80 << 20;
+/// Bytes of name allowed per object when the bound grows with the journal (a pack's name is
+/// 72 bytes).
+const NAME_BYTES_PER_OBJECT: usize = 80;
 
 /// Attempts for transient errors, and for crashed or timed-out instances.
 const TRANSIENT_ATTEMPTS: u32 = 6;
@@ -85,6 +89,16 @@ pub struct Backend {
     /// Base delay of the exponential backoff.
     backoff: Duration,
     list_page: u32,
+    /// Objects the journal knew when the repository was opened: listings may hold twice as
+    /// many (another client's additions) before they count as endless.
+    known_objects: AtomicU64,
+}
+
+/// How far one listing may go before it is taken as endless.
+struct ListBounds {
+    objects: usize,
+    name_bytes: usize,
+    pages: usize,
 }
 
 impl Backend {
@@ -95,7 +109,23 @@ impl Backend {
             .and_then(|v| v.parse().ok())
             .filter(|&n| n > 0)
             .unwrap_or(LIST_PAGE);
-        Backend { pool, traffic: Traffic::default(), backoff, list_page }
+        Backend { pool, traffic: Traffic::default(), backoff, list_page, known_objects: AtomicU64::new(0) }
+    }
+
+    /// Tells the listing bounds how many objects the journal knows: a large repository's
+    /// listings are allowed to be proportionally longer.
+    pub fn expect_objects(&self, known: u64) {
+        self.known_objects.store(known, Ordering::Relaxed);
+    }
+
+    fn list_bounds(&self) -> ListBounds {
+        let grown = (self.known_objects.load(Ordering::Relaxed) as usize).saturating_mul(2);
+        let objects = MAX_LIST_OBJECTS.max(grown);
+        ListBounds {
+            objects,
+            name_bytes: MAX_LIST_NAME_BYTES.max(grown.saturating_mul(NAME_BYTES_PER_OBJECT)),
+            pages: MAX_LIST_PAGES.max(grown / self.list_page.max(1) as usize * 2),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -157,6 +187,7 @@ impl Backend {
         // Hashes, not the cursors: a plugin chooses how long they are.
         let mut seen = std::collections::HashSet::new();
         let mut name_bytes = 0usize;
+        let bounds = self.list_bounds();
         for page in 1.. {
             let (objects, next) = self
                 .retry(|| async { self.lease().await?.list(prefix, cursor.as_deref(), self.list_page).await })
@@ -166,18 +197,17 @@ impl Backend {
                 out.push(o);
             }
             let more = next.is_some();
-            if out.len() > MAX_LIST_OBJECTS
-                || name_bytes > MAX_LIST_NAME_BYTES
-                || (more && page >= MAX_LIST_PAGES)
+            if out.len() > bounds.objects || name_bytes > bounds.name_bytes || (more && page >= bounds.pages)
             {
                 return Err(self.list_error(
                     prefix,
                     format!(
                         "its listing did not end after {page} pages and {} objects, far more than a \
-                         cairn repository holds (at most {MAX_LIST_PAGES} pages, {MAX_LIST_OBJECTS} \
-                         objects, {} MiB of names)",
+                         cairn repository holds (at most {} pages, {} objects, {} MiB of names)",
                         out.len(),
-                        MAX_LIST_NAME_BYTES >> 20
+                        bounds.pages,
+                        bounds.objects,
+                        bounds.name_bytes >> 20
                     ),
                 ));
             }

@@ -399,6 +399,12 @@ impl Journal {
         row.transpose()
     }
 
+    /// How many remote objects the journal knows, in any state.
+    pub fn object_count(&self) -> Result<u64> {
+        let conn = self.reader()?;
+        Ok(conn.query_row("SELECT COUNT(*) FROM objects", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     pub fn objects_in_state(&self, state: State) -> Result<Vec<ObjectRow>> {
         let conn = self.reader()?;
         let mut stmt =

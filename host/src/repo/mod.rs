@@ -273,6 +273,7 @@ impl Repository {
             Access::Read => None,
         };
         let journal = Journal::open(&journal_path)?;
+        backend.expect_objects(journal.object_count()?);
         Ok(Repository {
             backend: Arc::new(backend),
             key: Arc::new(key),
