@@ -309,3 +309,28 @@ fn include_paths_are_normalised_and_dot_dot_is_refused() {
     assert!(!w.target.join("a.txt").exists());
     assert_eq!(before, w.survey());
 }
+
+#[test]
+fn folders_deeper_than_the_handles_kept_open_are_confined_too() {
+    let mut w = World::new();
+    // 200 levels (the restore keeps handles for the first 128), with a `..` folder and a
+    // symlink sharing its name with a folder at the bottom.
+    let victim = forge::file(&mut w.forge, b"victim.txt", b"PWNED");
+    let below = w.forge.tree(vec![victim]);
+    let leaf = forge::file(&mut w.forge, b"leaf.txt", b"deep");
+    let link = forge::symlink(b"x", w.world.as_os_str().as_bytes());
+    let mut tree = w.forge.tree(vec![forge::dir(b"..", below), leaf, link, forge::dir(b"x", below)]);
+    for _ in 0..200 {
+        tree = w.forge.tree(vec![forge::dir(b"d", tree)]);
+    }
+    let id = w.forge.snapshot(tree);
+
+    let (code, stderr) = restore_confined(&w, &id);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("2 entry(ies)"), "{stderr}");
+    let bottom = w.target.join("d/".repeat(200));
+    assert_eq!(std::fs::read(bottom.join("leaf.txt")).unwrap(), b"deep");
+    assert!(std::fs::symlink_metadata(bottom.join("x")).unwrap().file_type().is_symlink());
+    let m = std::fs::metadata(bottom).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.mtime()), (0o755, 1_600_000_000));
+}

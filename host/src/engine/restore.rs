@@ -60,6 +60,8 @@ struct FileItem {
     node: Node,
 }
 
+/// Folder handles the structure walk keeps open, at most (one per level).
+const MAX_OPEN_DIRS: usize = 128;
 /// Coalesce blobs into one read when the gap between them is at most this.
 const MAX_GAP: u64 = 1 << 20;
 /// The largest single read.
@@ -134,8 +136,9 @@ pub fn run(
     let mut dirs: Vec<(Vec<u8>, Node)> = Vec::new();
     let mut links: Vec<(Vec<u8>, Node)> = Vec::new();
     let mut matched = includes.iter().map(|_| false).collect::<Vec<_>>();
-    // The open folders from the target down to the one being filled: every entry is
-    // created relative to its parent's handle, so no path is resolved again.
+    // The open folders from the target down to the one being filled (the first
+    // MAX_OPEN_DIRS levels): every entry is created relative to its parent's handle, so
+    // no path is resolved again. Deeper, the parent is opened again for each entry.
     let mut open_dirs: Vec<OwnedFd> = Vec::new();
 
     let phase = std::time::Instant::now();
@@ -151,13 +154,24 @@ pub fn run(
         let rel = &path[1..];
         // `path` is `/a/b/name`: its parent is the folder at depth (slashes - 1).
         let depth = path.iter().filter(|&&b| b == b'/').count();
-        open_dirs.truncate(depth - 1);
-        let parent = open_dirs.last().map_or(target.fd.as_fd(), |fd| fd.as_fd());
-        let name = CString::new(node.name.as_slice())?;
         let err = |what: &str| format!("cannot create {what} {}", shown(rel));
+        open_dirs.truncate(depth - 1);
+        let reopened;
+        let parent = if depth - 1 > open_dirs.len() {
+            let parent_rel = &rel[..rel.len() - node.name.len() - 1];
+            let flags = libc::O_PATH | libc::O_DIRECTORY;
+            reopened = target.open_beneath(parent_rel, flags, 0).with_context(|| err("entry"))?;
+            reopened.as_fd()
+        } else {
+            open_dirs.last().map_or(target.fd.as_fd(), |fd| fd.as_fd())
+        };
+        let name = CString::new(node.name.as_slice())?;
         if node.kind == NodeKind::Dir {
             if descend {
-                open_dirs.push(make_dir(parent, &name).with_context(|| err("folder"))?);
+                let fd = make_dir(parent, &name).with_context(|| err("folder"))?;
+                if open_dirs.len() == depth - 1 && depth <= MAX_OPEN_DIRS {
+                    open_dirs.push(fd);
+                }
                 dirs.push((rel.to_vec(), node.clone()));
                 out.dirs += 1;
             }
