@@ -277,23 +277,19 @@ pub fn run(
     tracing::debug!("content: {:.2}s", phase.elapsed().as_secs_f64());
     // 3. Metadata, on entries below the target only.
     let as_root = unsafe { libc::geteuid() } == 0;
+    let mut meta = MetaWriter { target: &target, as_root, parent: None, fchmodat2: true };
     for (i, f) in files.iter().enumerate() {
         if failed.contains_key(&(i as u32)) {
             continue;
         }
         out.files += 1;
         out.bytes += f.node.size;
-        if let Err(e) = apply_meta(&target, &f.rel, &f.node, as_root) {
+        if let Err(e) = meta.apply(&f.rel, &f.node) {
             out.warnings.push(format!("{}: {e}", shown(&f.rel)));
         }
     }
-    for (rel, node) in &links {
-        if let Err(e) = apply_meta(&target, rel, node, as_root) {
-            out.warnings.push(format!("{}: {e}", shown(rel)));
-        }
-    }
-    for (rel, node) in dirs.iter().rev() {
-        if let Err(e) = apply_meta(&target, rel, node, as_root) {
+    for (rel, node) in links.iter().chain(dirs.iter().rev()) {
+        if let Err(e) = meta.apply(rel, node) {
             out.warnings.push(format!("{}: {e}", shown(rel)));
         }
     }
@@ -498,38 +494,71 @@ fn create_file_at(dir: BorrowedFd<'_>, name: &CStr, size: u64) -> io::Result<Fil
     Ok(f)
 }
 
-/// Applies owner (as root), mode and times to the entry at `rel` below the target. Files,
-/// folders and fifos are opened (`O_NOFOLLOW`, non-blocking for fifos) and changed through
-/// the handle; a symlink is changed through its folder with `AT_SYMLINK_NOFOLLOW`.
-fn apply_meta(target: &Target, rel: &[u8], node: &Node, as_root: bool) -> io::Result<()> {
-    let t = libc::timespec {
-        tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000),
-    };
-    let times = [t, t];
-    if node.kind == NodeKind::Symlink {
-        return target.at_parent(rel, |dir, name| {
-            let nofollow = libc::AT_SYMLINK_NOFOLLOW;
-            if as_root {
-                // SAFETY: a valid name and an open folder.
-                cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), node.uid, node.gid, nofollow) })?;
+/// Applies owner (as root), mode and times to entries below the target, each through its
+/// open parent folder with `AT_SYMLINK_NOFOLLOW` (`fchmodat2` for the mode). Entries come
+/// mostly grouped by folder, so the last parent opened is kept.
+struct MetaWriter<'a> {
+    target: &'a Target,
+    as_root: bool,
+    /// The last parent folder opened: its path below the target, and its handle.
+    parent: Option<(Vec<u8>, OwnedFd)>,
+    /// Cleared the first time the kernel says it has no `fchmodat2`.
+    fchmodat2: bool,
+}
+
+impl MetaWriter<'_> {
+    fn apply(&mut self, rel: &[u8], node: &Node) -> io::Result<()> {
+        let (parent_rel, name) = match rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&b""[..], rel),
+        };
+        let name = component(name)?;
+        if !parent_rel.is_empty() && self.parent.as_ref().is_none_or(|(p, _)| p != parent_rel) {
+            let fd = self.target.open_beneath(parent_rel, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            self.parent = Some((parent_rel.to_vec(), fd));
+        }
+        let dir = match &self.parent {
+            Some((_, fd)) if !parent_rel.is_empty() => fd.as_raw_fd(),
+            _ => self.target.fd.as_raw_fd(),
+        };
+        let nofollow = libc::AT_SYMLINK_NOFOLLOW;
+        if self.as_root {
+            // SAFETY: a valid NUL-terminated name and an open folder.
+            cvt(unsafe { libc::fchownat(dir, name.as_ptr(), node.uid, node.gid, nofollow) })?;
+        }
+        if node.kind != NodeKind::Symlink {
+            self.chmod(dir, &name, node.mode)?;
+        }
+        let t = libc::timespec {
+            tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000),
+        };
+        // SAFETY: a valid name, an open folder and two timespecs.
+        cvt(unsafe { libc::utimensat(dir, name.as_ptr(), [t, t].as_ptr(), nofollow) })?;
+        Ok(())
+    }
+
+    /// Sets the mode of `name` in `dir`, never through a symlink: `fchmodat2` with
+    /// `AT_SYMLINK_NOFOLLOW`, or (kernels before 6.6) an `O_NOFOLLOW` open and `fchmod`.
+    fn chmod(&mut self, dir: libc::c_int, name: &CStr, mode: u32) -> io::Result<()> {
+        if self.fchmodat2 {
+            // SAFETY: a valid NUL-terminated name and an open folder.
+            let r = unsafe {
+                libc::syscall(libc::SYS_fchmodat2, dir, name.as_ptr(), mode, libc::AT_SYMLINK_NOFOLLOW)
+            };
+            match cvt(r as libc::c_int) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                    self.fchmodat2 = false
+                }
+                r => return r.map(drop),
             }
-            // SAFETY: a valid name, an open folder and two timespecs.
-            cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), nofollow) })?;
-            Ok(())
-        });
-    }
-    let fd = target.open_beneath(rel, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
-    let raw = fd.as_raw_fd();
-    if as_root {
+        }
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: `dir` is open for the duration of the call.
+        let fd = openat(unsafe { BorrowedFd::borrow_raw(dir) }, name, flags, 0)?;
         // SAFETY: an open descriptor.
-        cvt(unsafe { libc::fchown(raw, node.uid, node.gid) })?;
+        cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
     }
-    // SAFETY: an open descriptor.
-    cvt(unsafe { libc::fchmod(raw, node.mode) })?;
-    // SAFETY: an open descriptor and two timespecs.
-    cvt(unsafe { libc::futimens(raw, times.as_ptr()) })?;
-    Ok(())
 }
 
 /// One blob of a pack and where its plaintext goes.
