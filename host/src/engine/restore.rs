@@ -763,6 +763,48 @@ mod tests {
         }
     }
 
+    /// Modes and times go to the entry itself; a symlink where a file was is never followed,
+    /// with `fchmodat2` or without it (older kernels).
+    #[test]
+    fn metadata_never_follows_a_symlink() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside.txt");
+        std::fs::write(&outside, b"x").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let root = dir.path().join("target");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/f"), b"inside").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a/l")).unwrap();
+        let before = std::fs::metadata(&outside).unwrap();
+        for fchmodat2 in [true, false] {
+            let t = Target::open(&root).unwrap();
+            let mut meta = MetaWriter { target: &t, as_root: false, parent: None, fchmodat2 };
+            let mut node = crate::repo::format::Node {
+                name: serde_bytes::ByteBuf::from(b"f".to_vec()),
+                kind: NodeKind::File,
+                mode: 0o640,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 1_000_000_000_123,
+                size: 6,
+                content: Vec::new(),
+                subtree: None,
+                target: serde_bytes::ByteBuf::new(),
+            };
+            meta.apply(b"a/f", &node).unwrap();
+            let m = std::fs::metadata(root.join("a/f")).unwrap();
+            assert_eq!((m.mode() & 0o7777, m.mtime(), m.mtime_nsec()), (0o640, 1000, 123));
+            node.mode = 0o777;
+            assert!(meta.apply(b"a/l", &node).is_err());
+            let after = std::fs::metadata(&outside).unwrap();
+            assert_eq!(
+                (after.mode(), after.mtime(), after.mtime_nsec()),
+                (before.mode(), before.mtime(), before.mtime_nsec())
+            );
+        }
+    }
+
     #[test]
     fn includes_are_normalised_and_confined() {
         let n = |v: &[&str]| normalise_includes(&v.iter().map(PathBuf::from).collect::<Vec<_>>());
