@@ -3,6 +3,7 @@
 //! metadata for metadata.
 #![allow(dead_code)]
 
+pub mod forge;
 pub mod proxy;
 pub mod remote;
 pub mod servers;

@@ -1,5 +1,6 @@
 //! `cairn restore SNAPSHOT --target DIR [--include PATH]...`
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -36,6 +37,7 @@ pub fn run(ctx: &Ctx, spec: &str, target: PathBuf, includes: Vec<PathBuf>) -> Re
             "symlinks": out.symlinks,
             "bytes": out.bytes,
             "failed": out.failed.iter().map(|(p, r)| json!({"path": p, "reason": r})).collect::<Vec<_>>(),
+            "refused": out.refused.iter().map(|(p, why)| json!({"path": p, "reason": why.to_string()})).collect::<Vec<_>>(),
             "warnings": out.warnings,
             "seconds": secs,
         }));
@@ -52,6 +54,23 @@ pub fn run(ctx: &Ctx, spec: &str, target: PathBuf, includes: Vec<PathBuf>) -> Re
         for (path, reason) in &out.failed {
             eprintln!("not restored: {path}: {reason}");
         }
+        for (path, why) in &out.refused {
+            eprintln!("not restored: {path}: {why}");
+        }
+    }
+    if let Some((first, why)) = out.refused.first() {
+        return Err(Exit::problems(format!(
+            "{} entry(ies) of the snapshot were skipped because their names are unsafe to restore, \
+             e.g. {first} ({why}); nothing was written outside {}{}",
+            out.refused.len(),
+            crate::untrusted::escape_bytes(settings.target.as_os_str().as_bytes()),
+            if out.failed.is_empty() {
+                String::new()
+            } else {
+                format!("; {} file(s) also failed verification or are missing", out.failed.len())
+            }
+        ))
+        .into());
     }
     if !out.failed.is_empty() {
         let (first, why) = &out.failed[0];

@@ -6,20 +6,27 @@
 //!    authenticate and hash-check every blob, and write it wherever it belongs. A blob that
 //!    does not verify is never written: every file that needs it is reported and removed.
 //! 3. Set ownership (as root), permissions and times, folders last and deepest first.
+//!
+//! A snapshot is untrusted data, so nothing is written outside the target: entry names
+//! that are not one path component are refused when a tree is loaded (see
+//! [`tree::BadName`]), and every file, folder and symlink is created and changed relative
+//! to an open folder below the target, never by following a symlink ([`Target`]). The
+//! target folder itself and its parent are never changed.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result, anyhow};
-use filetime::FileTime;
+use anyhow::{Context, Result, anyhow, bail};
 
-use crate::engine::tree;
+use crate::engine::tree::{self, BadName};
 use crate::ids::Id;
 use crate::progress::Counters;
 use crate::repo::Repository;
@@ -40,15 +47,21 @@ pub struct Outcome {
     pub bytes: u64,
     /// Files that could not be restored, with the reason. They are not left behind.
     pub failed: Vec<(String, String)>,
+    /// Entries the snapshot holds under a name that is not one path component (or twice in
+    /// one folder), where they would have gone (escaped), and why. They were skipped.
+    pub refused: Vec<(String, BadName)>,
     /// Metadata that could not be applied (the content is fine).
     pub warnings: Vec<String>,
 }
 
 struct FileItem {
-    path: PathBuf,
+    /// Below the target, without a leading `/`.
+    rel: Vec<u8>,
     node: Node,
 }
 
+/// Folder handles the structure walk keeps open, at most (one per level).
+const MAX_OPEN_DIRS: usize = 128;
 /// Coalesce blobs into one read when the gap between them is at most this.
 const MAX_GAP: u64 = 1 << 20;
 /// The largest single read.
@@ -70,6 +83,34 @@ fn selected(path: &[u8], includes: &[Vec<u8>]) -> (bool, bool) {
     (take, descend)
 }
 
+/// The `--include` paths as snapshot paths: absolute, without empty or `.` components
+/// (a trailing `/` too). `..` is refused: an include names a path of the snapshot, never a
+/// way out of it. An include of the root selects everything (empty list).
+fn normalise_includes(includes: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for inc in includes {
+        let mut norm = Vec::new();
+        for part in inc.as_os_str().as_bytes().split(|&b| b == b'/') {
+            match part {
+                b"" | b"." => {}
+                b".." => bail!(
+                    "--include {}: `..` is not allowed; give the path as the snapshot holds it (see `cairn ls`)",
+                    crate::untrusted::escape_bytes(inc.as_os_str().as_bytes())
+                ),
+                _ => {
+                    norm.push(b'/');
+                    norm.extend_from_slice(part);
+                }
+            }
+        }
+        if norm.is_empty() {
+            return Ok(Vec::new());
+        }
+        out.push(norm);
+    }
+    Ok(out)
+}
+
 pub fn run(
     repo: &Repository,
     rt: &tokio::runtime::Handle,
@@ -77,38 +118,61 @@ pub fn run(
     s: &Settings,
     counters: &Counters,
 ) -> Result<Outcome> {
+    let includes = normalise_includes(&s.includes)?;
     std::fs::create_dir_all(&s.target)
         .with_context(|| format!("cannot create target {}", s.target.display()))?;
-    let includes: Vec<Vec<u8>> = s
-        .includes
-        .iter()
-        .map(|p| {
-            let b = p.as_os_str().as_bytes();
-            let b = if b.len() > 1 { b.strip_suffix(b"/").unwrap_or(b) } else { b };
-            b.to_vec()
-        })
-        .collect();
+    let target =
+        Target::open(&s.target).with_context(|| format!("cannot open target {}", s.target.display()))?;
+    let shown = |rel: &[u8]| {
+        let mut p = s.target.as_os_str().as_bytes().to_vec();
+        p.push(b'/');
+        p.extend_from_slice(rel);
+        crate::untrusted::escape_bytes(&p)
+    };
 
     let mut out = Outcome::default();
     let mut files: Vec<FileItem> = Vec::new();
-    let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
-    let mut links: Vec<(PathBuf, Node)> = Vec::new();
+    // (path below the target, node), in walk order.
+    let mut dirs: Vec<(Vec<u8>, Node)> = Vec::new();
+    let mut links: Vec<(Vec<u8>, Node)> = Vec::new();
     let mut matched = includes.iter().map(|_| false).collect::<Vec<_>>();
+    // The open folders from the target down to the one being filled (the first
+    // MAX_OPEN_DIRS levels): every entry is created relative to its parent's handle, so
+    // no path is resolved again. Deeper, the parent is opened again for each entry.
+    let mut open_dirs: Vec<OwnedFd> = Vec::new();
 
     let phase = std::time::Instant::now();
     // 1. Structure.
-    tree::walk(repo, rt, root, &mut |path, node| {
+    let reader = tree::TreeReader::new(repo, rt);
+    let mut visit = |path: &[u8], node: &Node| -> Result<bool> {
         let (take, descend) = selected(path, &includes);
         for (i, inc) in includes.iter().enumerate() {
             if inc.as_slice() == path {
                 matched[i] = true;
             }
         }
-        let dest = s.target.join(OsStr::from_bytes(&path[1..]));
+        let rel = &path[1..];
+        // `path` is `/a/b/name`: its parent is the folder at depth (slashes - 1).
+        let depth = path.iter().filter(|&&b| b == b'/').count();
+        let err = |what: &str| format!("cannot create {what} {}", shown(rel));
+        open_dirs.truncate(depth - 1);
+        let reopened;
+        let parent = if depth - 1 > open_dirs.len() {
+            let parent_rel = &rel[..rel.len() - node.name.len() - 1];
+            let flags = libc::O_PATH | libc::O_DIRECTORY;
+            reopened = target.open_beneath(parent_rel, flags, 0).with_context(|| err("entry"))?;
+            reopened.as_fd()
+        } else {
+            open_dirs.last().map_or(target.fd.as_fd(), |fd| fd.as_fd())
+        };
+        let name = CString::new(node.name.as_slice())?;
         if node.kind == NodeKind::Dir {
             if descend {
-                create_dir(&dest)?;
-                dirs.push((dest, node.clone()));
+                let fd = make_dir(parent, &name).with_context(|| err("folder"))?;
+                if open_dirs.len() == depth - 1 && depth <= MAX_OPEN_DIRS {
+                    open_dirs.push(fd);
+                }
+                dirs.push((rel.to_vec(), node.clone()));
                 out.dirs += 1;
             }
             return Ok(descend);
@@ -120,44 +184,50 @@ pub fn run(
             NodeKind::File => {
                 // Never write through whatever is in the way (a symlink could point
                 // outside the target).
-                if std::fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_file()) {
-                    remove_any(&dest)?;
-                }
+                clear_for_file(parent, &name).with_context(|| err("file"))?;
                 if node.content.is_empty() {
-                    create_file(&dest, node.size)
-                        .with_context(|| format!("cannot create {}", dest.display()))?;
+                    create_file_at(parent, &name, node.size).with_context(|| err("file"))?;
                 }
                 // Files with content are created by the workers, in parallel.
                 counters.total_bytes.fetch_add(node.size, Ordering::Relaxed);
                 counters.total_files.fetch_add(1, Ordering::Relaxed);
-                files.push(FileItem { path: dest, node: node.clone() });
+                files.push(FileItem { rel: rel.to_vec(), node: node.clone() });
             }
             NodeKind::Symlink => {
-                let _ = std::fs::remove_file(&dest);
-                std::os::unix::fs::symlink(OsStr::from_bytes(&node.target), &dest)
-                    .with_context(|| format!("cannot create symlink {}", dest.display()))?;
-                links.push((dest, node.clone()));
+                remove_non_dir(parent, &name);
+                let to = CString::new(node.target.as_slice()).with_context(|| err("symlink"))?;
+                // SAFETY: valid NUL-terminated strings and an open folder.
+                cvt(unsafe { libc::symlinkat(to.as_ptr(), parent.as_raw_fd(), name.as_ptr()) })
+                    .with_context(|| err("symlink"))?;
+                links.push((rel.to_vec(), node.clone()));
                 out.symlinks += 1;
             }
             NodeKind::Fifo => {
-                let _ = std::fs::remove_file(&dest);
-                let c = std::ffi::CString::new(dest.as_os_str().as_bytes())?;
-                // SAFETY: a valid NUL-terminated path.
-                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .with_context(|| format!("cannot create fifo {}", dest.display()));
-                }
-                links.push((dest, node.clone()));
+                remove_non_dir(parent, &name);
+                // SAFETY: a valid NUL-terminated name and an open folder.
+                cvt(unsafe { libc::mkfifoat(parent.as_raw_fd(), name.as_ptr(), 0o600) })
+                    .with_context(|| err("fifo"))?;
+                links.push((rel.to_vec(), node.clone()));
             }
             NodeKind::Dir => unreachable!(),
         }
         Ok(false)
-    })?;
+    };
+    let mut refused = |path: &[u8], why: BadName| -> Result<()> {
+        // Refused entries inside a folder the includes do not reach are not wanted anyway.
+        let parent = &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
+        if parent.is_empty() || selected(parent, &includes).0 {
+            out.refused.push((shown(&path[1..]), why));
+        }
+        Ok(())
+    };
+    reader.walk_checked(root, &mut visit, &mut refused)?;
+    drop(open_dirs);
     for (i, inc) in s.includes.iter().enumerate() {
-        if !matched[i] {
+        if !includes.is_empty() && !matched[i] {
             return Err(anyhow!(
                 "--include {}: no such path in the snapshot (see `cairn ls`)",
-                inc.display()
+                crate::untrusted::escape_bytes(inc.as_os_str().as_bytes())
             ));
         }
     }
@@ -184,7 +254,8 @@ pub fn run(
                     let Some((pack, blobs)) = queue.lock().unwrap().pop() else {
                         break;
                     };
-                    restore_pack(repo, rt, &pack, blobs, &files, &mut open, &failed, counters);
+                    let dest = Dest { target: &target, files: &files };
+                    restore_pack(repo, rt, &pack, blobs, dest, &mut open, &failed, counters);
                 }
             });
         }
@@ -194,87 +265,300 @@ pub fn run(
     let failed = failed.into_inner().unwrap();
     for (idx, reason) in &failed {
         let f = &files[*idx as usize];
-        let _ = std::fs::remove_file(&f.path);
-        out.failed.push((f.path.display().to_string(), reason.clone()));
+        let _ = target.at_parent(&f.rel, |parent, name| {
+            // SAFETY: a valid NUL-terminated name and an open folder.
+            cvt(unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) })
+        });
+        out.failed.push((shown(&f.rel), reason.clone()));
     }
     out.failed.sort();
+    out.refused.sort_by(|a, b| a.0.cmp(&b.0));
 
     tracing::debug!("content: {:.2}s", phase.elapsed().as_secs_f64());
-    // 3. Metadata.
+    // 3. Metadata, on entries below the target only.
     let as_root = unsafe { libc::geteuid() } == 0;
+    let mut meta = MetaWriter { target: &target, as_root, parent: None, fchmodat2: true };
     for (i, f) in files.iter().enumerate() {
         if failed.contains_key(&(i as u32)) {
             continue;
         }
         out.files += 1;
         out.bytes += f.node.size;
-        if let Err(e) = apply_meta(&f.path, &f.node, as_root) {
-            out.warnings.push(format!("{}: {e}", f.path.display()));
+        if let Err(e) = meta.apply(&f.rel, &f.node) {
+            out.warnings.push(format!("{}: {e}", shown(&f.rel)));
         }
     }
-    for (path, node) in &links {
-        if let Err(e) = apply_meta(path, node, as_root) {
-            out.warnings.push(format!("{}: {e}", path.display()));
-        }
-    }
-    for (path, node) in dirs.iter().rev() {
-        if let Err(e) = apply_meta(path, node, as_root) {
-            out.warnings.push(format!("{}: {e}", path.display()));
+    for (rel, node) in links.iter().chain(dirs.iter().rev()) {
+        if let Err(e) = meta.apply(rel, node) {
+            out.warnings.push(format!("{}: {e}", shown(rel)));
         }
     }
     tracing::debug!("metadata: {:.2}s", phase.elapsed().as_secs_f64());
     Ok(out)
 }
 
-/// Opens (creating if needed) a file to restore into, at its final size. Several workers
-/// may do this for one file: each sets the same size, so no data they wrote is cut.
-fn create_file(path: &Path, size: u64) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = OpenOptions::new().write(true).create(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+/// The target folder, open. Paths below it are resolved by the kernel without leaving it
+/// and without following any symlink: `openat2` with `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS` where the kernel has it, otherwise one `O_NOFOLLOW` component at a
+/// time.
+struct Target {
+    fd: OwnedFd,
+    /// Cleared the first time the kernel says it has no `openat2`.
+    openat2: AtomicBool,
+}
+
+impl Target {
+    fn open(path: &Path) -> io::Result<Target> {
+        let c = CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: a valid NUL-terminated path; the result is checked.
+        let fd =
+            cvt(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Ok(Target { fd: unsafe { OwnedFd::from_raw_fd(fd) }, openat2: AtomicBool::new(true) })
+    }
+
+    /// Opens `rel` (components joined by `/`, each a checked tree entry name) below the
+    /// target; `O_NOFOLLOW` and `O_CLOEXEC` are always added.
+    fn open_beneath(&self, rel: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
+        if !rel.split(|&b| b == b'/').all(|part| tree::check_name(part).is_ok()) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a path of tree entry names"));
+        }
+        let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        if self.openat2.load(Ordering::Relaxed) {
+            match openat2_beneath(self.fd.as_fd(), rel, flags, mode) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                    self.openat2.store(false, Ordering::Relaxed)
+                }
+                // Some seccomp filters answer EPERM for a system call they do not know; the
+                // walk is as safe, and gives the real error if there is one.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                r => return r,
+            }
+        }
+        self.open_walking(rel, flags, mode)
+    }
+
+    /// `open_beneath` without `openat2`: every folder on the way is opened with
+    /// `O_NOFOLLOW | O_DIRECTORY`, so a symlink anywhere fails the open.
+    fn open_walking(&self, rel: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
+        let mut parts = rel.split(|&b| b == b'/');
+        let last = parts.next_back().unwrap_or_default();
+        let mut dir: Option<OwnedFd> = None;
+        for part in parts {
+            let at = dir.as_ref().map_or(self.fd.as_fd(), |d| d.as_fd());
+            let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            dir = Some(openat(at, &component(part)?, flags, 0)?);
+        }
+        let at = dir.as_ref().map_or(self.fd.as_fd(), |d| d.as_fd());
+        openat(at, &component(last)?, flags, mode)
+    }
+
+    /// Runs `f` with the open parent folder of `rel` and its last name.
+    fn at_parent<R>(
+        &self,
+        rel: &[u8],
+        f: impl FnOnce(BorrowedFd<'_>, &CStr) -> io::Result<R>,
+    ) -> io::Result<R> {
+        match rel.iter().rposition(|&b| b == b'/') {
+            None => f(self.fd.as_fd(), &component(rel)?),
+            Some(i) => {
+                let parent = self.open_beneath(&rel[..i], libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                f(parent.as_fd(), &component(&rel[i + 1..])?)
+            }
+        }
+    }
+}
+
+/// One path component as a C string; anything else is refused (tree names are checked at
+/// load, so this only guards against a bug).
+fn component(name: &[u8]) -> io::Result<CString> {
+    if tree::check_name(name).is_err() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a single path component"));
+    }
+    CString::new(name).map_err(io::Error::other)
+}
+
+fn openat2_beneath(dir: BorrowedFd<'_>, rel: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = CString::new(rel)?;
+    // SAFETY: open_how is plain data; zeroed is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.mode = if flags & libc::O_CREAT != 0 { mode as u64 } else { 0 };
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: valid pointers for the duration of the call; the result is checked.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: a valid NUL-terminated name and an open folder; the result is checked.
+    let fd = cvt(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// What is at `name` in `dir`, without following a symlink: `None` when nothing is.
+fn kind_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<libc::mode_t>> {
+    // SAFETY: stat is plain data, filled by the call.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid name, an open folder and a stat to fill.
+    match cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }) {
+        Ok(_) => Ok(Some(st.st_mode & libc::S_IFMT)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes whatever is at `name` in `dir` unless it is a folder (then creating there fails).
+fn remove_non_dir(dir: BorrowedFd<'_>, name: &CStr) {
+    // SAFETY: a valid NUL-terminated name and an open folder.
+    unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+}
+
+/// Makes room for a regular file at `name` in `dir`: anything else there is removed, a
+/// folder with everything in it. The removal goes through `dir` itself
+/// (`/proc/self/fd/N/name`), so no symlink on the way is followed.
+fn clear_for_file(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    match kind_at(dir, name)? {
+        None => Ok(()),
+        Some(libc::S_IFREG) => Ok(()),
+        Some(libc::S_IFDIR) => {
+            let path = format!("/proc/self/fd/{}/", dir.as_raw_fd());
+            let mut path = path.into_bytes();
+            path.extend_from_slice(name.to_bytes());
+            std::fs::remove_dir_all(std::ffi::OsStr::from_bytes(&path))
+        }
+        Some(_) => {
+            // SAFETY: a valid NUL-terminated name and an open folder.
+            cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) }).map(drop)
+        }
+    }
+}
+
+/// Creates (or keeps) the folder `name` in `dir` and opens it, writable while we fill it;
+/// its real mode is applied at the end. Whatever else is there (a symlink, a file) is
+/// replaced, never followed.
+fn make_dir(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: a valid NUL-terminated name and an open folder.
+    let made = cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) });
+    if let Err(e) = made
+        && e.raw_os_error() != Some(libc::EEXIST)
+    {
+        return Err(e);
+    }
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let fd = match openat(dir, name, flags, 0) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+            // SAFETY: as above.
+            cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })?;
+            // SAFETY: as above.
+            cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) })?;
+            openat(dir, name, flags, 0)?
+        }
+        r => r?,
+    };
+    // SAFETY: an open descriptor.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) })?;
+    Ok(fd)
+}
+
+/// Sets a file being restored to its final size. Several workers may open one file: each
+/// sets the same size, so no data they wrote is cut.
+fn set_size(f: &File, size: u64) -> io::Result<()> {
     if f.metadata()?.len() != size {
         f.set_len(size)?;
     }
+    Ok(())
+}
+
+/// Creates (or opens) the file `name` in `dir` at its final size; never through a symlink.
+fn create_file_at(dir: BorrowedFd<'_>, name: &CStr, size: u64) -> io::Result<File> {
+    let f = File::from(openat(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)?);
+    set_size(&f, size)?;
     Ok(f)
 }
 
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(_) => Ok(()),
-    }
+/// Applies owner (as root), mode and times to entries below the target, each through its
+/// open parent folder with `AT_SYMLINK_NOFOLLOW` (`fchmodat2` for the mode). Entries come
+/// mostly grouped by folder, so the last parent opened is kept.
+struct MetaWriter<'a> {
+    target: &'a Target,
+    as_root: bool,
+    /// The last parent folder opened: its path below the target, and its handle.
+    parent: Option<(Vec<u8>, OwnedFd)>,
+    /// Cleared the first time the kernel says it has no `fchmodat2`.
+    fchmodat2: bool,
 }
 
-fn create_dir(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            std::fs::remove_file(path)?;
-            std::fs::create_dir(path)?;
+impl MetaWriter<'_> {
+    fn apply(&mut self, rel: &[u8], node: &Node) -> io::Result<()> {
+        let (parent_rel, name) = match rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&b""[..], rel),
+        };
+        let name = component(name)?;
+        if !parent_rel.is_empty() && self.parent.as_ref().is_none_or(|(p, _)| p != parent_rel) {
+            let fd = self.target.open_beneath(parent_rel, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            self.parent = Some((parent_rel.to_vec(), fd));
         }
-        Err(_) => {
-            std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?
+        let dir = match &self.parent {
+            Some((_, fd)) if !parent_rel.is_empty() => fd.as_raw_fd(),
+            _ => self.target.fd.as_raw_fd(),
+        };
+        let nofollow = libc::AT_SYMLINK_NOFOLLOW;
+        if self.as_root {
+            // SAFETY: a valid NUL-terminated name and an open folder.
+            cvt(unsafe { libc::fchownat(dir, name.as_ptr(), node.uid, node.gid, nofollow) })?;
         }
+        if node.kind != NodeKind::Symlink {
+            self.chmod(dir, &name, node.mode)?;
+        }
+        let t = libc::timespec {
+            tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000),
+        };
+        // SAFETY: a valid name, an open folder and two timespecs.
+        cvt(unsafe { libc::utimensat(dir, name.as_ptr(), [t, t].as_ptr(), nofollow) })?;
+        Ok(())
     }
-    // Writable while we fill it; the real mode is applied at the end.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
-    Ok(())
-}
 
-fn apply_meta(path: &Path, node: &Node, as_root: bool) -> Result<()> {
-    let mtime = FileTime::from_unix_time(
-        node.mtime_ns.div_euclid(1_000_000_000),
-        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
-    if as_root {
-        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
+    /// Sets the mode of `name` in `dir`, never through a symlink: `fchmodat2` with
+    /// `AT_SYMLINK_NOFOLLOW`, or (kernels before 6.6) an `O_NOFOLLOW` open and `fchmod`.
+    fn chmod(&mut self, dir: libc::c_int, name: &CStr, mode: u32) -> io::Result<()> {
+        if self.fchmodat2 {
+            // SAFETY: a valid NUL-terminated name and an open folder.
+            let r = unsafe {
+                libc::syscall(libc::SYS_fchmodat2, dir, name.as_ptr(), mode, libc::AT_SYMLINK_NOFOLLOW)
+            };
+            match cvt(r as libc::c_int) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                    self.fchmodat2 = false
+                }
+                r => return r.map(drop),
+            }
+        }
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: `dir` is open for the duration of the call.
+        let fd = openat(unsafe { BorrowedFd::borrow_raw(dir) }, name, flags, 0)?;
+        // SAFETY: an open descriptor.
+        cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
     }
-    if node.kind != NodeKind::Symlink {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
-    }
-    // utimensat without following links: never opens the path, so fifos are safe too.
-    filetime::set_symlink_file_times(path, mtime, mtime)?;
-    Ok(())
 }
 
 /// One blob of a pack and where its plaintext goes.
@@ -342,7 +626,7 @@ fn restore_pack(
     rt: &tokio::runtime::Handle,
     pack: &Id,
     mut blobs: Vec<BlobPlan>,
-    files: &[FileItem],
+    dest: Dest<'_>,
     open: &mut HashMap<u32, File>,
     failed: &Mutex<HashMap<u32, String>>,
     counters: &Counters,
@@ -397,7 +681,7 @@ fn restore_pack(
                         if failed.lock().unwrap().contains_key(&idx) {
                             continue;
                         }
-                        if let Err(e) = write_at(open, files, idx, off, &plain) {
+                        if let Err(e) = write_at(open, dest, idx, off, &plain) {
                             fail(&[(idx, off)], &format!("cannot write: {e}"));
                         }
                         counters.bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
@@ -409,18 +693,28 @@ fn restore_pack(
     }
 }
 
+/// Where the workers write: the target and the files being restored.
+#[derive(Clone, Copy)]
+struct Dest<'a> {
+    target: &'a Target,
+    files: &'a [FileItem],
+}
+
 fn write_at(
     open: &mut HashMap<u32, File>,
-    files: &[FileItem],
+    dest: Dest<'_>,
     idx: u32,
     off: u64,
     data: &[u8],
-) -> std::io::Result<()> {
+) -> io::Result<()> {
     if !open.contains_key(&idx) {
         if open.len() >= 64 {
             open.clear();
         }
-        let f = create_file(&files[idx as usize].path, files[idx as usize].node.size)?;
+        let item = &dest.files[idx as usize];
+        let flags = libc::O_WRONLY | libc::O_CREAT;
+        let f = File::from(dest.target.open_beneath(&item.rel, flags, 0o600)?);
+        set_size(&f, item.node.size)?;
         open.insert(idx, f);
     }
     open[&idx].write_all_at(data, off)
@@ -428,7 +722,98 @@ fn write_at(
 
 #[cfg(test)]
 mod tests {
-    use super::selected;
+    use super::*;
+
+    /// Both resolvers (`openat2`, and the component walk used where the kernel lacks it)
+    /// open what is below the target and refuse any symlink on the way or at the end.
+    #[test]
+    fn target_paths_never_follow_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"outside").unwrap();
+        let root = dir.path().join("target");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/f"), b"inside").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a/out")).unwrap();
+        std::os::unix::fs::symlink(outside.join("f"), root.join("a/lf")).unwrap();
+        std::os::unix::fs::symlink("b", root.join("a/rel")).unwrap();
+        for use_openat2 in [true, false] {
+            let t = Target::open(&root).unwrap();
+            t.openat2.store(use_openat2, Ordering::Relaxed);
+            let f = File::from(t.open_beneath(b"a/b/f", libc::O_RDONLY, 0).unwrap());
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut &f, &mut s).unwrap();
+            assert_eq!(s, "inside");
+            for rel in [&b"a/out/f"[..], b"a/lf", b"a/rel/f", b"a/out"] {
+                let e = t.open_beneath(rel, libc::O_WRONLY | libc::O_CREAT, 0o600).unwrap_err();
+                // ELOOP for a symlink opened; ENOTDIR for one walked through as a folder.
+                let code = e.raw_os_error();
+                assert!(
+                    matches!(code, Some(libc::ELOOP | libc::ENOTDIR)),
+                    "{e} {}",
+                    String::from_utf8_lossy(rel)
+                );
+            }
+            for rel in [&b"../outside/f"[..], b"/etc/passwd", b"a/./b/f", b""] {
+                assert!(t.open_beneath(rel, libc::O_RDONLY, 0).is_err());
+            }
+            assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"outside");
+            assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+        }
+    }
+
+    /// Modes and times go to the entry itself; a symlink where a file was is never followed,
+    /// with `fchmodat2` or without it (older kernels).
+    #[test]
+    fn metadata_never_follows_a_symlink() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside.txt");
+        std::fs::write(&outside, b"x").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let root = dir.path().join("target");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/f"), b"inside").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a/l")).unwrap();
+        let before = std::fs::metadata(&outside).unwrap();
+        for fchmodat2 in [true, false] {
+            let t = Target::open(&root).unwrap();
+            let mut meta = MetaWriter { target: &t, as_root: false, parent: None, fchmodat2 };
+            let mut node = crate::repo::format::Node {
+                name: serde_bytes::ByteBuf::from(b"f".to_vec()),
+                kind: NodeKind::File,
+                mode: 0o640,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 1_000_000_000_123,
+                size: 6,
+                content: Vec::new(),
+                subtree: None,
+                target: serde_bytes::ByteBuf::new(),
+            };
+            meta.apply(b"a/f", &node).unwrap();
+            let m = std::fs::metadata(root.join("a/f")).unwrap();
+            assert_eq!((m.mode() & 0o7777, m.mtime(), m.mtime_nsec()), (0o640, 1000, 123));
+            node.mode = 0o777;
+            assert!(meta.apply(b"a/l", &node).is_err());
+            let after = std::fs::metadata(&outside).unwrap();
+            assert_eq!(
+                (after.mode(), after.mtime(), after.mtime_nsec()),
+                (before.mode(), before.mtime(), before.mtime_nsec())
+            );
+        }
+    }
+
+    #[test]
+    fn includes_are_normalised_and_confined() {
+        let n = |v: &[&str]| normalise_includes(&v.iter().map(PathBuf::from).collect::<Vec<_>>());
+        assert_eq!(n(&["/home//me/./docs/"]).unwrap(), vec![b"/home/me/docs".to_vec()]);
+        assert_eq!(n(&["home/me"]).unwrap(), vec![b"/home/me".to_vec()]);
+        assert!(n(&["/a", "/"]).unwrap().is_empty());
+        let e = n(&["/home/../etc"]).unwrap_err().to_string();
+        assert!(e.contains("`..` is not allowed"), "{e}");
+    }
 
     #[test]
     fn include_selection() {

@@ -7,9 +7,9 @@
 //!    against its name, its header against the journal, and every blob authenticated and
 //!    hash-checked. Verified packs get a time stamp, so `--read-data-subset` can pick the
 //!    least recently verified ones first and repeated runs cover everything.
-//! 4. Every snapshot's trees are walked: each folder listing must load and each file's
-//!    chunks must live in a pack that is present and sound. Damage is reported by
-//!    snapshot and path.
+//! 4. Every snapshot's trees are walked: each folder listing must load, each entry's name
+//!    must be one path component (unique in its folder), and each file's chunks must live
+//!    in a pack that is present and sound. Damage is reported by snapshot and path.
 //!
 //! Packs found missing or corrupt are marked `damaged` in the journal, so backups store
 //! their data again instead of deduplicating against it, and `repair` knows what to fix.
@@ -292,8 +292,9 @@ pub fn run(
     Ok(report)
 }
 
+/// A snapshot path as printable text: names come from the repository, so they are escaped.
 pub fn display_path(path: &[u8]) -> String {
-    if path.is_empty() { "/".to_string() } else { String::from_utf8_lossy(path).into_owned() }
+    if path.is_empty() { "/".to_string() } else { crate::untrusted::escape_bytes(path) }
 }
 
 /// Damaged entries below a tree: (path relative to it, reason).
@@ -310,8 +311,8 @@ pub struct SnapshotDamage {
     pub trees: u64,
 }
 
-/// Walks every snapshot and lists the files whose chunks `lost` reports lost, and the
-/// folders whose listing cannot be read.
+/// Walks every snapshot and lists the files whose chunks `lost` reports lost, the entries
+/// whose name is refused, and the folders whose listing cannot be read.
 pub fn snapshot_damage(
     repo: &Repository,
     rt: &tokio::runtime::Handle,
@@ -377,14 +378,20 @@ fn check_tree(
     }
     *trees += 1;
     let mut out = Vec::new();
-    match reader.load(id) {
+    match reader.load_checked(id) {
         Err(e) => {
             if let Some(reason) = lost(id)? {
                 lost_blobs.insert(*id, reason);
             }
             out.push((Vec::new(), format!("folder listing {} cannot be read: {e:#}", id.short())));
         }
-        Ok(tree) => {
+        Ok((tree, rejected)) => {
+            // Entries refused at load: a restore skips them, so they are damage too.
+            for r in &rejected {
+                let mut path = b"/".to_vec();
+                path.extend_from_slice(&r.name);
+                out.push((path, format!("{}; a restore skips it", r.why)));
+            }
             for node in &tree.nodes {
                 let mut path = b"/".to_vec();
                 path.extend_from_slice(&node.name);
