@@ -13,7 +13,8 @@
 #            commit), run exactly like cairn: a regression check (the table adds cairn/base).
 # Steps: init, initial backup, no-change rerun, incremental backup after mutate.py, restore,
 # and a full read-back check (cairn verify --read-data, restic check --read-data, ...).
-# Needs: restic (apt install restic), /usr/bin/time, python3. Uses a release build of cairn.
+# Needs: restic (apt install restic), /usr/bin/time, python3. Uses a release build of cairn
+# (or the binary $CAIRN names).
 # Warm page cache, like ../shared/bench/run_peers.sh; WORK (default /tmp/bench/work) must
 # be on the same disk as the dataset.
 set -euo pipefail
@@ -45,8 +46,13 @@ mkdir -p "$OUT" "$WORK"
 RESULTS=$OUT/results.tsv
 : >"$RESULTS"
 
-(cd "$ROOT" && cargo build --release --quiet)
-CAIRN=$ROOT/target/release/cairn
+# CAIRN names a cairn binary to measure (no build); by default the release build of this
+# checkout (in $CARGO_TARGET_DIR when set).
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+if [ -z "${CAIRN:-}" ]; then
+  (cd "$ROOT" && cargo build --release --quiet)
+  CAIRN=$TARGET/release/cairn
+fi
 
 if [ "$BACKEND" = s3 ]; then
   # One SeaweedFS for the whole run, every port on loopback, stopped on exit.
@@ -73,7 +79,7 @@ print(" ".join(str(x.getsockname()[1]) for x in s))'))
   S3=http://127.0.0.1:$S3_PORT
   rm -rf "$WORK/plugins"; mkdir -p "$WORK/plugins"
   export CAIRN_PLUGINS_DIR=$WORK/plugins
-  "$CAIRN" plugin install "$ROOT/target/wasm-plugins/wasm32-wasip2/release/cairn_plugin_s3.wasm" >/dev/null
+  "$CAIRN" plugin install "$TARGET/wasm-plugins/wasm32-wasip2/release/cairn_plugin_s3.wasm" >/dev/null
   # Ready once the s3 plugin can open the bucket (weed creates it a moment after starting).
   cat >"$WORK/probe.toml" <<TOML
 [repository]

@@ -334,3 +334,70 @@ fn folders_deeper_than_the_handles_kept_open_are_confined_too() {
     let m = std::fs::metadata(bottom).unwrap();
     assert_eq!((m.mode() & 0o7777, m.mtime()), (0o755, 1_600_000_000));
 }
+
+/// A tree that leads from the root through every folder of the absolute `path` to `leaf`.
+fn tree_along(forge: &mut Forge, path: &Path, leaf: cairn::repo::format::Node) -> cairn::ids::Id {
+    let folders: Vec<&[u8]> = path
+        .parent()
+        .unwrap()
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.as_bytes()),
+            _ => None,
+        })
+        .collect();
+    let mut id = forge.tree(vec![leaf]);
+    for name in folders.iter().rev() {
+        id = forge.tree(vec![forge::dir(name, id)]);
+    }
+    id
+}
+
+/// A file node at `path`'s name whose one chunk is the content of `bytes` but is stored in
+/// no pack: a lost chunk, as `repair` sees it.
+fn lost_file(forge: &mut Forge, path: &Path, bytes: &[u8]) -> cairn::repo::format::Node {
+    let mut node = forge::file(forge, path.file_name().unwrap().as_bytes(), b"");
+    node.size = bytes.len() as u64;
+    node.content = vec![forge.key.blob_id(bytes)];
+    node
+}
+
+#[test]
+fn repair_reads_lost_chunks_again_only_from_this_configs_sources() {
+    // A forged snapshot names a local file outside the sources, with a guess at its content
+    // as a lost chunk: if repair read it, a holder of the key would learn (and get stored)
+    // whether the guess is right. Only files below the config's sources are read again.
+    let env = Env::new();
+    env.ok(&["init"]);
+    let mut forge = Forge::unlock(&env.repo, PASSWORD);
+    let secret_path = env.path("outside/secret.txt");
+    let secret = b"the machine's private data";
+    write_file(&secret_path, secret, 0o600, 1_500_000_000);
+    let own_path = env.src.join("own.txt");
+    let own = b"a file this config backs up";
+    write_file(&own_path, own, 0o644, 1_500_000_000);
+
+    let leaf = lost_file(&mut forge, &secret_path, secret);
+    let root = tree_along(&mut forge, &secret_path, leaf);
+    forge.snapshot(root);
+    let leaf = lost_file(&mut forge, &own_path, own);
+    let root = tree_along(&mut forge, &own_path, leaf);
+    forge.snapshot(root);
+
+    let out = env.run(&["--json", "repair"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("repair JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    // The file below the sources was read and its chunk stored again; the other was not.
+    assert_eq!(v["recovered_chunks"], 1, "{v}");
+    let stored = |bytes: &[u8]| {
+        let id = forge.key.blob_id(bytes);
+        let db = common::find_journal(&env.state);
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM blobs WHERE id = ?1", [id.0.to_vec()], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    assert_eq!(stored(own), 1, "the source file's chunk is stored again");
+    assert_eq!(stored(secret), 0, "a file outside the sources was read into the repository");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("private data"), "{text}");
+}

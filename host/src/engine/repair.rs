@@ -18,7 +18,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 
@@ -129,11 +130,15 @@ impl<'a> RepairPacker<'a> {
     }
 }
 
+/// `sources` are this config's backup sources: lost chunks are read again only from files
+/// below them. A snapshot is untrusted data (another machine sharing the key may have
+/// written it): its paths must not make repair read, and store, any other local file.
 pub fn run(
     repo: &Repository,
     rt: &tokio::runtime::Handle,
     opts: Options,
     stale: &[(Id, Snapshot)],
+    sources: &[PathBuf],
     threads: usize,
 ) -> Result<Outcome> {
     if opts.destructive() && !stale.is_empty() {
@@ -295,11 +300,20 @@ pub fn run(
                 continue;
             }
             let p = Path::new(std::ffi::OsStr::from_bytes(path));
+            if !below_a_source(p, sources) {
+                continue;
+            }
             let Ok(meta) = std::fs::symlink_metadata(p) else { continue };
             if !meta.is_file() {
                 continue;
             }
-            let Ok(mut file) = std::fs::File::open(p) else { continue };
+            let Ok(mut file) = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(p)
+            else {
+                continue;
+            };
             let mut found = Vec::new();
             let r = chunker.chunk(&mut file, &mut window, |chunk| {
                 let id = repo.key.blob_id(chunk);
@@ -570,6 +584,14 @@ fn adopt(repo: &Repository, rt: &tokio::runtime::Handle, name: &str, _what: &str
     }
     // Index and snapshot objects are picked up by the sync that follows.
     Ok(())
+}
+
+/// Whether `path` (absolute, from a snapshot) lies at or below one of `sources`, with no `.`
+/// or `..` component that could climb out of it.
+fn below_a_source(path: &Path, sources: &[PathBuf]) -> bool {
+    use std::path::Component;
+    path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && sources.iter().any(|s| path.starts_with(s))
 }
 
 /// Marks a replaced object retired (still stored) or forgets it (gone).
