@@ -42,7 +42,8 @@ pub fn run(ctx: &Ctx, opts: Options, rebuild_journal: bool) -> Result<()> {
             r.bytes_downloaded
         );
     }
-    let out = repair::run(&repo, ctx.rt.handle(), opts, &stale, &config.backup.sources, config.threads().max(2))?;
+    let out =
+        repair::run(&repo, ctx.rt.handle(), opts, &stale, &config.backup.sources, config.threads().max(2))?;
     if ctx.json {
         ctx.print_json(&json!({
             "dry_run": opts.dry_run,

@@ -307,10 +307,7 @@ pub fn run(
             if !meta.is_file() {
                 continue;
             }
-            let Ok(mut file) = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(p)
+            let Ok(mut file) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)
             else {
                 continue;
             };
