@@ -1,8 +1,10 @@
 //! The backend as the engine uses it: whole operations (list everything, upload an object,
 //! read a range) over a plugin pool, with retries.
 //!
-//! Retryable errors (transient, rate-limited, and crashed or timed-out instances, which the
-//! pool replaces) are retried with exponential backoff and jitter, up to a bound. Permanent
+//! Retryable errors (transient, rate-limited, and instances that crashed, timed out or hit
+//! their memory cap, which the pool replaces) are retried with exponential backoff and
+//! jitter, up to a bound: such a failure says nothing about the stored data, and a fresh
+//! instance often gets through (a guest that leaks dies every few calls, not every call). Permanent
 //! errors are returned at once. An upload is retried as a whole: the plugin contract makes a
 //! failed upload invisible, so starting over is always safe.
 
@@ -39,9 +41,10 @@ const MAX_LIST_NAME_BYTES: usize = 80 << 20;
 /// 72 bytes).
 const NAME_BYTES_PER_OBJECT: usize = 80;
 
-/// Attempts for transient errors, and for crashed or timed-out instances.
+/// Attempts for transient errors, and for instances that crashed, timed out or ran out of
+/// memory.
 const TRANSIENT_ATTEMPTS: u32 = 6;
-const CRASH_ATTEMPTS: u32 = 3;
+const CRASH_ATTEMPTS: u32 = 5;
 
 #[derive(Default)]
 pub struct Traffic {
@@ -64,7 +67,7 @@ pub fn backoff_base() -> Duration {
 /// `None` when it is not worth another attempt. Logs the decision.
 pub fn retry_delay(attempt: u32, err: &BackendError, base: Duration) -> Option<Duration> {
     let limit = match err.kind {
-        ErrorKind::Trap(_) | ErrorKind::Deadline(_) => CRASH_ATTEMPTS,
+        ErrorKind::Trap(_) | ErrorKind::Deadline(_) | ErrorKind::MemoryLimit(_) => CRASH_ATTEMPTS,
         ErrorKind::Transient(_) | ErrorKind::RateLimited { .. } => TRANSIENT_ATTEMPTS,
         _ => return None,
     };

@@ -13,6 +13,10 @@
 //!
 //! Packs found missing or corrupt are marked `damaged` in the journal, so backups store
 //! their data again instead of deduplicating against it, and `repair` knows what to fix.
+//! Only evidence about the bytes counts as damage: bytes that fail authentication or their
+//! hash, an object the backend says does not exist, a size that differs. A plugin that
+//! still fails after its retries (crash, memory cap, deadline) makes verify fail with an
+//! operational error and marks nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -25,8 +29,10 @@ use serde::Serialize;
 use crate::engine::tree::TreeReader;
 use crate::ids::Id;
 use crate::journal::{ObjectKind, State};
+use crate::plugin::BackendError;
 use crate::repo::Repository;
 use crate::repo::format::{self, NodeKind, WholeObject};
+use crate::untrusted::escape;
 
 /// Which packs `--read-data` reads.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -247,6 +253,7 @@ pub fn run(
         });
         report.bytes_read = bytes_read.into_inner();
         report.blobs_checked = blobs_checked.into_inner();
+        let mut plugin_failures: Vec<(String, BackendError)> = Vec::new();
         for (name, r) in results.into_inner().unwrap() {
             report.packs_read += 1;
             let was_damaged = journal.object(&name)?.is_some_and(|o| o.state == State::Damaged);
@@ -254,6 +261,8 @@ pub fn run(
                 Ok(check) if check.is_sound() => {
                     if was_damaged {
                         journal.clear_damage(&name)?;
+                        // Read whole and sound now: the earlier finding no longer holds.
+                        report.problems.retain(|p| !(p.kind == "damaged" && p.object == name));
                     } else {
                         journal.mark_verified(&name)?;
                     }
@@ -265,14 +274,26 @@ pub fn run(
                     let blobs: Vec<(Id, String)> = check.bad_blobs.iter().map(|id| (*id, why(id))).collect();
                     journal.mark_damaged(&name, &detail, &blobs)?;
                 }
-                Err(e) => {
-                    report.problem("damaged", &name, format!("cannot be read: {e:#}"));
+                Err(PackError::Damaged(detail)) => {
+                    report.problem("damaged", &name, format!("cannot be read: {detail}"));
                     let why = format!("its pack {name} cannot be read");
                     let blobs: Vec<(Id, String)> =
                         journal.pack_entries(&name)?.into_iter().map(|e| (e.id, why.clone())).collect();
                     journal.mark_damaged(&name, "unreadable", &blobs)?;
                 }
+                Err(PackError::Plugin(e)) => plugin_failures.push((name, e)),
+                Err(PackError::Local(e)) => return Err(e),
             }
+        }
+        if let Some((_, first)) = plugin_failures.first() {
+            // The plugin told us nothing about these packs: nothing is marked damaged.
+            bail!(
+                "could not check {} packs: plugin {} failed: {first}; nothing was marked damaged; \
+                 run `cairn verify --read-data` again (if the plugin runs out of memory, raise \
+                 repository.grants.memory_mib)",
+                plugin_failures.len(),
+                escape(&first.plugin)
+            );
         }
     }
     if journal.all_objects()?.iter().any(|o| o.state == State::Damaged) {
@@ -458,6 +479,29 @@ impl PackCheck {
     }
 }
 
+/// Why a pack could not be read to its end.
+pub enum PackError {
+    /// Evidence about the pack itself: the backend says it does not exist, or it ends early.
+    Damaged(String),
+    /// The plugin failed (crashed, ran out of memory or time, broke the contract, ...) after
+    /// its retries: that says nothing about the stored bytes.
+    Plugin(BackendError),
+    /// A local failure (the journal).
+    Local(anyhow::Error),
+}
+
+impl From<anyhow::Error> for PackError {
+    fn from(e: anyhow::Error) -> Self {
+        PackError::Local(e)
+    }
+}
+
+impl From<BackendError> for PackError {
+    fn from(e: BackendError) -> Self {
+        if e.kind.is_verdict_on_data() { PackError::Damaged(e.to_string()) } else { PackError::Plugin(e) }
+    }
+}
+
 /// Reads a whole pack as a stream, in pieces, checking as it goes: its bytes against its name,
 /// every blob the journal places in it (authenticated and hash-checked), and its header
 /// against the journal. Memory stays at a piece plus the largest blob, however big the pack.
@@ -468,7 +512,7 @@ pub fn check_pack(
     size: u64,
     bytes_read: &AtomicU64,
     blobs_checked: &AtomicU64,
-) -> Result<PackCheck> {
+) -> Result<PackCheck, PackError> {
     let mut entries = repo.journal.pack_entries(name)?;
     entries.sort_by_key(|e| e.offset);
     // Where the blobs end and the header begins, as far as the journal knows.
@@ -507,7 +551,7 @@ pub fn check_pack(
     }
     bytes_read.fetch_add(read, Ordering::Relaxed);
     if read < size {
-        bail!("only {read} of {size} bytes could be read");
+        return Err(PackError::Damaged(format!("only {read} of {size} bytes could be read")));
     }
     let hash_ok = format::id_of_name(name) == Some(Id(*hasher.finalize().as_bytes()));
     // What remains is the header and the trailer.

@@ -64,7 +64,8 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Errors worth trying again: transient failures and a fresh instance after a crash.
+    /// Errors worth trying again: transient failures and a fresh instance after a crash
+    /// (trap, deadline, memory cap).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -72,7 +73,14 @@ impl ErrorKind {
                 | ErrorKind::RateLimited { .. }
                 | ErrorKind::Trap(_)
                 | ErrorKind::Deadline(_)
+                | ErrorKind::MemoryLimit(_)
         )
+    }
+
+    /// Whether the error is evidence about the stored object itself (it does not exist),
+    /// rather than about the plugin (it failed, broke the contract, was refused).
+    pub fn is_verdict_on_data(&self) -> bool {
+        matches!(self, ErrorKind::NotFound(_))
     }
 }
 

@@ -4,8 +4,8 @@
 //! - `escape = "/some/host/file"`: `open` first tries to read that file, which lies outside
 //!   every grant. If the sandbox lets it through, `open` succeeds as if nothing happened (so a
 //!   test expecting the denial fails); otherwise `open` fails with the error it saw.
-//! - `faults = "CALL[#N]:ACTION,..."`: on the Nth call (1-based; every call when `#N` is
-//!   left out) of CALL (`open`, `list`, `stat`, `read`, `start-upload`,
+//! - `faults = "CALL[#N|%K]:ACTION,..."`: on the Nth call (1-based; `%K`: every Kth call;
+//!   every call when both are left out) of CALL (`open`, `list`, `stat`, `read`, `start-upload`,
 //!   `write`, `finish`, `delete`, `list-incomplete`, `abort-incomplete`), do ACTION:
 //!   `spin` (loop forever), `alloc` (allocate without bound), `trap` (panic), `hang` (sleep
 //!   for an hour), `transient` / `permanent` (return that kind of error), `truncate` (finish:
@@ -74,9 +74,29 @@ const BAD_NAMES: &[&str] = &[
 /// What `read:flood` answers: ~120 MiB, under the default 256 MiB memory cap.
 const FLOOD_BYTES: usize = 120 << 20;
 
+/// Which calls of its kind a fault applies to (counted across instances).
+#[derive(Clone, Copy)]
+enum When {
+    Always,
+    /// Only the Nth call.
+    Nth(u64),
+    /// Every Kth call (K, 2K, ...).
+    Every(u64),
+}
+
+impl When {
+    fn applies(self, n: u64) -> bool {
+        match self {
+            When::Always => true,
+            When::Nth(k) => n == k,
+            When::Every(k) => n.is_multiple_of(k),
+        }
+    }
+}
+
 struct Fault {
     call: String,
-    nth: Option<u64>,
+    when: When,
     action: Action,
 }
 
@@ -98,9 +118,13 @@ fn parse_faults(spec: &str) -> Result<Vec<Fault>, Error> {
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let bad = || Error::InvalidConfig(format!("bad fault {item:?}"));
         let (target, action) = item.split_once(':').ok_or_else(bad)?;
-        let (call, nth) = match target.split_once('#') {
-            Some((c, n)) => (c, Some(n.parse::<u64>().map_err(|_| bad())?)),
-            None => (target, None),
+        let number = |n: &str| n.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(bad);
+        let (call, when) = if let Some((c, n)) = target.split_once('#') {
+            (c, When::Nth(number(n)?))
+        } else if let Some((c, k)) = target.split_once('%') {
+            (c, When::Every(number(k)?))
+        } else {
+            (target, When::Always)
         };
         let action = match action {
             "spin" => Action::Spin,
@@ -121,7 +145,7 @@ fn parse_faults(spec: &str) -> Result<Vec<Fault>, Error> {
             "huge" => Action::Huge,
             _ => return Err(bad()),
         };
-        out.push(Fault { call: call.to_string(), nth, action });
+        out.push(Fault { call: call.to_string(), when, action });
     }
     Ok(out)
 }
@@ -158,7 +182,7 @@ fn enter(call: &str) -> Result<Option<Action>, Error> {
             return None;
         }
         let n = count(&s.path, call);
-        s.faults.iter().find(|f| f.call == call && f.nth.is_none_or(|k| k == n)).map(|f| f.action)
+        s.faults.iter().find(|f| f.call == call && f.when.applies(n)).map(|f| f.action)
     });
     match action {
         Some(Action::Spin) => {
@@ -301,7 +325,12 @@ impl Guest for Chaos {
     }
 
     fn read(name: String, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-        let action = enter("read")?;
+        let mut action = enter("read")?;
+        if name.starts_with("data/") {
+            // `read-data`: faults for reads of packs only (counted on their own), so a test
+            // can break data reads while keys, indexes and snapshots still load.
+            action = action.or(enter("read-data")?);
+        }
         if action == Some(Action::Flood) && name.starts_with("data/") && offset > 0 {
             // Touched, not just reserved: the guest really holds it.
             return Ok(vec![0xA5; FLOOD_BYTES]);

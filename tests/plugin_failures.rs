@@ -1,0 +1,118 @@
+//! A failing plugin is not damaged data (issue 10): a plugin that traps or runs out of
+//! memory every few calls is retried on a fresh instance, and every command still gives the
+//! same results; a plugin that keeps failing makes `verify` fail without marking anything
+//! damaged; a `damaged` mark is cleared by a sound read in the same run.
+
+mod common;
+
+use common::*;
+
+/// An env whose repository goes through the chaos plugin with `faults`, under a 64 MiB cap
+/// (so `alloc` hits it quickly).
+fn chaos_env(env: &Env, faults: &str) {
+    for (name, _) in repo_objects(&env.repo) {
+        if name.starts_with(".chaos-count-") {
+            std::fs::remove_file(env.repo.join(name)).unwrap();
+        }
+    }
+    env.write_config(&format!(
+        "[repository]\nbackend = {:?}\noptions = {{ path = {:?}, faults = {faults:?} }}\n\
+         password_env = \"CAIRN_TEST_PASSWORD\"\n\
+         grants = {{ dirs = [{:?}], call_timeout_secs = 20, memory_mib = 64 }}\n\n\
+         [backup]\nsources = [{:?}]\npack_size = \"1MiB\"\n\n[state]\ndir = {:?}\n",
+        test_plugin("chaos"),
+        env.repo,
+        env.repo,
+        env.src,
+        env.state
+    ));
+}
+
+fn new_env(faults: &str) -> Env {
+    let env = Env::new();
+    std::fs::create_dir_all(&env.repo).unwrap();
+    chaos_env(&env, faults);
+    gen_dataset(&env.src, 21, 80, &[3 << 20, 2 << 20]);
+    env
+}
+
+/// Objects the journal holds as `damaged`.
+fn damaged(env: &Env) -> Vec<String> {
+    journal_objects(&env.state).into_iter().filter(|o| o.1 == "damaged").map(|o| o.0).collect()
+}
+
+fn verify(env: &Env) -> serde_json::Value {
+    let v = env.json(&["verify", "--read-data"]);
+    assert_eq!(v["whole"], true, "{v:#}");
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v:#}");
+    v
+}
+
+fn restore_identical(env: &Env, dir: &str) {
+    let target = env.path(dir);
+    let r = env.json(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(r["failed"].as_array().unwrap().len(), 0, "{r}");
+    let diffs = diff_trees(&env.src, &env.restored_src(&target));
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
+#[test]
+fn a_plugin_that_traps_or_runs_out_of_memory_every_few_calls_changes_no_result() {
+    let env = new_env("read%4:trap,read%7:alloc,stat%3:trap,list%3:alloc,start-upload%5:trap,write%6:alloc");
+    env.ok(&["init"]);
+    let b = env.json(&["backup"]);
+    assert_eq!(b["errors"], 0, "{b}");
+    let v = verify(&env);
+    assert!(v["packs_read"].as_u64().unwrap() > 3, "{v:#}");
+    restore_identical(&env, "restored");
+    env.json(&["repair"]);
+    assert!(damaged(&env).is_empty(), "{:?}", damaged(&env));
+    // The faults really fired: the counters passed several multiples of K.
+    let reads: u64 =
+        std::fs::read_to_string(env.repo.join(".chaos-count-read")).unwrap().trim().parse().unwrap();
+    assert!(reads >= 8, "only {reads} reads");
+    // And the results are those of a healthy plugin.
+    chaos_env(&env, "");
+    verify(&env);
+    restore_identical(&env, "restored-healthy");
+    assert_repo_matches_journal(&env.repo, &env.state);
+}
+
+#[test]
+fn a_plugin_that_keeps_failing_makes_verify_fail_and_marks_nothing_damaged() {
+    let env = new_env("");
+    env.ok(&["init"]);
+    env.json(&["backup"]);
+    for faults in ["read-data:trap", "read-data:alloc"] {
+        chaos_env(&env, faults);
+        let (code, err) = env.fails(&["verify", "--read-data"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("could not check") && err.contains("packs: plugin"), "{err}");
+        assert!(err.contains("nothing was marked damaged"), "{err}");
+        let cause = if faults == "read-data:trap" { "crashed in `read`" } else { "memory limit" };
+        assert!(err.contains(cause), "{err}");
+        assert!(damaged(&env).is_empty(), "{:?}", damaged(&env));
+    }
+    // A healthy plugin verifies whole at once, and restore finds everything.
+    chaos_env(&env, "");
+    verify(&env);
+    restore_identical(&env, "restored");
+}
+
+#[test]
+fn a_sound_read_clears_a_damaged_mark_in_the_same_run() {
+    let env = new_env("");
+    env.ok(&["init"]);
+    env.json(&["backup"]);
+    // A mark left by an older cairn that took a crashing plugin for damage.
+    let packs: Vec<String> =
+        journal_objects(&env.state).into_iter().map(|o| o.0).filter(|n| n.starts_with("data/")).collect();
+    assert!(!packs.is_empty());
+    let conn = rusqlite::Connection::open(find_journal(&env.state)).unwrap();
+    conn.execute("UPDATE objects SET state = 'damaged', note = 'unreadable' WHERE name = ?1", [&packs[0]])
+        .unwrap();
+    drop(conn);
+    assert_eq!(damaged(&env), vec![packs[0].clone()]);
+    verify(&env);
+    assert!(damaged(&env).is_empty(), "{:?}", damaged(&env));
+}
