@@ -116,3 +116,24 @@ fn a_sound_read_clears_a_damaged_mark_in_the_same_run() {
     verify(&env);
     assert!(damaged(&env).is_empty(), "{:?}", damaged(&env));
 }
+
+#[test]
+fn restore_still_tries_packs_marked_damaged() {
+    let env = new_env("");
+    env.ok(&["init"]);
+    env.json(&["backup"]);
+    // Every pack and every chunk in it marked lost, as an older cairn did after a plugin
+    // crashed on each read: the bytes are intact, and authentication says so.
+    let conn = rusqlite::Connection::open(find_journal(&env.state)).unwrap();
+    conn.execute_batch(
+        "UPDATE objects SET state = 'damaged', note = 'unreadable' WHERE name LIKE 'data/%';
+         INSERT OR REPLACE INTO damaged_blobs (id, pack, reason)
+           SELECT b.id, b.pack, 'its pack cannot be read' FROM blobs b
+           JOIN objects o ON o.oid = b.pack WHERE o.name LIKE 'data/%';",
+    )
+    .unwrap();
+    let marked: i64 = conn.query_row("SELECT count(*) FROM damaged_blobs", [], |r| r.get(0)).unwrap();
+    assert!(marked > 10, "{marked}");
+    drop(conn);
+    restore_identical(&env, "restored");
+}

@@ -29,8 +29,8 @@ pub enum State {
     Uploaded,
     Verified,
     Deleting,
-    /// Found missing, truncated or corrupt by `verify`: never read from or deduplicated
-    /// against; `repair` salvages what it can.
+    /// Found missing, truncated or corrupt by `verify`: never deduplicated against, read
+    /// from only as a last resort (authentication decides); `repair` salvages what it can.
     Damaged,
     /// Replaced by `repair` (its content now lives elsewhere); kept, not used, not a problem.
     Retired,
@@ -608,7 +608,8 @@ impl Journal {
     }
 
     /// Where blob `id` of `kind` is stored, preferring packs known to be complete: verified,
-    /// then uploaded, then a damaged pack whose copy of this blob is not known to be bad.
+    /// then uploaded, then a damaged pack whose copy of this blob is not known to be bad,
+    /// and last a damaged pack's copy marked bad (readers authenticate every blob anyway).
     pub fn blob_location(&self, id: &Id, kind: BlobKind) -> Result<Option<BlobLocation>> {
         let conn = self.reader()?;
         let mut best: Option<(u8, BlobLocation)> = None;
@@ -621,6 +622,10 @@ impl Journal {
                 State::Verified => 3,
                 State::Uploaded => 2,
                 State::Damaged if blob_damage(&conn, id, row.pack)?.is_none() => 1,
+                // `damaged` is a hint, not a verdict (it may have been a failing plugin, or
+                // the pack may be back from a copy): the last resort is still tried, and
+                // authentication decides chunk by chunk.
+                State::Damaged => 0,
                 _ => continue,
             };
             if best.as_ref().is_none_or(|(r, _)| rank > *r) {
