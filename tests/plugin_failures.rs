@@ -137,3 +137,23 @@ fn restore_still_tries_packs_marked_damaged() {
     drop(conn);
     restore_identical(&env, "restored");
 }
+
+#[test]
+fn an_instance_that_leaks_is_recycled_before_it_reaches_the_cap() {
+    let env = new_env("");
+    // Enough 1 MiB packs that their leaks add up to more than the cap.
+    gen_dataset(&env.src.join("more"), 22, 0, &[12 << 20, 12 << 20]);
+    env.ok(&["init"]);
+    env.json(&["backup"]);
+    // 4 MiB kept per pack read, under a 64 MiB cap shared by the instances: without
+    // recycling, instances die at the cap every few reads.
+    chaos_env(&env, "read-data:leak");
+    let out = env.run(&["-v", "verify", "--read-data"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("instances recycled"), "{err}");
+    assert!(!err.contains("memory limit"), "{err}");
+    let reads: u64 =
+        std::fs::read_to_string(env.repo.join(".chaos-count-read-data")).unwrap().trim().parse().unwrap();
+    assert!(reads >= 20, "only {reads} pack reads: the cap was never in reach");
+}

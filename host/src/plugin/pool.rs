@@ -8,7 +8,7 @@
 //! break the contract (a `read` longer than asked, a `list` page longer than `max`) are
 //! refused as [`ErrorKind::Contract`].
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
@@ -54,6 +54,25 @@ pub struct PluginPool {
     permits: Arc<Semaphore>,
     /// Linear memory held by all instances, capped together at `sandbox.memory_bytes`.
     memory_in_use: Arc<AtomicUsize>,
+    /// An instance holding more than this when its lease ends is retired, not kept: half
+    /// its share of the cap, so a guest that leaks (common in garbage-collected languages)
+    /// is replaced before it reaches the cap and dies in the middle of a call.
+    retire_above: usize,
+    /// Instances retired that way (shown with `-v`).
+    recycled: AtomicU64,
+}
+
+impl Drop for PluginPool {
+    fn drop(&mut self) {
+        let n = self.recycled.load(Ordering::Relaxed);
+        if n > 0 {
+            tracing::info!(
+                "plugin {}: {n} instances recycled (each had grown past {} MiB, half its share of the memory cap)",
+                self.name,
+                self.retire_above >> 20
+            );
+        }
+    }
 }
 
 /// Converts the contract's error variant to the host's, its message cleaned of secrets.
@@ -141,6 +160,7 @@ impl PluginPool {
             attempt += 1;
         };
         let permits = max_instances.max(1);
+        let sandbox_memory = sandbox.memory_bytes;
         Ok(Arc::new(PluginPool {
             name: name.to_string(),
             sandbox,
@@ -153,6 +173,8 @@ impl PluginPool {
             idle: Mutex::new(vec![probe]),
             permits: Arc::new(Semaphore::new(permits)),
             memory_in_use,
+            retire_above: sandbox_memory / permits / 2,
+            recycled: Default::default(),
         }))
     }
 
@@ -388,8 +410,15 @@ pub struct Lease {
 }
 
 impl Drop for Lease {
+    /// Returns the instance to the pool, or retires it when it has grown past
+    /// `retire_above` (at the end of a lease, never mid-upload: an upload lives in it).
     fn drop(&mut self) {
         if let Some(inst) = self.inst.take() {
+            if inst.store.data().limiter.held() > self.pool.retire_above {
+                self.pool.recycled.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("plugin {}: retiring an instance that grew large", self.pool.name);
+                return;
+            }
             self.pool.idle.lock().unwrap().push(inst);
         }
     }

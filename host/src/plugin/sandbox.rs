@@ -63,6 +63,13 @@ pub struct MemoryCap {
     in_use: Arc<AtomicUsize>,
 }
 
+impl MemoryCap {
+    /// Bytes this instance's memories hold.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+}
+
 impl Drop for MemoryCap {
     /// The store, and so its memories, are being freed.
     fn drop(&mut self) {

@@ -19,7 +19,9 @@
 //!   that go A -> B -> A), `endless` (list: full pages of made-up objects with a fresh cursor
 //!   every time), `flood` (list: a page ten times larger than `max`; read of a pack under
 //!   `data/` from a nonzero offset, so whole tree packs still arrive and a restore gets to
-//!   its parallel data reads: ~120 MiB whatever `len` was), `huge` (stat: claims 4 GiB).
+//!   its parallel data reads: ~120 MiB whatever `len` was), `huge` (stat: claims 4 GiB),
+//!   `leak` (any call: keep 4 MiB allocated for ever, then carry on, like a guest runtime
+//!   that never frees a call's buffers).
 //! - `log = "1"`: append every `start-upload`, `finish`, `delete` and `abort-incomplete`
 //!   (with its name, Debug-quoted) to a hidden file `.chaos-log-<random>` in the repository
 //!   folder, one file per instance (instances run in parallel; one file each keeps lines whole).
@@ -57,6 +59,7 @@ enum Action {
     Endless,
     Flood,
     Huge,
+    Leak,
 }
 
 /// What `badnames` adds to listings: path tricks, an absolute path, and names that would
@@ -70,6 +73,9 @@ const BAD_NAMES: &[&str] = &[
     "index/\nfake line",
     "snapshots/\u{202e}gpj.exe",
 ];
+
+/// What `leak` keeps per call.
+const LEAK_BYTES: usize = 4 << 20;
 
 /// What `read:flood` answers: ~120 MiB, under the default 256 MiB memory cap.
 const FLOOD_BYTES: usize = 120 << 20;
@@ -143,6 +149,7 @@ fn parse_faults(spec: &str) -> Result<Vec<Fault>, Error> {
             "endless" => Action::Endless,
             "flood" => Action::Flood,
             "huge" => Action::Huge,
+            "leak" => Action::Leak,
             _ => return Err(bad()),
         };
         out.push(Fault { call: call.to_string(), when, action });
@@ -205,6 +212,11 @@ fn enter(call: &str) -> Result<Option<Action>, Error> {
         }
         Some(Action::Transient) => Err(Error::Transient(format!("chaos: transient fault in {call}"))),
         Some(Action::Permanent) => Err(Error::Other(format!("chaos: permanent fault in {call}"))),
+        Some(Action::Leak) => {
+            // Like a guest whose runtime never frees a call's buffers: 4 MiB kept per call.
+            std::hint::black_box(Vec::leak(vec![0x5Au8; LEAK_BYTES]));
+            Ok(None)
+        }
         other => Ok(other),
     }
 }
