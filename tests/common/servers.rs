@@ -150,9 +150,9 @@ pub fn seaweedfs_s3() -> Result<Server, String> {
     // Ports are picked free but may be taken again before weed binds them (tests run in
     // parallel): start again on fresh ports when that happens.
     let mut last = String::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         match seaweedfs_s3_once() {
-            Err(e) if e.contains("is not available") => last = e,
+            Err(e) if e.contains("is not available") || e.contains("address already in use") => last = e,
             other => return other,
         }
     }
