@@ -26,9 +26,10 @@
 //!   (with its name, Debug-quoted) to a hidden file `.chaos-log-<random>` in the repository
 //!   folder, one file per instance (instances run in parallel; one file each keeps lines whole).
 //!
-//! Calls are counted across instances and processes, in hidden files `.chaos-count-CALL` in
-//! the repository folder (the fs backend never lists hidden names), so "the 3rd write"
-//! means the 3rd write this repository has seen since the counters were last removed.
+//! Calls are counted across instances and processes, in hidden files `.chaos-count-CALL` (and
+//! one `.chaos-count-CALL.N` marker per call) in the repository folder (the fs backend never
+//! lists hidden names), so "the 3rd write" means the 3rd write this repository has seen since
+//! the counters were last removed.
 
 #[path = "../../fs/src/store.rs"]
 mod store;
@@ -157,14 +158,29 @@ fn parse_faults(spec: &str) -> Result<Vec<Fault>, Error> {
     Ok(out)
 }
 
-/// Bumps the shared counter of `call` and returns its new value.
+/// Bumps the shared counter of `call` and returns its new value. Instances run in parallel,
+/// so each number is claimed by creating the marker file `.chaos-count-CALL.N` exclusively:
+/// two calls never get the same number (a read-then-write counter let two parallel
+/// `finish#1` calls both fault). `.chaos-count-CALL` holds the highest number claimed so far,
+/// as a starting hint and for tests to read.
 fn count(path: &str, call: &str) -> u64 {
     if path.is_empty() {
         return 1;
     }
-    let file = format!("{path}/.chaos-count-{call}");
-    let n = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0) + 1;
-    let _ = std::fs::write(&file, n.to_string());
+    let hint = format!("{path}/.chaos-count-{call}");
+    let read_hint = || std::fs::read_to_string(&hint).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    let mut n = read_hint() + 1;
+    loop {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(format!("{hint}.{n}")) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            // Counting must not depend on the folder being writable; fall back to the hint.
+            Err(_) => break,
+        }
+    }
+    if n > read_hint() {
+        let _ = std::fs::write(&hint, n.to_string());
+    }
     n
 }
 
