@@ -157,3 +157,73 @@ fn an_instance_that_leaks_is_recycled_before_it_reaches_the_cap() {
         std::fs::read_to_string(env.repo.join(".chaos-count-read-data")).unwrap().trim().parse().unwrap();
     assert!(reads >= 20, "only {reads} pack reads: the cap was never in reach");
 }
+
+/// `recycle_after_calls`: an instance that has served its calls is retired right after the
+/// call, between the calls of one lease too (a pack read in several pieces goes through
+/// several instances), but never while it holds an upload. The chaos plugin logs each
+/// instance's calls to a file of its own, so the instances are counted from outside.
+#[test]
+fn recycle_after_calls_retires_instances_between_calls_but_never_inside_an_upload() {
+    let env = Env::new();
+    std::fs::create_dir_all(&env.repo).unwrap();
+    env.write_config(&format!(
+        "[repository]\nbackend = {:?}\noptions = {{ path = {:?}, log = \"1\" }}\n\
+         password_env = \"CAIRN_TEST_PASSWORD\"\n\
+         grants = {{ dirs = [{:?}], recycle_after_calls = 1 }}\n\n\
+         [backup]\nsources = [{:?}]\npack_size = \"20MiB\"\n\n[state]\ndir = {:?}\n",
+        test_plugin("chaos"),
+        env.repo,
+        env.repo,
+        env.src,
+        env.state
+    ));
+    // Incompressible: a 20 MiB pack takes three reads (8 MiB pieces) in one lease.
+    gen_dataset(&env.src, 24, 10, &[30 << 20, 12 << 20]);
+    env.ok(&["init"]);
+    env.json(&["backup"]);
+    let out = env.run(&["-v", "verify", "--read-data"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("instances recycled") && err.contains("or served 1 calls"), "{err}");
+    restore_identical(&env, "restored");
+
+    let (mut instances, mut uploads, mut reads, mut later_pieces) = (0, 0, 0, 0);
+    for (name, _) in repo_objects(&env.repo) {
+        if !name.starts_with(".chaos-log-") {
+            continue;
+        }
+        instances += 1;
+        let text = std::fs::read_to_string(env.repo.join(&name)).unwrap();
+        let lines: Vec<(&str, &str)> = text.lines().map(|l| l.split_once(' ').unwrap()).collect();
+        let started: Vec<&str> = lines.iter().filter(|l| l.0 == "start-upload").map(|l| l.1).collect();
+        let finished: Vec<&str> = lines.iter().filter(|l| l.0 == "finish").map(|l| l.1).collect();
+        let read: Vec<&str> = lines.iter().filter(|l| l.0 == "read").map(|l| l.1).collect();
+        // One call per instance, an upload (start, writes, finish) counting as one.
+        assert!(started.len() + read.len() <= 1, "{name}: {text}");
+        assert_eq!(started, finished, "an upload was cut by a retirement: {name}: {text}");
+        uploads += started.len();
+        reads += read.len();
+        later_pieces += read.iter().filter(|r| !r.ends_with("@0\"")).count();
+    }
+    assert!(uploads >= 3, "{uploads} uploads");
+    assert!(later_pieces >= 2, "no pack was read in several pieces: {reads} reads");
+    assert!(instances >= uploads + reads, "{instances} instances for {uploads} uploads and {reads} reads");
+}
+
+/// A plugin that crashes while it opens the repository (at the start of a run, or when a
+/// fresh instance is started mid-run) is started again on a fresh instance, under the same
+/// bound as every other call.
+#[test]
+fn a_plugin_that_crashes_when_it_opens_is_started_again() {
+    let env = new_env("open#1:trap,open#2:alloc,open%5:trap");
+    env.ok(&["init"]);
+    let b = env.json(&["backup"]);
+    assert_eq!(b["errors"], 0, "{b}");
+    let opens: u64 =
+        std::fs::read_to_string(env.repo.join(".chaos-count-open")).unwrap().trim().parse().unwrap();
+    assert!(opens >= 5, "only {opens} opens: the faults never fired");
+    chaos_env(&env, "open#1:trap");
+    verify(&env);
+    restore_identical(&env, "restored");
+    assert!(damaged(&env).is_empty(), "{:?}", damaged(&env));
+}

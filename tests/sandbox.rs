@@ -54,6 +54,28 @@ fn reading_outside_the_grant_fails() {
     assert!(err.contains("could not read") && err.contains("sneaky"), "{err}");
 }
 
+/// Inside the sandbox only granted folders exist, so a repository folder that is not granted
+/// looks missing to the plugin: the error says which folders are granted and what to change.
+#[test]
+fn a_repository_folder_outside_the_grants_is_reported_with_the_folders_granted() {
+    let env = chaos_env("", "");
+    let other = env.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let granted = format!("grants = {{ dirs = [{:?}] }}", env.repo);
+    assert!(text.contains(&granted), "{text}");
+    env.write_config(&text.replace(&granted, &format!("grants = {{ dirs = [{other:?}] }}")));
+    let (code, err) = env.fails(&["init"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("open"), "{err}");
+    assert!(
+        err.contains(&format!("the plugin can reach only the folders granted to it ({})", other.display())),
+        "{err}"
+    );
+    assert!(err.contains("add it to repository.grants.dirs"), "{err}");
+    assert!(!env.repo.join("config").exists());
+}
+
 #[test]
 fn a_plugin_that_loops_forever_is_stopped_at_its_deadline() {
     let env = chaos_env(", faults = \"open:spin\"", ", call_timeout_secs = 2");

@@ -98,6 +98,11 @@ pub struct Grants {
     /// Deadline of one plugin call, in seconds.
     #[serde(default = "default_call_timeout")]
     pub call_timeout_secs: u64,
+    /// Retire a plugin instance after this many calls and start a fresh one (0: only when
+    /// it has grown past half its share of the memory cap). For plugins whose runtime
+    /// slows down or leaks in ways memory alone does not show.
+    #[serde(default)]
+    pub recycle_after_calls: u64,
 }
 
 impl Default for Grants {
@@ -108,6 +113,7 @@ impl Default for Grants {
             delete: true,
             memory_mib: default_memory_mib(),
             call_timeout_secs: default_call_timeout(),
+            recycle_after_calls: 0,
         }
     }
 }

@@ -77,6 +77,12 @@ impl ErrorKind {
         )
     }
 
+    /// Whether the instance that made the call is gone (it trapped, hit its memory cap or
+    /// missed its deadline): a retry needs a fresh one.
+    pub fn crashes_instance(&self) -> bool {
+        matches!(self, ErrorKind::Trap(_) | ErrorKind::Deadline(_) | ErrorKind::MemoryLimit(_))
+    }
+
     /// Whether the error is evidence about the stored object itself (it does not exist),
     /// rather than about the plugin (it failed, broke the contract, was refused).
     pub fn is_verdict_on_data(&self) -> bool {

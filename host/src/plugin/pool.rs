@@ -37,6 +37,11 @@ fn is_copy_limit(err: &wasmtime::Error) -> bool {
 struct Instance {
     store: Store<HostState>,
     bindings: StorageBackend,
+    /// Calls served so far (for `recycle_after_calls`).
+    calls: u64,
+    /// Uploads started on it and not yet dropped: while one is open the instance holds
+    /// its state, so it is never retired.
+    uploads: u32,
 }
 
 pub struct PluginPool {
@@ -54,9 +59,9 @@ pub struct PluginPool {
     permits: Arc<Semaphore>,
     /// Linear memory held by all instances, capped together at `sandbox.memory_bytes`.
     memory_in_use: Arc<AtomicUsize>,
-    /// An instance holding more than this when its lease ends is retired, not kept: half
-    /// its share of the cap, so a guest that leaks (common in garbage-collected languages)
-    /// is replaced before it reaches the cap and dies in the middle of a call.
+    /// An instance holding more than this after a call is retired, not kept: half its
+    /// share of the cap, so a guest that leaks (common in garbage-collected languages) is
+    /// replaced before it reaches the cap and dies in the middle of a call.
     retire_above: usize,
     /// Instances retired that way (shown with `-v`).
     recycled: AtomicU64,
@@ -67,12 +72,38 @@ impl Drop for PluginPool {
         let n = self.recycled.load(Ordering::Relaxed);
         if n > 0 {
             tracing::info!(
-                "plugin {}: {n} instances recycled (each had grown past {} MiB, half its share of the memory cap)",
+                "plugin {}: {n} instances recycled (each had grown past {} MiB, half its share of the memory cap{})",
                 self.name,
-                self.retire_above >> 20
+                self.retire_above >> 20,
+                match self.sandbox.recycle_after_calls {
+                    0 => String::new(),
+                    k => format!(", or served {k} calls"),
+                }
             );
         }
     }
+}
+
+/// A plugin that cannot find or may not open something when it opens the repository is
+/// usually looking outside its grants: inside the sandbox only the granted folders exist (not
+/// even their parents), so a folder that is not granted looks missing. Says which are.
+fn with_grants_hint(mut err: BackendError, sandbox: &Sandbox) -> BackendError {
+    if err.call != "open" {
+        return err;
+    }
+    if let ErrorKind::NotFound(m) | ErrorKind::PermissionDenied(m) = &mut err.kind {
+        let granted = if sandbox.dirs.is_empty() {
+            "none".to_string()
+        } else {
+            sandbox.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        };
+        m.push_str(&format!(
+            "; the plugin can reach only the folders granted to it ({granted}), and anything \
+             else looks missing inside its sandbox: if the repository folder is elsewhere, add \
+             it to repository.grants.dirs"
+        ));
+    }
+    err
 }
 
 /// Converts the contract's error variant to the host's, its message cleaned of secrets.
@@ -131,10 +162,12 @@ impl PluginPool {
         let engine = runtime.engine();
         let pre = link(engine, name, component, !sandbox.hosts.is_empty())?;
         let memory_in_use = Arc::new(AtomicUsize::new(0));
-        let mut probe = Instance::new(engine, &pre, &sandbox, memory_in_use.clone())
-            .await
-            .map_err(|e| anyhow!("cannot start plugin {name}: {}", secrets.clean(&format!("{e:#}"))))?;
-        let info = probe.describe(name, &sandbox, &secrets).await?;
+        let new_probe = async |secrets: &Secrets| {
+            Instance::new(engine, &pre, &sandbox, memory_in_use.clone())
+                .await
+                .map_err(|e| anyhow!("cannot start plugin {name}: {}", secrets.clean(&format!("{e:#}"))))
+        };
+        let (mut probe, info) = described(name, &sandbox, &secrets, new_probe).await?;
         for (k, v) in &options {
             if info.options.iter().any(|o| &o.name == k && o.secret) {
                 secrets.add(v);
@@ -143,19 +176,21 @@ impl PluginPool {
         let info = clean_info(info, &secrets);
         check_options(name, &info, &options)?;
         // A server that is busy or briefly unreachable when the run starts is waited for,
-        // as it is for any later call (the instance survives such errors).
+        // as it is for any later call, and a crashed instance is replaced (the one retry rule).
         let mut attempt = 1;
         let caps = loop {
             let err = match probe.open(name, &options, &sandbox, &secrets).await {
                 Ok(caps) => break caps,
-                Err(e) => e.downcast::<BackendError>()?,
+                Err(e) => with_grants_hint(e.downcast::<BackendError>()?, &sandbox),
             };
-            if !matches!(err.kind, ErrorKind::Transient(_) | ErrorKind::RateLimited { .. }) {
-                return Err(err.into());
-            }
             match crate::backend::retry_delay(attempt, &err, crate::backend::backoff_base()) {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => return Err(err.into()),
+            }
+            if err.kind.crashes_instance() {
+                // Dropped first: its memory counts against the cap the new one starts under.
+                drop(probe);
+                probe = new_probe(&secrets).await?;
             }
             attempt += 1;
         };
@@ -194,31 +229,38 @@ impl PluginPool {
         let idle = self.idle.lock().unwrap().pop();
         let inst = match idle {
             Some(i) => i,
-            None => {
-                let mut inst = Instance::new(
-                    self.runtime.engine(),
-                    &self.pre,
-                    &self.sandbox,
-                    self.memory_in_use.clone(),
-                )
+            None => self.fresh().await?,
+        };
+        Ok(Lease { pool: self.clone(), inst: Some(inst), retired: false, _permit: permit })
+    }
+
+    /// A new instance, started and opened.
+    async fn fresh(&self) -> Result<Instance, BackendError> {
+        let mut inst =
+            Instance::new(self.runtime.engine(), &self.pre, &self.sandbox, self.memory_in_use.clone())
                 .await
                 .map_err(|e| {
                     let kind = ErrorKind::Other(format!("{e:#}")).cleaned(&self.secrets);
                     self.error("instantiate", None, kind)
                 })?;
-                inst.open(&self.name, &self.options, &self.sandbox, &self.secrets).await.map_err(|e| {
-                    match e.downcast::<BackendError>() {
-                        Ok(be) => be,
-                        Err(e) => {
-                            let kind = ErrorKind::Other(format!("{e:#}")).cleaned(&self.secrets);
-                            self.error("open", None, kind)
-                        }
-                    }
-                })?;
-                inst
+        inst.open(&self.name, &self.options, &self.sandbox, &self.secrets).await.map_err(|e| {
+            match e.downcast::<BackendError>() {
+                Ok(be) => with_grants_hint(be, &self.sandbox),
+                Err(e) => {
+                    let kind = ErrorKind::Other(format!("{e:#}")).cleaned(&self.secrets);
+                    self.error("open", None, kind)
+                }
             }
-        };
-        Ok(Lease { pool: self.clone(), inst: Some(inst), _permit: permit })
+        })?;
+        Ok(inst)
+    }
+
+    /// Whether an instance is due for retirement: it has grown past `retire_above` or served
+    /// `recycle_after_calls` calls, and holds no open upload.
+    fn due(&self, inst: &Instance) -> bool {
+        let calls = self.sandbox.recycle_after_calls;
+        inst.uploads == 0
+            && (inst.store.data().limiter.held() > self.retire_above || (calls > 0 && inst.calls >= calls))
     }
 
     fn error(&self, call: &'static str, object: Option<&str>, kind: ErrorKind) -> BackendError {
@@ -275,9 +317,32 @@ pub async fn describe(
     pre: &StorageBackendPre<HostState>,
     sandbox: &Sandbox,
 ) -> Result<PluginInfo> {
-    let mut inst = Instance::new(engine, pre, sandbox, Arc::new(AtomicUsize::new(0))).await?;
+    let new = async |_: &Secrets| Instance::new(engine, pre, sandbox, Arc::new(AtomicUsize::new(0))).await;
     // As the plugin said it (recorded at install); cleaned where it is shown.
-    Ok(inst.describe(name, sandbox, &Secrets::default()).await?)
+    Ok(described(name, sandbox, &Secrets::default(), new).await?.1)
+}
+
+/// An instance from `new` and what its `describe` says. A crash (trap, deadline, memory cap)
+/// is retried on a fresh instance under the one retry rule (`backend::retry_delay`).
+async fn described(
+    name: &str,
+    sandbox: &Sandbox,
+    secrets: &Secrets,
+    new: impl AsyncFn(&Secrets) -> Result<Instance>,
+) -> Result<(Instance, PluginInfo)> {
+    let mut attempt = 1;
+    loop {
+        let mut inst = new(secrets).await?;
+        let err = match inst.describe(name, sandbox, secrets).await {
+            Ok(info) => return Ok((inst, info)),
+            Err(e) => e,
+        };
+        match crate::backend::retry_delay(attempt, &err, crate::backend::backoff_base()) {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => return Err(err.into()),
+        }
+        attempt += 1;
+    }
 }
 
 /// Checks the config's options against the ones the plugin declares: unknown names and
@@ -334,7 +399,7 @@ impl Instance {
         let mut store = sandbox.new_store(engine, memory_in_use)?;
         store.set_hostcall_fuel(MAX_CALL_COPY);
         let bindings = pre.instantiate_async(&mut store).await?;
-        Ok(Instance { store, bindings })
+        Ok(Instance { store, bindings, calls: 0, uploads: 0 })
     }
 
     async fn open(
@@ -402,23 +467,38 @@ fn settle<T>(
 }
 
 /// An instance lent to one caller. Returned to the pool when dropped, unless a call
-/// crashed it.
+/// crashed it or it is due for retirement.
 pub struct Lease {
     pool: Arc<PluginPool>,
     inst: Option<Instance>,
+    /// The instance was retired after a call (not crashed): the next call on this lease
+    /// starts a fresh one.
+    retired: bool,
     _permit: OwnedSemaphorePermit,
 }
 
+impl Lease {
+    /// Checked after every call: an instance that is due is retired at once, between calls
+    /// (never mid-upload: an upload lives in it), so a guest that leaks a little per call
+    /// is replaced before it reaches the cap even when one lease makes many calls.
+    fn retire_if_due(&mut self) {
+        if self.inst.as_ref().is_some_and(|i| self.pool.due(i)) {
+            self.inst = None;
+            self.retired = true;
+            self.pool.recycled.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                "plugin {}: retiring an instance (grown large or served its calls)",
+                self.pool.name
+            );
+        }
+    }
+}
+
 impl Drop for Lease {
-    /// Returns the instance to the pool, or retires it when it has grown past
-    /// `retire_above` (at the end of a lease, never mid-upload: an upload lives in it).
+    /// Returns the instance to the pool unless it is due for retirement.
     fn drop(&mut self) {
+        self.retire_if_due();
         if let Some(inst) = self.inst.take() {
-            if inst.store.data().limiter.held() > self.pool.retire_above {
-                self.pool.recycled.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("plugin {}: retiring an instance that grew large", self.pool.name);
-                return;
-            }
             self.pool.idle.lock().unwrap().push(inst);
         }
     }
@@ -430,6 +510,10 @@ macro_rules! guest_call {
     ($lease:ident, $call:literal, $object:expr, |$g:ident, $store:ident| $body:expr) => {{
         let pool = $lease.pool.clone();
         let timeout = pool.sandbox.call_timeout;
+        if $lease.inst.is_none() && $lease.retired {
+            $lease.inst = Some(pool.fresh().await?);
+            $lease.retired = false;
+        }
         let Some(inst) = $lease.inst.as_mut() else {
             return Err(pool.error($call, $object, ErrorKind::Other("instance already stopped".into())));
         };
@@ -441,8 +525,15 @@ macro_rules! guest_call {
         let crashed = matches!(outcome, Err(_) | Ok(Err(_)));
         let limits = (timeout, pool.sandbox.memory_bytes);
         let r = settle(&pool.name, &mut inst.store, $call, $object, limits, &pool.secrets, outcome);
+        inst.calls += 1;
+        if $call == "start-upload" && r.is_ok() {
+            // The instance now holds the upload: it is not retired until `drop_upload`.
+            inst.uploads += 1;
+        }
         if crashed {
             $lease.inst = None;
+        } else {
+            $lease.retire_if_due();
         }
         r
     }};
@@ -455,7 +546,7 @@ impl Lease {
 
     /// Whether a call crashed the instance (it is then discarded, not returned to the pool).
     pub fn crashed(&self) -> bool {
-        self.inst.is_none()
+        self.inst.is_none() && !self.retired
     }
 
     pub async fn list(
@@ -524,8 +615,11 @@ impl Lease {
         if let Some(inst) = self.inst.as_mut() {
             let timeout = self.pool.sandbox.call_timeout;
             let r = tokio::time::timeout(timeout, upload.resource_drop_async(&mut inst.store)).await;
+            inst.uploads = inst.uploads.saturating_sub(1);
             if !matches!(r, Ok(Ok(()))) {
                 self.inst = None;
+            } else {
+                self.retire_if_due();
             }
         }
     }

@@ -28,6 +28,8 @@ pub struct Sandbox {
     pub allow_delete: bool,
     pub memory_bytes: usize,
     pub call_timeout: std::time::Duration,
+    /// An instance is retired after this many calls (0: no limit).
+    pub recycle_after_calls: u64,
 }
 
 pub struct HostState {

@@ -119,6 +119,7 @@ impl PluginStore {
             allow_delete: false,
             memory_bytes: 64 << 20,
             call_timeout: Duration::from_secs(10),
+            recycle_after_calls: 0,
         };
         let info = describe(engine, &label, &pre, &nothing).await.context("describe() failed")?;
         let name = name.map(str::to_string).unwrap_or_else(|| info.name.clone());

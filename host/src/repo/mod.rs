@@ -125,6 +125,7 @@ pub async fn open_backend(config: &Config, creating: bool) -> Result<Backend> {
         allow_delete: grants.delete,
         memory_bytes: (grants.memory_mib as usize) << 20,
         call_timeout: std::time::Duration::from_secs(grants.call_timeout_secs),
+        recycle_after_calls: grants.recycle_after_calls,
     };
     let runtime = Runtime::new(&config.cache_dir()?)?;
     let component = runtime.load(&wasm).with_context(|| format!("plugin {name}"))?;

@@ -23,8 +23,9 @@
 //!   `leak` (any call: keep 4 MiB allocated for ever, then carry on, like a guest runtime
 //!   that never frees a call's buffers).
 //! - `log = "1"`: append every `start-upload`, `finish`, `delete` and `abort-incomplete`
-//!   (with its name, Debug-quoted) to a hidden file `.chaos-log-<random>` in the repository
-//!   folder, one file per instance (instances run in parallel; one file each keeps lines whole).
+//!   (with its name, Debug-quoted), and every `read` of a pack (`name@offset`), to a hidden
+//!   file `.chaos-log-<random>` in the repository folder, one file per instance (instances
+//!   run in parallel; one file each keeps lines whole).
 //!
 //! Calls are counted across instances and processes, in hidden files `.chaos-count-CALL` (and
 //! one `.chaos-count-CALL.N` marker per call) in the repository folder (the fs backend never
@@ -168,7 +169,8 @@ fn count(path: &str, call: &str) -> u64 {
         return 1;
     }
     let hint = format!("{path}/.chaos-count-{call}");
-    let read_hint = || std::fs::read_to_string(&hint).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    let read_hint =
+        || std::fs::read_to_string(&hint).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
     let mut n = read_hint() + 1;
     loop {
         match std::fs::OpenOptions::new().write(true).create_new(true).open(format!("{hint}.{n}")) {
@@ -353,6 +355,9 @@ impl Guest for Chaos {
     }
 
     fn read(name: String, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        if name.starts_with("data/") {
+            log("read", &format!("{name}@{offset}"));
+        }
         let mut action = enter("read")?;
         if name.starts_with("data/") {
             // `read-data`: faults for reads of packs only (counted on their own), so a test
