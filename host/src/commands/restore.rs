@@ -18,7 +18,8 @@ pub fn run(ctx: &Ctx, spec: &str, target: PathBuf, includes: Vec<PathBuf>, verif
     let repo = ctx.rt.block_on(Repository::open(&config, Access::Read))?;
     let (id, snap) =
         snapshots::find(&repo.journal, spec, &crate::engine::walk::clean_sources(&config.backup.sources)?)?;
-    let settings = Settings { target: std::path::absolute(&target)?, includes, threads: config.threads(), verify };
+    let settings =
+        Settings { target: std::path::absolute(&target)?, includes, threads: config.threads(), verify };
     let mut progress = Progress::new("restoring", !ctx.json);
     let started = std::time::Instant::now();
     let result = restore::run(&repo, ctx.rt.handle(), &snap.tree, &settings, &progress.counters);

@@ -85,6 +85,8 @@ struct FileItem {
     tmp: Vec<u8>,
     node: Node,
     fate: Fate,
+    /// What its marker must say ([`marker`]), computed while the chunk list is at hand.
+    marker: [u8; 32],
 }
 
 /// What a restore does with one file, decided from what the target already holds.
@@ -238,13 +240,12 @@ pub fn run(
                 let mut tmp = rel[..rel.len() - node.name.len()].to_vec();
                 tmp.extend_from_slice(&tmp_name);
                 let tmp_c = CString::new(tmp_name)?;
+                let marker = marker(repo, node);
                 let fate = if node.content.is_empty() {
                     create_file_at(parent, &name, node.size).with_context(|| err("file"))?;
                     Fate::Empty
                 } else {
-                    match inspect_final(parent, &name, node, &marker(repo, node))
-                        .with_context(|| err("file"))?
-                    {
+                    match inspect_final(parent, &name, node, &marker).with_context(|| err("file"))? {
                         FinalState::Marked => Fate::Skip,
                         found => Fate::Write {
                             check_final: found == FinalState::SameSizeAndTime,
@@ -259,7 +260,7 @@ pub fn run(
                 // Files with content are created by the workers, in parallel.
                 counters.total_bytes.fetch_add(node.size, Ordering::Relaxed);
                 counters.total_files.fetch_add(1, Ordering::Relaxed);
-                files.push(FileItem { rel: rel.to_vec(), tmp, node: node.clone(), fate });
+                files.push(FileItem { rel: rel.to_vec(), tmp, node: node.clone(), fate, marker });
             }
             NodeKind::Symlink => {
                 remove_non_dir(parent, &name);
@@ -303,7 +304,7 @@ pub fn run(
     tracing::debug!("structure: {:.2}s", phase.elapsed().as_secs_f64());
     let workers = s.threads.max(repo.backend.concurrency()).max(1);
     // 2. Content, grouped by pack, without the chunks the target already holds.
-    let mut plan = plan(repo, &files)?;
+    let mut plan = plan(repo, &files, s.verify)?;
     let present = check_existing(repo, &target, &mut files, &plan.lengths, workers);
     // The plan holds where every chunk goes; the chunk lists themselves are not needed
     // any more (they are most of the memory a restore of many files takes), unless they
@@ -323,7 +324,6 @@ pub fn run(
     let warnings = Mutex::new(Vec::new());
     let downloaded = AtomicU64::new(0);
     let dest = Dest {
-        repo,
         target: &target,
         files: &files,
         remaining: &remaining,
@@ -477,9 +477,8 @@ fn inspect_final(dir: BorrowedFd<'_>, name: &CStr, node: &Node, marker: &[u8; 32
     }
     let mut buf = [0u8; 33];
     // SAFETY: an open descriptor, a valid name and a buffer of the given size.
-    let n = unsafe {
-        libc::fgetxattr(f.as_raw_fd(), MARKER_XATTR.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-    };
+    let n =
+        unsafe { libc::fgetxattr(f.as_raw_fd(), MARKER_XATTR.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     Ok(if n == 32 && &buf[..32] == marker { FinalState::Marked } else { FinalState::SameSizeAndTime })
 }
 
@@ -630,7 +629,10 @@ fn verify_files(
                         let file = File::from(fd);
                         let len = file.metadata()?.len();
                         if len != f.node.size {
-                            return Ok(Some(format!("size is {len} bytes, the snapshot has {}", f.node.size)));
+                            return Ok(Some(format!(
+                                "size is {len} bytes, the snapshot has {}",
+                                f.node.size
+                            )));
                         }
                         let present = chunks_present(repo, &file, &f.node.content, lengths)?;
                         if present.len() != f.node.content.len() {
@@ -946,13 +948,25 @@ struct Plan {
     lengths: HashMap<Id, u32>,
 }
 
-fn plan(repo: &Repository, files: &[FileItem]) -> Result<Plan> {
+/// Where every chunk of the files to write comes from. With `all_lengths`, the lengths of
+/// the chunks of skipped files are looked up too (to read them back).
+fn plan(repo: &Repository, files: &[FileItem], all_lengths: bool) -> Result<Plan> {
     let mut by_blob: HashMap<Id, usize> = HashMap::new();
     let mut packs: HashMap<Id, Vec<BlobPlan>> = HashMap::new();
     let mut where_: Vec<(Id, usize)> = Vec::new(); // blob -> (pack, index in pack list)
     let mut missing = Vec::new();
+    let mut other_lengths = HashMap::new();
     for (i, f) in files.iter().enumerate() {
         if !matches!(f.fate, Fate::Write { .. }) {
+            if all_lengths {
+                for id in &f.node.content {
+                    if !other_lengths.contains_key(id)
+                        && let Some(loc) = repo.journal.blob_location(id, BlobKind::Data)?
+                    {
+                        other_lengths.insert(*id, loc.raw_length);
+                    }
+                }
+            }
             continue;
         }
         let mut offset = 0u64;
@@ -990,7 +1004,8 @@ fn plan(repo: &Repository, files: &[FileItem]) -> Result<Plan> {
             }
         }
     }
-    let lengths = packs.values().flatten().map(|b| (b.id, b.raw_length)).collect();
+    let mut lengths = other_lengths;
+    lengths.extend(packs.values().flatten().map(|b| (b.id, b.raw_length)));
     Ok(Plan { packs, missing, lengths })
 }
 
@@ -1083,7 +1098,6 @@ fn restore_pack(
 /// need to finish a file.
 #[derive(Clone, Copy)]
 struct Dest<'a> {
-    repo: &'a Repository,
     target: &'a Target,
     files: &'a [FileItem],
     /// Bytes still to write, per file; the write that takes it to 0 finishes the file.
@@ -1108,7 +1122,7 @@ impl Dest<'_> {
                 self.warnings.lock().unwrap().push(format!("{}: {what}: {e}", (self.shown)(&item.rel)));
             }
         };
-        let m = marker(self.repo, node);
+        let m = item.marker;
         // Filesystems without user extended attributes: the next run checks the content.
         // SAFETY: an open descriptor, a valid name and a buffer of the given size.
         unsafe { libc::fsetxattr(fd, MARKER_XATTR.as_ptr(), m.as_ptr().cast(), m.len(), 0) };
