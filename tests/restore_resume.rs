@@ -344,3 +344,37 @@ fn a_file_with_the_longest_name_is_restored_through_its_temporary_name() {
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
     assert_eq!(entries(&restored), vec![PathBuf::from(&long)]);
 }
+
+#[test]
+fn leftover_temporary_files_are_removed_and_snapshot_entries_with_such_names_are_kept() {
+    let env = Env::with_backup_toml(CONFIG);
+    // A name in the snapshot that looks like a temporary file is the user's, and kept.
+    let lookalike = format!("{PARTIAL}0123456789abcdef-mine.txt");
+    write_file(&env.src.join("d").join(&lookalike), b"user data\n", 0o644, 1_600_000_000);
+    write_file(&env.src.join("d/f.txt"), b"restored\n", 0o644, 1_600_000_001);
+    fix_dir_times(&env.src, 1_630_000_000);
+    env.ok(&["init"]);
+    env.ok(&["backup"]);
+    let target = env.path("target");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let restored = env.restored_src(&target);
+
+    // What an interrupted restore of another snapshot would leave: temporary files of
+    // files this snapshot does not have, in the target's root and deeper.
+    let planted = [
+        target.join(format!("{PARTIAL}00000000000000aa-gone.bin")),
+        restored.join(format!("d/{PARTIAL}00000000000000bb-gone.bin")),
+    ];
+    for p in &planted {
+        std::fs::write(p, b"half a file").unwrap();
+    }
+    let out = env.json(&["restore", "latest", "--target", t]);
+    assert_eq!(out["skipped"], 2, "{out}");
+    for p in &planted {
+        assert!(!p.exists(), "{} was left behind", p.display());
+    }
+    assert_eq!(std::fs::read(restored.join("d").join(&lookalike)).unwrap(), b"user data\n");
+    let diffs = diff_trees(&env.src, &restored);
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}

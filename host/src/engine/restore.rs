@@ -192,6 +192,12 @@ pub fn run(
     // no path is resolved again. Deeper, the parent is opened again for each entry.
     let mut open_dirs: Vec<OwnedFd> = Vec::new();
 
+    // Temporary files found in folders that were already there (an interrupted restore,
+    // maybe of another snapshot or other includes): those no file of this one claims are
+    // removed after the walk.
+    let mut stale: HashSet<Vec<u8>> = HashSet::new();
+    note_partials(&mut stale, b"", target.fd.as_fd());
+
     let phase = std::time::Instant::now();
     // 1. Structure.
     let reader = tree::TreeReader::new(repo, rt);
@@ -217,9 +223,14 @@ pub fn run(
             open_dirs.last().map_or(target.fd.as_fd(), |fd| fd.as_fd())
         };
         let name = CString::new(node.name.as_slice())?;
+        // An entry of the snapshot is never a leftover, whatever its name.
+        stale.remove(rel);
         if node.kind == NodeKind::Dir {
             if descend {
-                let fd = make_dir(parent, &name).with_context(|| err("folder"))?;
+                let (fd, existed) = make_dir(parent, &name).with_context(|| err("folder"))?;
+                if existed {
+                    note_partials(&mut stale, rel, fd.as_fd());
+                }
                 if open_dirs.len() == depth - 1 && depth <= MAX_OPEN_DIRS {
                     open_dirs.push(fd);
                 }
@@ -240,6 +251,7 @@ pub fn run(
                 let mut tmp = rel[..rel.len() - node.name.len()].to_vec();
                 tmp.extend_from_slice(&tmp_name);
                 let tmp_c = CString::new(tmp_name)?;
+                stale.remove(&tmp);
                 let marker = marker(repo, node);
                 let fate = if node.content.is_empty() {
                     create_file_at(parent, &name, node.size).with_context(|| err("file"))?;
@@ -292,6 +304,14 @@ pub fn run(
     };
     reader.walk_checked(root, &mut visit, &mut refused)?;
     drop(open_dirs);
+    for rel in &stale {
+        let _ = target.at_parent(rel, |parent, name| {
+            if kind_at(parent, name)? == Some(libc::S_IFREG) {
+                remove_non_dir(parent, name);
+            }
+            Ok(())
+        });
+    }
     for (i, inc) in s.includes.iter().enumerate() {
         if !includes.is_empty() && !matched[i] {
             return Err(anyhow!(
@@ -414,6 +434,19 @@ pub fn run(
         tracing::debug!("verify: {:.2}s", phase.elapsed().as_secs_f64());
     }
     Ok(out)
+}
+
+/// Adds the temporary-looking names in folder `dir` (at `dir_rel` below the target) to
+/// `stale`. A folder that cannot be listed keeps its leftovers.
+fn note_partials(stale: &mut HashSet<Vec<u8>>, dir_rel: &[u8], dir: BorrowedFd<'_>) {
+    for name in partial_names(dir).unwrap_or_default() {
+        let mut rel = dir_rel.to_vec();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(&name);
+        stale.insert(rel);
+    }
 }
 
 /// The temporary name a file's content is written under: hidden, recognisably cairn's,
@@ -824,14 +857,15 @@ fn clear_for_file(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 /// Creates (or keeps) the folder `name` in `dir` and opens it, writable while we fill it;
 /// its real mode is applied at the end. Whatever else is there (a symlink, a file) is
 /// replaced, never followed.
-fn make_dir(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+/// Returns its handle and whether it was there already.
+fn make_dir(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(OwnedFd, bool)> {
     // SAFETY: a valid NUL-terminated name and an open folder.
     let made = cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) });
-    if let Err(e) = made
-        && e.raw_os_error() != Some(libc::EEXIST)
-    {
-        return Err(e);
-    }
+    let existed = match made {
+        Ok(_) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => true,
+        Err(e) => return Err(e),
+    };
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
     let fd = match openat(dir, name, flags, 0) {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
@@ -845,7 +879,33 @@ fn make_dir(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     };
     // SAFETY: an open descriptor.
     cvt(unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) })?;
-    Ok(fd)
+    Ok((fd, existed))
+}
+
+/// The names in the open folder `dir` that look like a restore's temporary files.
+fn partial_names(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let own = openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    // SAFETY: a fresh descriptor, given to the stream (closed by closedir).
+    let stream = unsafe { libc::fdopendir(std::os::fd::IntoRawFd::into_raw_fd(own)) };
+    if stream.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: an open stream; the entry is valid until the next readdir.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
+        if name.starts_with(PARTIAL_PREFIX.as_bytes()) {
+            names.push(name.to_vec());
+        }
+    }
+    // SAFETY: an open stream, closed once.
+    unsafe { libc::closedir(stream) };
+    Ok(names)
 }
 
 /// Sets a file being restored to its final size. Several workers may open one file: each
@@ -1258,6 +1318,24 @@ mod tests {
                 (before.mode(), before.mtime(), before.mtime_nsec())
             );
         }
+    }
+
+    /// Temporary names fit the 255-byte limit, stay one valid component, keep text whole
+    /// and differ for names that share a long start.
+    #[test]
+    fn partial_names_are_short_unique_components() {
+        let long = "é".repeat(127) + "x";
+        let other = "é".repeat(127) + "y";
+        for name in [b"a.txt".to_vec(), long.clone().into_bytes(), vec![0xff; 255]] {
+            let p = partial_name(&name);
+            assert!(p.len() <= 255 && p.starts_with(PARTIAL_PREFIX.as_bytes()), "{}", p.len());
+            assert!(tree::check_name(&p).is_ok());
+        }
+        let (a, b) = (partial_name(long.as_bytes()), partial_name(other.as_bytes()));
+        assert_ne!(a, b);
+        assert!(std::str::from_utf8(&a).is_ok());
+        assert_eq!(partial_name(b"a.txt"), partial_name(b"a.txt"));
+        assert!(partial_name(b"a.txt").ends_with(b"-a.txt"));
     }
 
     #[test]
