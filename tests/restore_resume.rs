@@ -62,9 +62,8 @@ fn final_files_are_correct(src: &Path, restored: &Path, when: &str) -> usize {
             continue;
         }
         let w = std::fs::symlink_metadata(&want).unwrap();
-        assert_eq!(
-            std::fs::read(&got).unwrap(),
-            std::fs::read(&want).unwrap(),
+        assert!(
+            std::fs::read(&got).unwrap() == std::fs::read(&want).unwrap(),
             "{when}: {} has its final name but not its bytes",
             rel.display()
         );
