@@ -326,6 +326,8 @@ pub fn run(
     // 2. Content, grouped by pack, without the chunks the target already holds.
     let mut plan = plan(repo, &files, s.verify)?;
     let present = check_existing(repo, &target, &mut files, &plan.lengths, workers);
+    let skipped_bytes = files.iter().filter(|f| f.fate == Fate::Skip).map(|f| f.node.size).sum();
+    counters.bytes.fetch_add(skipped_bytes, Ordering::Relaxed);
     // The plan holds where every chunk goes; the chunk lists themselves are not needed
     // any more (they are most of the memory a restore of many files takes), unless they
     // are read back at the end.
@@ -358,8 +360,9 @@ pub fn run(
             && remaining[i].load(Ordering::Relaxed) == 0
             && !failed.lock().unwrap().contains_key(&(i as u32))
         {
+            // Read-only: an interrupted run may have applied the file's mode already.
             let done = target
-                .open_beneath(&f.tmp, libc::O_WRONLY, 0)
+                .open_beneath(&f.tmp, libc::O_RDONLY | libc::O_NONBLOCK, 0)
                 .and_then(|fd| dest.finish(i as u32, &File::from(fd)));
             if let Err(e) = done {
                 failed.lock().unwrap().insert(i as u32, format!("cannot finish: {e}"));
