@@ -377,3 +377,48 @@ fn leftover_temporary_files_are_removed_and_snapshot_entries_with_such_names_are
     let diffs = diff_trees(&env.src, &restored);
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }
+
+/// A temporary file holding the first three quarters of a large file (what a killed run
+/// leaves) is continued: the completing run reads from packs the missing quarter, at most
+/// one more chunk (the one the kill cut), and the trees. Counted with strace.
+#[test]
+fn a_partial_file_is_continued_from_the_chunks_it_holds() {
+    let env = Env::with_backup_toml(CONFIG);
+    let content = Rng::new(11).bytes(12 << 20);
+    write_file(&env.src.join("big.bin"), &content, 0o640, 1_600_000_000);
+    env.ok(&["init"]);
+    env.ok(&["backup"]);
+    let target = env.path("target");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let (out, trees) = run_counting_pack_reads(&env, &["--json", "restore", "latest", "--target", t]);
+    assert_eq!(json_of(&out)["skipped"], 1);
+
+    // What a run killed at 75% leaves: no final name, a sparse temporary file.
+    let restored = env.restored_src(&target);
+    std::fs::remove_file(restored.join("big.bin")).unwrap();
+    let hash = blake3::hash(b"big.bin");
+    let hex: String = hash.as_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let partial = restored.join(format!("{PARTIAL}{hex}-big.bin"));
+    let held = 9 << 20;
+    let mut half = content[..held].to_vec();
+    half.resize(content.len(), 0);
+    std::fs::write(&partial, &half).unwrap();
+
+    let (out, read) = run_counting_pack_reads(&env, &["--json", "restore", "latest", "--target", t]);
+    let out = json_of(&out);
+    assert!(!partial.exists(), "the temporary file was left behind");
+    let diffs = diff_trees(&env.src, &restored);
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    let missing = (content.len() - held) as u64;
+    let max_chunk = 4 << 20;
+    println!(
+        "continued: {read} pack bytes read for {missing} missing (trees {trees}); claimed {}",
+        out["downloaded_bytes"]
+    );
+    assert!(
+        read <= trees + missing + max_chunk,
+        "read {read} pack bytes for {missing} missing (trees {trees})"
+    );
+    assert!(read >= missing, "read {read} pack bytes, less than the {missing} missing: the count is wrong");
+}

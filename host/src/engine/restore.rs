@@ -254,6 +254,9 @@ pub fn run(
                 stale.remove(&tmp);
                 let marker = marker(repo, node);
                 let fate = if node.content.is_empty() {
+                    // A fresh inode: never truncate one the target had (it may be linked
+                    // elsewhere).
+                    remove_non_dir(parent, &name);
                     create_file_at(parent, &name, node.size).with_context(|| err("file"))?;
                     Fate::Empty
                 } else {
