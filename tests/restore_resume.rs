@@ -247,6 +247,11 @@ fn killed_restores_never_show_wrong_bytes_and_the_completing_run_downloads_only_
         partial_seen += entries(&target).iter().filter(|p| is_partial(p)).count();
     }
 
+    // The kills saw both kinds of name, so both checks above had something to check.
+    assert!(
+        final_checked > 0 && partial_seen > 0,
+        "kills saw {final_checked} final and {partial_seen} temporary files"
+    );
     let missing = missing_bytes(&env.src, &restored);
     let (out, resumed_download) =
         run_counting_pack_reads(&env, &["--json", "restore", "latest", "--target", target.to_str().unwrap()]);

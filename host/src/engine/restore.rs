@@ -106,7 +106,7 @@ enum Fate {
 /// The extended attribute that marks a file this restore completed (see [`marker`]).
 const MARKER_XATTR: &CStr = c"user.cairn.restored";
 /// Temporary names start with this (then 16 hex digits and the start of the final name).
-pub const PARTIAL_PREFIX: &str = ".cairn-partial-";
+const PARTIAL_PREFIX: &str = ".cairn-partial-";
 /// At most this many bytes of the final name are kept in a temporary name, so it stays
 /// within the 255-byte limit of file names.
 const PARTIAL_NAME_KEEP: usize = 255 - PARTIAL_PREFIX.len() - 17;
@@ -348,6 +348,7 @@ pub fn run(
     let as_root = unsafe { libc::geteuid() } == 0;
     let warnings = Mutex::new(Vec::new());
     let downloaded = AtomicU64::new(0);
+    let renames = Mutex::new(Renames::default());
     let dest = Dest {
         target: &target,
         files: &files,
@@ -356,6 +357,8 @@ pub fn run(
         warnings: &warnings,
         downloaded: &downloaded,
         shown: &shown,
+        failed: &failed,
+        renames: &renames,
     };
     // Temporary files that already hold every chunk only need their final name.
     for (i, f) in files.iter().enumerate() {
@@ -364,11 +367,11 @@ pub fn run(
             && !failed.lock().unwrap().contains_key(&(i as u32))
         {
             // Read-only: an interrupted run may have applied the file's mode already.
-            let done = target
-                .open_beneath(&f.tmp, libc::O_RDONLY | libc::O_NONBLOCK, 0)
-                .and_then(|fd| dest.finish(i as u32, &File::from(fd)));
-            if let Err(e) = done {
-                failed.lock().unwrap().insert(i as u32, format!("cannot finish: {e}"));
+            match target.open_beneath(&f.tmp, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+                Ok(fd) => dest.finish(i as u32, &File::from(fd)),
+                Err(e) => {
+                    failed.lock().unwrap().insert(i as u32, format!("cannot finish: {e}"));
+                }
             }
         }
     }
@@ -386,6 +389,8 @@ pub fn run(
             });
         }
     });
+    let last = std::mem::take(&mut renames.lock().unwrap().files);
+    dest.publish(last);
     out.downloaded = downloaded.into_inner();
     out.workers = workers;
     out.warnings = warnings.into_inner().unwrap();
@@ -1148,9 +1153,7 @@ fn restore_pack(
                         let len = plain.len() as u64;
                         if dest.remaining[idx as usize].fetch_sub(len, Ordering::AcqRel) == len {
                             let f = open.remove(&idx).expect("written just now");
-                            if let Err(e) = dest.finish(idx, &f) {
-                                fail(&[(idx, off)], &format!("cannot finish: {e}"));
-                            }
+                            dest.finish(idx, &f);
                         }
                     }
                 }
@@ -1172,14 +1175,31 @@ struct Dest<'a> {
     warnings: &'a Mutex<Vec<String>>,
     downloaded: &'a AtomicU64,
     shown: &'a (dyn Fn(&[u8]) -> String + Sync),
+    failed: &'a Mutex<HashMap<u32, String>>,
+    renames: &'a Mutex<Renames>,
 }
+
+/// Complete files waiting for their final name (see [`Dest::publish`]).
+#[derive(Default)]
+struct Renames {
+    files: Vec<u32>,
+    bytes: u64,
+    /// When the first file of the batch was complete.
+    since: Option<std::time::Instant>,
+}
+
+/// A batch of complete files is made durable and renamed once it holds this many files
+/// or bytes, or its first file has waited this long (and at the end): a few `syncfs` a
+/// second at most, and a complete file soon shows under its name.
+const RENAME_BATCH_FILES: usize = 4096;
+const RENAME_BATCH_BYTES: u64 = 256 << 20;
+const RENAME_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Dest<'_> {
     /// Finishes file `idx`, complete and verified in its temporary file `f`: marker,
-    /// owner (as root), mode and times go on the open file, then it takes its final name,
-    /// replacing whatever regular file was there. Metadata that cannot be applied is a
-    /// warning; a failed rename fails the file.
-    fn finish(&self, idx: u32, f: &File) -> io::Result<()> {
+    /// owner (as root), mode and times go on the open file, then it waits for its final
+    /// name ([`Dest::publish`]). Metadata that cannot be applied is a warning.
+    fn finish(&self, idx: u32, f: &File) {
         let item = &self.files[idx as usize];
         let node = &item.node;
         let fd = f.as_raw_fd();
@@ -1204,6 +1224,49 @@ impl Dest<'_> {
         };
         // SAFETY: an open descriptor and two timespecs.
         warn("times", cvt(unsafe { libc::futimens(fd, [t, t].as_ptr()) }));
+        let batch = {
+            let mut r = self.renames.lock().unwrap();
+            r.files.push(idx);
+            r.bytes += node.size;
+            let since = *r.since.get_or_insert_with(std::time::Instant::now);
+            if r.files.len() < RENAME_BATCH_FILES
+                && r.bytes < RENAME_BATCH_BYTES
+                && since.elapsed() < RENAME_BATCH_WAIT
+            {
+                return;
+            }
+            r.bytes = 0;
+            r.since = None;
+            std::mem::take(&mut r.files)
+        };
+        self.publish(batch);
+    }
+
+    /// Gives complete files their final names, replacing whatever regular file was there.
+    /// Their bytes and metadata are made durable first (one `syncfs` for the batch), so
+    /// after a power loss a final name never holds bytes that did not reach the disk. A
+    /// failed rename fails the file.
+    fn publish(&self, batch: Vec<u32>) {
+        if batch.is_empty() {
+            return;
+        }
+        // SAFETY: an open descriptor.
+        if let Err(e) = cvt(unsafe { libc::syncfs(self.target.fd.as_raw_fd()) }) {
+            let mut failed = self.failed.lock().unwrap();
+            for idx in batch {
+                failed.entry(idx).or_insert_with(|| format!("cannot write to disk: {e}"));
+            }
+            return;
+        }
+        for idx in batch {
+            if let Err(e) = self.rename(idx) {
+                self.failed.lock().unwrap().entry(idx).or_insert_with(|| format!("cannot rename: {e}"));
+            }
+        }
+    }
+
+    fn rename(&self, idx: u32) -> io::Result<()> {
+        let item = &self.files[idx as usize];
         let (parent_rel, name) = match item.rel.iter().rposition(|&b| b == b'/') {
             Some(i) => (&item.rel[..i], &item.rel[i + 1..]),
             None => (&b""[..], &item.rel[..]),
