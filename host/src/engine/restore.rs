@@ -668,28 +668,7 @@ fn verify_files(
                         continue;
                     }
                     checked.fetch_add(1, Ordering::Relaxed);
-                    let verdict = (|| -> io::Result<Option<String>> {
-                        let fd = target.open_beneath(&f.rel, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
-                        let file = File::from(fd);
-                        let len = file.metadata()?.len();
-                        if len != f.node.size {
-                            return Ok(Some(format!(
-                                "size is {len} bytes, the snapshot has {}",
-                                f.node.size
-                            )));
-                        }
-                        let present = chunks_present(repo, &file, &f.node.content, lengths)?;
-                        if present.len() != f.node.content.len() {
-                            let mut off = 0u64;
-                            for (n, id) in f.node.content.iter().enumerate() {
-                                if present.get(n) != Some(&off) {
-                                    return Ok(Some(format!("content differs from byte {off}")));
-                                }
-                                off += lengths.get(id).copied().unwrap_or(0) as u64;
-                            }
-                        }
-                        Ok(None)
-                    })();
+                    let verdict = verify_one(repo, target, f, lengths);
                     let why = match verdict {
                         Ok(None) => continue,
                         Ok(Some(why)) => why,
@@ -709,6 +688,32 @@ fn verify_files(
         }
     });
     (checked.into_inner(), bad.into_inner().unwrap())
+}
+
+/// How restored file `f` differs from the snapshot (size, or the first chunk that does
+/// not match), or `None` when it does not.
+fn verify_one(
+    repo: &Repository,
+    target: &Target,
+    f: &FileItem,
+    lengths: &HashMap<Id, u32>,
+) -> io::Result<Option<String>> {
+    let file = File::from(target.open_beneath(&f.rel, libc::O_RDONLY | libc::O_NONBLOCK, 0)?);
+    let len = file.metadata()?.len();
+    if len != f.node.size {
+        return Ok(Some(format!("size is {len} bytes, the snapshot has {}", f.node.size)));
+    }
+    // `present` lists the offsets of the matching chunks in order: the first chunk whose
+    // offset is not at its place is the first difference.
+    let present = chunks_present(repo, &file, &f.node.content, lengths)?;
+    let mut off = 0u64;
+    for (n, id) in f.node.content.iter().enumerate() {
+        if present.get(n) != Some(&off) {
+            return Ok(Some(format!("content differs from byte {off}")));
+        }
+        off += lengths.get(id).copied().unwrap_or(0) as u64;
+    }
+    Ok(None)
 }
 
 /// The target folder, open. Paths below it are resolved by the kernel without leaving it
