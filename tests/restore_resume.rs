@@ -427,3 +427,55 @@ fn a_partial_file_is_continued_from_the_chunks_it_holds() {
     );
     assert!(read >= missing, "read {read} pack bytes, less than the {missing} missing: the count is wrong");
 }
+
+fn marker_of(path: &Path) -> Option<Vec<u8>> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given size.
+    let n = unsafe {
+        libc::lgetxattr(p.as_ptr(), c"user.cairn.restored".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+/// A complete file without the marker (a copy, a filesystem without user extended
+/// attributes) is read, found complete, skipped without a download, and marked; a file
+/// whose bytes differ is written again.
+#[test]
+fn a_complete_file_without_its_marker_is_checked_skipped_and_marked() {
+    let env = Env::with_backup_toml(CONFIG);
+    write_file(&env.src.join("a.bin"), &Rng::new(21).bytes(900 << 10), 0o644, 1_600_000_000);
+    write_file(&env.src.join("b.bin"), &Rng::new(22).bytes(900 << 10), 0o644, 1_600_000_000);
+    env.ok(&["init"]);
+    env.ok(&["backup"]);
+    let target = env.path("target");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    let restored = env.restored_src(&target);
+    let (a, b) = (restored.join("a.bin"), restored.join("b.bin"));
+    let marker = marker_of(&a).expect("a restored file carries the marker");
+    assert_eq!(marker.len(), 32);
+    for p in [&a, &b] {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated strings.
+        assert_eq!(unsafe { libc::removexattr(c.as_ptr(), c"user.cairn.restored".as_ptr()) }, 0);
+    }
+    // b keeps its size and mtime but not its bytes.
+    let mut bytes = std::fs::read(&b).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&b, &bytes).unwrap();
+    set_mtime(&b, 1_600_000_000, 123_456_789);
+
+    let out = env.json(&["restore", "latest", "--target", t]);
+    assert_eq!(out["skipped"], 1, "{out}");
+    assert_eq!(marker_of(&a), Some(marker), "a was checked but not marked");
+    assert!(marker_of(&b).is_some());
+    let diffs = diff_trees(&env.src, &restored);
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    let again = env.json(&["restore", "latest", "--target", t]);
+    assert_eq!(
+        (again["skipped"].as_u64(), again["downloaded_bytes"].as_u64()),
+        (Some(2), Some(0)),
+        "{again}"
+    );
+}

@@ -495,6 +495,14 @@ fn marker(repo: &Repository, node: &Node) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Marks an open file as complete. Where the filesystem has no user extended attributes
+/// (or the file is read-only to us) nothing is marked, and the next run reads the file to
+/// check it.
+fn set_marker(f: &impl AsRawFd, marker: &[u8; 32]) {
+    // SAFETY: an open descriptor, a valid name and a buffer of the given size.
+    unsafe { libc::fsetxattr(f.as_raw_fd(), MARKER_XATTR.as_ptr(), marker.as_ptr().cast(), marker.len(), 0) };
+}
+
 /// What the final name of a file with content holds.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum FinalState {
@@ -593,6 +601,10 @@ fn check_existing(
                         chunks_present(repo, &File::from(fd), &f.node.content, lengths)
                     };
                     if check_final && read(&f.rel).is_ok_and(|p| p.len() == f.node.content.len()) {
+                        // Marked now, the next run need not read it again.
+                        if let Ok(fd) = target.open_beneath(&f.rel, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+                            set_marker(&fd, &f.marker);
+                        }
                         complete.lock().unwrap().push(i);
                         continue;
                     }
@@ -1213,10 +1225,7 @@ impl Dest<'_> {
                 self.warnings.lock().unwrap().push(format!("{}: {what}: {e}", (self.shown)(&item.rel)));
             }
         };
-        let m = item.marker;
-        // Filesystems without user extended attributes: the next run checks the content.
-        // SAFETY: an open descriptor, a valid name and a buffer of the given size.
-        unsafe { libc::fsetxattr(fd, MARKER_XATTR.as_ptr(), m.as_ptr().cast(), m.len(), 0) };
+        set_marker(f, &item.marker);
         if self.as_root {
             // SAFETY: an open descriptor.
             warn("owner", cvt(unsafe { libc::fchown(fd, node.uid, node.gid) }));
