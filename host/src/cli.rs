@@ -96,6 +96,10 @@ pub enum Command {
         /// Restore only this path of the snapshot and what is below it (repeatable)
         #[arg(long, value_name = "PATH")]
         include: Vec<PathBuf>,
+        /// Then read every restored file back and check it against the snapshot (exit 3 on
+        /// any difference)
+        #[arg(long)]
+        verify: bool,
     },
 }
 

@@ -57,8 +57,8 @@ fn main() -> ExitCode {
         },
         Command::Snapshots => commands::snapshots::run(&ctx),
         Command::Ls { snapshot, long } => commands::ls::run(&ctx, &snapshot, long),
-        Command::Restore { snapshot, target, include } => {
-            commands::restore::run(&ctx, &snapshot, target, include)
+        Command::Restore { snapshot, target, include, verify } => {
+            commands::restore::run(&ctx, &snapshot, target, include, verify)
         }
         Command::Repair {
             dry_run,

@@ -1,4 +1,4 @@
-//! `cairn restore SNAPSHOT --target DIR [--include PATH]...`
+//! `cairn restore SNAPSHOT --target DIR [--include PATH]... [--verify]`
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -13,12 +13,13 @@ use crate::error::Exit;
 use crate::progress::Progress;
 use crate::repo::{Access, Repository};
 
-pub fn run(ctx: &Ctx, spec: &str, target: PathBuf, includes: Vec<PathBuf>) -> Result<()> {
+pub fn run(ctx: &Ctx, spec: &str, target: PathBuf, includes: Vec<PathBuf>, verify: bool) -> Result<()> {
     let config = ctx.config()?;
     let repo = ctx.rt.block_on(Repository::open(&config, Access::Read))?;
     let (id, snap) =
         snapshots::find(&repo.journal, spec, &crate::engine::walk::clean_sources(&config.backup.sources)?)?;
-    let settings = Settings { target: std::path::absolute(&target)?, includes, threads: config.threads() };
+    let settings =
+        Settings { target: std::path::absolute(&target)?, includes, threads: config.threads(), verify };
     let mut progress = Progress::new("restoring", !ctx.json);
     let started = std::time::Instant::now();
     let result = restore::run(&repo, ctx.rt.handle(), &snap.tree, &settings, &progress.counters);
@@ -36,6 +37,12 @@ pub fn run(ctx: &Ctx, spec: &str, target: PathBuf, includes: Vec<PathBuf>) -> Re
             "dirs": out.dirs,
             "symlinks": out.symlinks,
             "bytes": out.bytes,
+            "skipped": out.skipped,
+            "skipped_bytes": out.skipped_bytes,
+            "downloaded_bytes": out.downloaded,
+            "workers": out.workers,
+            "verified": verify.then_some(out.verified),
+            "mismatched": out.mismatched.iter().map(|(p, r)| json!({"path": p, "reason": r})).collect::<Vec<_>>(),
             "failed": out.failed.iter().map(|(p, r)| json!({"path": p, "reason": r})).collect::<Vec<_>>(),
             "refused": out.refused.iter().map(|(p, why)| json!({"path": p, "reason": why.to_string()})).collect::<Vec<_>>(),
             "warnings": out.warnings,
@@ -51,6 +58,19 @@ pub fn run(ctx: &Ctx, spec: &str, target: PathBuf, includes: Vec<PathBuf>) -> Re
             human_bytes(out.bytes),
             secs
         );
+        if out.skipped > 0 {
+            println!(
+                "skipped {} file(s) ({}) already complete in the target",
+                out.skipped,
+                human_bytes(out.skipped_bytes)
+            );
+        }
+        if verify {
+            println!("verified {} file(s): {} differ", out.verified, out.mismatched.len());
+        }
+        for (path, reason) in &out.mismatched {
+            eprintln!("differs: {path}: {reason}");
+        }
         for (path, reason) in &out.failed {
             eprintln!("not restored: {path}: {reason}");
         }
@@ -69,6 +89,14 @@ pub fn run(ctx: &Ctx, spec: &str, target: PathBuf, includes: Vec<PathBuf>) -> Re
             } else {
                 format!("; {} file(s) also failed verification or are missing", out.failed.len())
             }
+        ))
+        .into());
+    }
+    if let Some((first, why)) = out.mismatched.first() {
+        return Err(Exit::problems(format!(
+            "{} restored file(s) differ from the snapshot when read back, e.g. {first} ({why}); \
+             run the same restore again to rewrite them",
+            out.mismatched.len()
         ))
         .into());
     }

@@ -5,7 +5,17 @@
 //! 2. Group the needed chunks by pack; workers read each pack with a few ranged reads,
 //!    authenticate and hash-check every blob, and write it wherever it belongs. A blob that
 //!    does not verify is never written: every file that needs it is reported and removed.
+//!    Every file with content is written under a temporary name in its folder
+//!    ([`partial_name`]); when its last byte is written it gets its owner, mode, times and a
+//!    marker, and only then its final name (`renameat`). A final name therefore always
+//!    holds complete, verified content, even after `kill -9`.
 //! 3. Set ownership (as root), permissions and times, folders last and deepest first.
+//! 4. With `--verify`, read every restored file back and check it against the chunk ids.
+//!
+//! Run again into the same target, a restore resumes: a file already at its final name
+//! with the snapshot's size, mtime and marker is skipped (with the size and mtime but no
+//! marker, its content is checked), and a partial file left by an interrupted run is
+//! checked chunk by chunk so only the chunks it lacks are downloaded.
 //!
 //! A snapshot is untrusted data, so nothing is written outside the target: entry names
 //! that are not one path component are refused when a tree is loaded (see
@@ -13,7 +23,7 @@
 //! to an open folder below the target, never by following a symlink ([`Target`]). The
 //! target folder itself and its parent are never changed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
@@ -22,7 +32,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -37,6 +47,8 @@ pub struct Settings {
     /// Absolute snapshot paths to restore (with everything below); empty: everything.
     pub includes: Vec<PathBuf>,
     pub threads: usize,
+    /// Read every restored file back and check it against the snapshot's chunk ids.
+    pub verify: bool,
 }
 
 #[derive(Default, Debug)]
@@ -52,13 +64,52 @@ pub struct Outcome {
     pub refused: Vec<(String, BadName)>,
     /// Metadata that could not be applied (the content is fine).
     pub warnings: Vec<String>,
+    /// Files already complete in the target (left by an earlier run), not written again.
+    pub skipped: u64,
+    /// Bytes of those files.
+    pub skipped_bytes: u64,
+    /// Bytes the backend returned for file content (pack reads).
+    pub downloaded: u64,
+    /// Parallel pack readers (a killed run had at most this many packs half read).
+    pub workers: usize,
+    /// With `--verify`: files read back.
+    pub verified: u64,
+    /// With `--verify`: files whose bytes in the target are not the snapshot's, and how.
+    pub mismatched: Vec<(String, String)>,
 }
 
 struct FileItem {
     /// Below the target, without a leading `/`.
     rel: Vec<u8>,
+    /// The temporary name its content is written under, below the target.
+    tmp: Vec<u8>,
     node: Node,
+    fate: Fate,
+    /// What its marker must say ([`marker`]), computed while the chunk list is at hand.
+    marker: [u8; 32],
 }
+
+/// What a restore does with one file, decided from what the target already holds.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Fate {
+    /// Written under its temporary name, renamed when complete. `check_final`: the final
+    /// name holds a file of the right size and mtime but without our marker (its content
+    /// is checked before anything is downloaded); `partial`: a temporary file from an
+    /// interrupted run is there (the chunks it already holds are kept).
+    Write { check_final: bool, partial: bool },
+    /// Already complete at its final name; only its metadata is applied again.
+    Skip,
+    /// No content: created at its final name during the structure walk.
+    Empty,
+}
+
+/// The extended attribute that marks a file this restore completed (see [`marker`]).
+const MARKER_XATTR: &CStr = c"user.cairn.restored";
+/// Temporary names start with this (then 16 hex digits and the start of the final name).
+const PARTIAL_PREFIX: &str = ".cairn-partial-";
+/// At most this many bytes of the final name are kept in a temporary name, so it stays
+/// within the 255-byte limit of file names.
+const PARTIAL_NAME_KEEP: usize = 255 - PARTIAL_PREFIX.len() - 17;
 
 /// Folder handles the structure walk keeps open, at most (one per level).
 const MAX_OPEN_DIRS: usize = 128;
@@ -141,6 +192,12 @@ pub fn run(
     // no path is resolved again. Deeper, the parent is opened again for each entry.
     let mut open_dirs: Vec<OwnedFd> = Vec::new();
 
+    // Temporary files found in folders that were already there (an interrupted restore,
+    // maybe of another snapshot or other includes): those no file of this one claims are
+    // removed after the walk.
+    let mut stale: HashSet<Vec<u8>> = HashSet::new();
+    note_partials(&mut stale, b"", target.fd.as_fd());
+
     let phase = std::time::Instant::now();
     // 1. Structure.
     let reader = tree::TreeReader::new(repo, rt);
@@ -166,9 +223,14 @@ pub fn run(
             open_dirs.last().map_or(target.fd.as_fd(), |fd| fd.as_fd())
         };
         let name = CString::new(node.name.as_slice())?;
+        // An entry of the snapshot is never a leftover, whatever its name.
+        stale.remove(rel);
         if node.kind == NodeKind::Dir {
             if descend {
-                let fd = make_dir(parent, &name).with_context(|| err("folder"))?;
+                let (fd, existed) = make_dir(parent, &name).with_context(|| err("folder"))?;
+                if existed {
+                    note_partials(&mut stale, rel, fd.as_fd());
+                }
                 if open_dirs.len() == depth - 1 && depth <= MAX_OPEN_DIRS {
                     open_dirs.push(fd);
                 }
@@ -185,13 +247,35 @@ pub fn run(
                 // Never write through whatever is in the way (a symlink could point
                 // outside the target).
                 clear_for_file(parent, &name).with_context(|| err("file"))?;
-                if node.content.is_empty() {
+                let tmp_name = partial_name(&node.name);
+                let mut tmp = rel[..rel.len() - node.name.len()].to_vec();
+                tmp.extend_from_slice(&tmp_name);
+                let tmp_c = CString::new(tmp_name)?;
+                stale.remove(&tmp);
+                let marker = marker(repo, node);
+                let fate = if node.content.is_empty() {
+                    // A fresh inode: never truncate one the target had (it may be linked
+                    // elsewhere).
+                    remove_non_dir(parent, &name);
                     create_file_at(parent, &name, node.size).with_context(|| err("file"))?;
+                    Fate::Empty
+                } else {
+                    match inspect_final(parent, &name, node, &marker).with_context(|| err("file"))? {
+                        FinalState::Marked => Fate::Skip,
+                        found => Fate::Write {
+                            check_final: found == FinalState::SameSizeAndTime,
+                            partial: keep_partial(parent, &tmp_c).with_context(|| err("file"))?,
+                        },
+                    }
+                };
+                if fate == Fate::Skip {
+                    // A temporary file beside a complete one is a leftover.
+                    remove_non_dir(parent, &tmp_c);
                 }
                 // Files with content are created by the workers, in parallel.
                 counters.total_bytes.fetch_add(node.size, Ordering::Relaxed);
                 counters.total_files.fetch_add(1, Ordering::Relaxed);
-                files.push(FileItem { rel: rel.to_vec(), node: node.clone() });
+                files.push(FileItem { rel: rel.to_vec(), tmp, node: node.clone(), fate, marker });
             }
             NodeKind::Symlink => {
                 remove_non_dir(parent, &name);
@@ -223,6 +307,14 @@ pub fn run(
     };
     reader.walk_checked(root, &mut visit, &mut refused)?;
     drop(open_dirs);
+    for rel in &stale {
+        let _ = target.at_parent(rel, |parent, name| {
+            if kind_at(parent, name)? == Some(libc::S_IFREG) {
+                remove_non_dir(parent, name);
+            }
+            Ok(())
+        });
+    }
     for (i, inc) in s.includes.iter().enumerate() {
         if !includes.is_empty() && !matched[i] {
             return Err(anyhow!(
@@ -233,19 +325,57 @@ pub fn run(
     }
 
     tracing::debug!("structure: {:.2}s", phase.elapsed().as_secs_f64());
-    // 2. Content, grouped by pack.
-    let plan = plan(repo, &files)?;
+    let workers = s.threads.max(repo.backend.concurrency()).max(1);
+    // 2. Content, grouped by pack, without the chunks the target already holds.
+    let mut plan = plan(repo, &files, s.verify)?;
+    let present = check_existing(repo, &target, &mut files, &plan.lengths, workers);
+    let skipped_bytes = files.iter().filter(|f| f.fate == Fate::Skip).map(|f| f.node.size).sum();
+    counters.bytes.fetch_add(skipped_bytes, Ordering::Relaxed);
     // The plan holds where every chunk goes; the chunk lists themselves are not needed
-    // any more (they are most of the memory a restore of many files takes).
-    for f in &mut files {
-        f.node.content = Vec::new();
+    // any more (they are most of the memory a restore of many files takes), unless they
+    // are read back at the end.
+    if !s.verify {
+        for f in &mut files {
+            f.node.content = Vec::new();
+        }
+        plan.lengths = HashMap::new();
     }
     let failed: Mutex<HashMap<u32, String>> = Mutex::new(HashMap::new());
     for (file_idx, reason) in plan.missing {
         failed.lock().unwrap().entry(file_idx).or_insert(reason);
     }
+    let remaining = prune_plan(&mut plan.packs, &files, &present, &failed.lock().unwrap());
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let warnings = Mutex::new(Vec::new());
+    let downloaded = AtomicU64::new(0);
+    let renames = Mutex::new(Renames::default());
+    let dest = Dest {
+        target: &target,
+        files: &files,
+        remaining: &remaining,
+        as_root,
+        warnings: &warnings,
+        downloaded: &downloaded,
+        shown: &shown,
+        failed: &failed,
+        renames: &renames,
+    };
+    // Temporary files that already hold every chunk only need their final name.
+    for (i, f) in files.iter().enumerate() {
+        if matches!(f.fate, Fate::Write { .. })
+            && remaining[i].load(Ordering::Relaxed) == 0
+            && !failed.lock().unwrap().contains_key(&(i as u32))
+        {
+            // Read-only: an interrupted run may have applied the file's mode already.
+            match target.open_beneath(&f.tmp, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+                Ok(fd) => dest.finish(i as u32, &File::from(fd)),
+                Err(e) => {
+                    failed.lock().unwrap().insert(i as u32, format!("cannot finish: {e}"));
+                }
+            }
+        }
+    }
     let queue = Mutex::new(plan.packs.into_iter().collect::<Vec<_>>());
-    let workers = s.threads.max(repo.backend.concurrency()).max(1);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
@@ -254,18 +384,23 @@ pub fn run(
                     let Some((pack, blobs)) = queue.lock().unwrap().pop() else {
                         break;
                     };
-                    let dest = Dest { target: &target, files: &files };
                     restore_pack(repo, rt, &pack, blobs, dest, &mut open, &failed, counters);
                 }
             });
         }
     });
+    let last = std::mem::take(&mut renames.lock().unwrap().files);
+    dest.publish(last);
+    out.downloaded = downloaded.into_inner();
+    out.workers = workers;
+    out.warnings = warnings.into_inner().unwrap();
 
-    // Files that failed are removed: a partial file must not pass for a restored one.
+    // Files that failed lose their temporary file: a partial file must not pass for a
+    // restored one, and whatever was at the final name before stays as it was.
     let failed = failed.into_inner().unwrap();
     for (idx, reason) in &failed {
         let f = &files[*idx as usize];
-        let _ = target.at_parent(&f.rel, |parent, name| {
+        let _ = target.at_parent(&f.tmp, |parent, name| {
             // SAFETY: a valid NUL-terminated name and an open folder.
             cvt(unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) })
         });
@@ -275,8 +410,8 @@ pub fn run(
     out.refused.sort_by(|a, b| a.0.cmp(&b.0));
 
     tracing::debug!("content: {:.2}s", phase.elapsed().as_secs_f64());
-    // 3. Metadata, on entries below the target only.
-    let as_root = unsafe { libc::geteuid() } == 0;
+    // 3. Metadata, on entries below the target only. Written files got theirs before
+    // their rename.
     let mut meta = MetaWriter { target: &target, as_root, parent: None, fchmodat2: true };
     for (i, f) in files.iter().enumerate() {
         if failed.contains_key(&(i as u32)) {
@@ -284,6 +419,13 @@ pub fn run(
         }
         out.files += 1;
         out.bytes += f.node.size;
+        if f.fate == Fate::Skip {
+            out.skipped += 1;
+            out.skipped_bytes += f.node.size;
+        }
+        if matches!(f.fate, Fate::Write { .. }) {
+            continue;
+        }
         if let Err(e) = meta.apply(&f.rel, &f.node) {
             out.warnings.push(format!("{}: {e}", shown(&f.rel)));
         }
@@ -294,7 +436,296 @@ pub fn run(
         }
     }
     tracing::debug!("metadata: {:.2}s", phase.elapsed().as_secs_f64());
+    // 4. Read back.
+    if s.verify {
+        let checked = verify_files(repo, &target, &files, &failed, &plan.lengths, workers);
+        out.verified = checked.0;
+        out.mismatched = checked.1.into_iter().map(|(i, why)| (shown(&files[i as usize].rel), why)).collect();
+        out.mismatched.sort();
+        tracing::debug!("verify: {:.2}s", phase.elapsed().as_secs_f64());
+    }
     Ok(out)
+}
+
+/// Adds the temporary-looking names in folder `dir` (at `dir_rel` below the target) to
+/// `stale`. A folder that cannot be listed keeps its leftovers.
+fn note_partials(stale: &mut HashSet<Vec<u8>>, dir_rel: &[u8], dir: BorrowedFd<'_>) {
+    for name in partial_names(dir).unwrap_or_default() {
+        let mut rel = dir_rel.to_vec();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(&name);
+        stale.insert(rel);
+    }
+}
+
+/// The temporary name a file's content is written under: hidden, recognisably cairn's,
+/// unique per final name (a hash of it), and within the 255-byte name limit.
+fn partial_name(name: &[u8]) -> Vec<u8> {
+    let hash = blake3::hash(name);
+    let mut keep = &name[..name.len().min(PARTIAL_NAME_KEEP)];
+    // Cut on a character boundary where the name is text.
+    if let Err(e) = std::str::from_utf8(keep)
+        && std::str::from_utf8(&name[..e.valid_up_to()]).is_ok()
+        && e.error_len().is_none()
+    {
+        keep = &keep[..e.valid_up_to()];
+    }
+    let mut out = format!("{PARTIAL_PREFIX}{}-", hex16(&hash.as_bytes()[..8])).into_bytes();
+    out.extend_from_slice(keep);
+    out
+}
+
+fn hex16(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The marker a completed file carries: a keyed hash of its size, mtime and chunk ids.
+/// With the right size and mtime it says this file was written complete by a restore of
+/// this content; a user's edit changes the mtime (or drops the attribute).
+fn marker(repo: &Repository, node: &Node) -> [u8; 32] {
+    let mut h = repo.key.id_hasher();
+    h.update(b"cairn restored file v1\0");
+    h.update(&node.size.to_le_bytes());
+    h.update(&node.mtime_ns.to_le_bytes());
+    for id in &node.content {
+        h.update(&id.0);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Marks an open file as complete. Where the filesystem has no user extended attributes
+/// (or the file is read-only to us) nothing is marked, and the next run reads the file to
+/// check it.
+fn set_marker(f: &impl AsRawFd, marker: &[u8; 32]) {
+    // SAFETY: an open descriptor, a valid name and a buffer of the given size.
+    unsafe { libc::fsetxattr(f.as_raw_fd(), MARKER_XATTR.as_ptr(), marker.as_ptr().cast(), marker.len(), 0) };
+}
+
+/// What the final name of a file with content holds.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum FinalState {
+    /// Nothing usable: absent, or another size or mtime.
+    Other,
+    /// A regular file with the snapshot's size and mtime, without our marker.
+    SameSizeAndTime,
+    /// The same, with the marker for this content: complete.
+    Marked,
+}
+
+fn inspect_final(dir: BorrowedFd<'_>, name: &CStr, node: &Node, marker: &[u8; 32]) -> io::Result<FinalState> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let fd = match openat(dir, name, flags, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(FinalState::Other),
+        r => r?,
+    };
+    let f = File::from(fd);
+    let m = f.metadata()?;
+    use std::os::unix::fs::MetadataExt;
+    let mtime = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+    if !m.is_file() || m.len() != node.size || mtime != node.mtime_ns as i128 {
+        return Ok(FinalState::Other);
+    }
+    let mut buf = [0u8; 33];
+    // SAFETY: an open descriptor, a valid name and a buffer of the given size.
+    let n =
+        unsafe { libc::fgetxattr(f.as_raw_fd(), MARKER_XATTR.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    Ok(if n == 32 && &buf[..32] == marker { FinalState::Marked } else { FinalState::SameSizeAndTime })
+}
+
+/// Whether a temporary file of an interrupted run is at `tmp` (a regular file, kept to be
+/// continued); anything else there is removed.
+fn keep_partial(dir: BorrowedFd<'_>, tmp: &CStr) -> io::Result<bool> {
+    match kind_at(dir, tmp)? {
+        None => Ok(false),
+        Some(libc::S_IFREG) => Ok(true),
+        Some(_) => clear_for_file(dir, tmp).map(|_| false),
+    }
+}
+
+/// Which chunks of `f` hold what the snapshot says: the offset of every chunk whose bytes
+/// have its id (keyed hash). Reading stops at the end of the file.
+fn chunks_present(
+    repo: &Repository,
+    f: &File,
+    content: &[Id],
+    lengths: &HashMap<Id, u32>,
+) -> io::Result<Vec<u64>> {
+    let mut present = Vec::new();
+    let mut buf = Vec::new();
+    let mut offset = 0u64;
+    for id in content {
+        let Some(&len) = lengths.get(id) else { break };
+        buf.resize(len as usize, 0);
+        match f.read_exact_at(&mut buf, offset) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            r => r?,
+        }
+        if repo.key.blob_id(&buf) == *id {
+            present.push(offset);
+        }
+        offset += len as u64;
+    }
+    Ok(present)
+}
+
+/// Looks at what an earlier run left for the files to write: a final-named file with the
+/// right size and mtime but no marker is read and, when every chunk matches, skipped; a
+/// temporary file is read and the chunks it holds are kept. Returns those chunks as (file,
+/// offset). Unreadable leftovers are simply written again.
+fn check_existing(
+    repo: &Repository,
+    target: &Target,
+    files: &mut [FileItem],
+    lengths: &HashMap<Id, u32>,
+    workers: usize,
+) -> HashSet<(u32, u64)> {
+    let todo: Vec<u32> = (0..files.len() as u32)
+        .filter(|&i| {
+            matches!(files[i as usize].fate, Fate::Write { check_final, partial } if check_final || partial)
+        })
+        .collect();
+    let next = AtomicUsize::new(0);
+    let complete = Mutex::new(Vec::new());
+    let present = Mutex::new(HashSet::new());
+    let files_ro: &[FileItem] = files;
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(todo.len()) {
+            scope.spawn(|| {
+                while let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let f = &files_ro[i as usize];
+                    let Fate::Write { check_final, partial } = f.fate else { continue };
+                    let read = |rel: &[u8]| {
+                        let fd = target.open_beneath(rel, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+                        chunks_present(repo, &File::from(fd), &f.node.content, lengths)
+                    };
+                    if check_final && read(&f.rel).is_ok_and(|p| p.len() == f.node.content.len()) {
+                        // Marked now, the next run need not read it again.
+                        if let Ok(fd) = target.open_beneath(&f.rel, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+                            set_marker(&fd, &f.marker);
+                        }
+                        complete.lock().unwrap().push(i);
+                        continue;
+                    }
+                    if partial && let Ok(p) = read(&f.tmp) {
+                        present.lock().unwrap().extend(p.into_iter().map(|off| (i, off)));
+                    }
+                }
+            });
+        }
+    });
+    let mut present = present.into_inner().unwrap();
+    for i in complete.into_inner().unwrap() {
+        let f = &mut files[i as usize];
+        if let Fate::Write { partial: true, .. } = f.fate {
+            let _ = target.at_parent(&f.tmp, |parent, name| {
+                remove_non_dir(parent, name);
+                Ok(())
+            });
+        }
+        f.fate = Fate::Skip;
+        present.retain(|&(j, _)| j != i);
+    }
+    present
+}
+
+/// Drops from the plan what is not to be downloaded (files skipped or already failed,
+/// chunks a temporary file holds) and returns the bytes left to write per file.
+fn prune_plan(
+    packs: &mut HashMap<Id, Vec<BlobPlan>>,
+    files: &[FileItem],
+    present: &HashSet<(u32, u64)>,
+    failed: &HashMap<u32, String>,
+) -> Vec<AtomicU64> {
+    let remaining: Vec<AtomicU64> = files.iter().map(|_| AtomicU64::new(0)).collect();
+    packs.retain(|_, blobs| {
+        blobs.retain_mut(|b| {
+            b.targets.retain(|&(i, off)| {
+                let wanted = matches!(files[i as usize].fate, Fate::Write { .. })
+                    && !failed.contains_key(&i)
+                    && !present.contains(&(i, off));
+                if wanted {
+                    remaining[i as usize].fetch_add(b.raw_length as u64, Ordering::Relaxed);
+                }
+                wanted
+            });
+            !b.targets.is_empty()
+        });
+        !blobs.is_empty()
+    });
+    remaining
+}
+
+/// Reads every restored file back and checks its size and each chunk against the
+/// snapshot. Returns how many files were read and the mismatches (file index, what).
+fn verify_files(
+    repo: &Repository,
+    target: &Target,
+    files: &[FileItem],
+    failed: &HashMap<u32, String>,
+    lengths: &HashMap<Id, u32>,
+    workers: usize,
+) -> (u64, Vec<(u32, String)>) {
+    let next = AtomicUsize::new(0);
+    let checked = AtomicU64::new(0);
+    let bad = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(f) = files.get(i) else { break };
+                    if failed.contains_key(&(i as u32)) {
+                        continue;
+                    }
+                    checked.fetch_add(1, Ordering::Relaxed);
+                    let verdict = verify_one(repo, target, f, lengths);
+                    let why = match verdict {
+                        Ok(None) => continue,
+                        Ok(Some(why)) => why,
+                        Err(e) => format!("cannot read: {e}"),
+                    };
+                    // The marker no longer holds: the next restore writes the file again.
+                    let _ = target.at_parent(&f.rel, |parent, name| {
+                        let flags = libc::O_RDONLY | libc::O_NONBLOCK;
+                        let fd = openat(parent, name, flags | libc::O_NOFOLLOW, 0)?;
+                        // SAFETY: an open descriptor and a valid name.
+                        unsafe { libc::fremovexattr(fd.as_raw_fd(), MARKER_XATTR.as_ptr()) };
+                        Ok(())
+                    });
+                    bad.lock().unwrap().push((i as u32, why));
+                }
+            });
+        }
+    });
+    (checked.into_inner(), bad.into_inner().unwrap())
+}
+
+/// How restored file `f` differs from the snapshot (size, or the first chunk that does
+/// not match), or `None` when it does not.
+fn verify_one(
+    repo: &Repository,
+    target: &Target,
+    f: &FileItem,
+    lengths: &HashMap<Id, u32>,
+) -> io::Result<Option<String>> {
+    let file = File::from(target.open_beneath(&f.rel, libc::O_RDONLY | libc::O_NONBLOCK, 0)?);
+    let len = file.metadata()?.len();
+    if len != f.node.size {
+        return Ok(Some(format!("size is {len} bytes, the snapshot has {}", f.node.size)));
+    }
+    // `present` lists the offsets of the matching chunks in order: the first chunk whose
+    // offset is not at its place is the first difference.
+    let present = chunks_present(repo, &file, &f.node.content, lengths)?;
+    let mut off = 0u64;
+    for (n, id) in f.node.content.iter().enumerate() {
+        if present.get(n) != Some(&off) {
+            return Ok(Some(format!("content differs from byte {off}")));
+        }
+        off += lengths.get(id).copied().unwrap_or(0) as u64;
+    }
+    Ok(None)
 }
 
 /// The target folder, open. Paths below it are resolved by the kernel without leaving it
@@ -454,14 +885,15 @@ fn clear_for_file(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 /// Creates (or keeps) the folder `name` in `dir` and opens it, writable while we fill it;
 /// its real mode is applied at the end. Whatever else is there (a symlink, a file) is
 /// replaced, never followed.
-fn make_dir(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+/// Returns its handle and whether it was there already.
+fn make_dir(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(OwnedFd, bool)> {
     // SAFETY: a valid NUL-terminated name and an open folder.
     let made = cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) });
-    if let Err(e) = made
-        && e.raw_os_error() != Some(libc::EEXIST)
-    {
-        return Err(e);
-    }
+    let existed = match made {
+        Ok(_) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => true,
+        Err(e) => return Err(e),
+    };
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
     let fd = match openat(dir, name, flags, 0) {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
@@ -475,7 +907,33 @@ fn make_dir(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     };
     // SAFETY: an open descriptor.
     cvt(unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) })?;
-    Ok(fd)
+    Ok((fd, existed))
+}
+
+/// The names in the open folder `dir` that look like a restore's temporary files.
+fn partial_names(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let own = openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    // SAFETY: a fresh descriptor, given to the stream (closed by closedir).
+    let stream = unsafe { libc::fdopendir(std::os::fd::IntoRawFd::into_raw_fd(own)) };
+    if stream.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: an open stream; the entry is valid until the next readdir.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
+        if name.starts_with(PARTIAL_PREFIX.as_bytes()) {
+            names.push(name.to_vec());
+        }
+    }
+    // SAFETY: an open stream, closed once.
+    unsafe { libc::closedir(stream) };
+    Ok(names)
 }
 
 /// Sets a file being restored to its final size. Several workers may open one file: each
@@ -574,14 +1032,31 @@ struct BlobPlan {
 struct Plan {
     packs: HashMap<Id, Vec<BlobPlan>>,
     missing: Vec<(u32, String)>,
+    /// The plaintext length of every chunk planned, to read files back chunk by chunk.
+    lengths: HashMap<Id, u32>,
 }
 
-fn plan(repo: &Repository, files: &[FileItem]) -> Result<Plan> {
+/// Where every chunk of the files to write comes from. With `all_lengths`, the lengths of
+/// the chunks of skipped files are looked up too (to read them back).
+fn plan(repo: &Repository, files: &[FileItem], all_lengths: bool) -> Result<Plan> {
     let mut by_blob: HashMap<Id, usize> = HashMap::new();
     let mut packs: HashMap<Id, Vec<BlobPlan>> = HashMap::new();
     let mut where_: Vec<(Id, usize)> = Vec::new(); // blob -> (pack, index in pack list)
     let mut missing = Vec::new();
+    let mut other_lengths = HashMap::new();
     for (i, f) in files.iter().enumerate() {
+        if !matches!(f.fate, Fate::Write { .. }) {
+            if all_lengths {
+                for id in &f.node.content {
+                    if !other_lengths.contains_key(id)
+                        && let Some(loc) = repo.journal.blob_location(id, BlobKind::Data)?
+                    {
+                        other_lengths.insert(*id, loc.raw_length);
+                    }
+                }
+            }
+            continue;
+        }
         let mut offset = 0u64;
         for id in &f.node.content {
             let slot = match by_blob.get(id) {
@@ -617,7 +1092,9 @@ fn plan(repo: &Repository, files: &[FileItem]) -> Result<Plan> {
             }
         }
     }
-    Ok(Plan { packs, missing })
+    let mut lengths = other_lengths;
+    lengths.extend(packs.values().flatten().map(|b| (b.id, b.raw_length)));
+    Ok(Plan { packs, missing, lengths })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -654,6 +1131,9 @@ fn restore_pack(
             j += 1;
         }
         let data = rt.block_on(repo.backend.read(&name, start, end - start));
+        if let Ok(d) = &data {
+            dest.downloaded.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
         for b in &blobs[i..j] {
             let plain = match &data {
                 Err(e) => Err(format!("{e}")),
@@ -683,8 +1163,15 @@ fn restore_pack(
                         }
                         if let Err(e) = write_at(open, dest, idx, off, &plain) {
                             fail(&[(idx, off)], &format!("cannot write: {e}"));
+                            continue;
                         }
                         counters.bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                        // The worker that writes a file's last byte gives it its name.
+                        let len = plain.len() as u64;
+                        if dest.remaining[idx as usize].fetch_sub(len, Ordering::AcqRel) == len {
+                            let f = open.remove(&idx).expect("written just now");
+                            dest.finish(idx, &f);
+                        }
                     }
                 }
             }
@@ -693,11 +1180,122 @@ fn restore_pack(
     }
 }
 
-/// Where the workers write: the target and the files being restored.
+/// Where the workers write: the target and the files being restored, with what they
+/// need to finish a file.
 #[derive(Clone, Copy)]
 struct Dest<'a> {
     target: &'a Target,
     files: &'a [FileItem],
+    /// Bytes still to write, per file; the write that takes it to 0 finishes the file.
+    remaining: &'a [AtomicU64],
+    as_root: bool,
+    warnings: &'a Mutex<Vec<String>>,
+    downloaded: &'a AtomicU64,
+    shown: &'a (dyn Fn(&[u8]) -> String + Sync),
+    failed: &'a Mutex<HashMap<u32, String>>,
+    renames: &'a Mutex<Renames>,
+}
+
+/// Complete files waiting for their final name (see [`Dest::publish`]).
+#[derive(Default)]
+struct Renames {
+    files: Vec<u32>,
+    bytes: u64,
+    /// When the first file of the batch was complete.
+    since: Option<std::time::Instant>,
+}
+
+/// A batch of complete files is made durable and renamed once it holds this many files
+/// or bytes, or its first file has waited this long (and at the end): a few `syncfs` a
+/// second at most, and a complete file soon shows under its name.
+const RENAME_BATCH_FILES: usize = 4096;
+const RENAME_BATCH_BYTES: u64 = 256 << 20;
+const RENAME_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl Dest<'_> {
+    /// Finishes file `idx`, complete and verified in its temporary file `f`: marker,
+    /// owner (as root), mode and times go on the open file, then it waits for its final
+    /// name ([`Dest::publish`]). Metadata that cannot be applied is a warning.
+    fn finish(&self, idx: u32, f: &File) {
+        let item = &self.files[idx as usize];
+        let node = &item.node;
+        let fd = f.as_raw_fd();
+        let warn = |what: &str, r: io::Result<libc::c_int>| {
+            if let Err(e) = r {
+                self.warnings.lock().unwrap().push(format!("{}: {what}: {e}", (self.shown)(&item.rel)));
+            }
+        };
+        set_marker(f, &item.marker);
+        if self.as_root {
+            // SAFETY: an open descriptor.
+            warn("owner", cvt(unsafe { libc::fchown(fd, node.uid, node.gid) }));
+        }
+        // SAFETY: an open descriptor.
+        warn("mode", cvt(unsafe { libc::fchmod(fd, node.mode) }));
+        let t = libc::timespec {
+            tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000),
+        };
+        // SAFETY: an open descriptor and two timespecs.
+        warn("times", cvt(unsafe { libc::futimens(fd, [t, t].as_ptr()) }));
+        let batch = {
+            let mut r = self.renames.lock().unwrap();
+            r.files.push(idx);
+            r.bytes += node.size;
+            let since = *r.since.get_or_insert_with(std::time::Instant::now);
+            if r.files.len() < RENAME_BATCH_FILES
+                && r.bytes < RENAME_BATCH_BYTES
+                && since.elapsed() < RENAME_BATCH_WAIT
+            {
+                return;
+            }
+            r.bytes = 0;
+            r.since = None;
+            std::mem::take(&mut r.files)
+        };
+        self.publish(batch);
+    }
+
+    /// Gives complete files their final names, replacing whatever regular file was there.
+    /// Their bytes and metadata are made durable first (one `syncfs` for the batch), so
+    /// after a power loss a final name never holds bytes that did not reach the disk. A
+    /// failed rename fails the file.
+    fn publish(&self, batch: Vec<u32>) {
+        if batch.is_empty() {
+            return;
+        }
+        // SAFETY: an open descriptor.
+        if let Err(e) = cvt(unsafe { libc::syncfs(self.target.fd.as_raw_fd()) }) {
+            let mut failed = self.failed.lock().unwrap();
+            for idx in batch {
+                failed.entry(idx).or_insert_with(|| format!("cannot write to disk: {e}"));
+            }
+            return;
+        }
+        for idx in batch {
+            if let Err(e) = self.rename(idx) {
+                self.failed.lock().unwrap().entry(idx).or_insert_with(|| format!("cannot rename: {e}"));
+            }
+        }
+    }
+
+    fn rename(&self, idx: u32) -> io::Result<()> {
+        let item = &self.files[idx as usize];
+        let (parent_rel, name) = match item.rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&item.rel[..i], &item.rel[i + 1..]),
+            None => (&b""[..], &item.rel[..]),
+        };
+        let tmp_name = component(&item.tmp[parent_rel.len() + usize::from(!parent_rel.is_empty())..])?;
+        let name = component(name)?;
+        let parent = if parent_rel.is_empty() {
+            None
+        } else {
+            Some(self.target.open_beneath(parent_rel, libc::O_PATH | libc::O_DIRECTORY, 0)?)
+        };
+        let dir = parent.as_ref().map_or(self.target.fd.as_raw_fd(), |p| p.as_raw_fd());
+        // SAFETY: valid NUL-terminated names and an open folder.
+        cvt(unsafe { libc::renameat(dir, tmp_name.as_ptr(), dir, name.as_ptr()) }).map(drop)
+    }
 }
 
 fn write_at(
@@ -713,7 +1311,7 @@ fn write_at(
         }
         let item = &dest.files[idx as usize];
         let flags = libc::O_WRONLY | libc::O_CREAT;
-        let f = File::from(dest.target.open_beneath(&item.rel, flags, 0o600)?);
+        let f = File::from(dest.target.open_beneath(&item.tmp, flags, 0o600)?);
         set_size(&f, item.node.size)?;
         open.insert(idx, f);
     }
@@ -803,6 +1401,24 @@ mod tests {
                 (before.mode(), before.mtime(), before.mtime_nsec())
             );
         }
+    }
+
+    /// Temporary names fit the 255-byte limit, stay one valid component, keep text whole
+    /// and differ for names that share a long start.
+    #[test]
+    fn partial_names_are_short_unique_components() {
+        let long = "é".repeat(127) + "x";
+        let other = "é".repeat(127) + "y";
+        for name in [b"a.txt".to_vec(), long.clone().into_bytes(), vec![0xff; 255]] {
+            let p = partial_name(&name);
+            assert!(p.len() <= 255 && p.starts_with(PARTIAL_PREFIX.as_bytes()), "{}", p.len());
+            assert!(tree::check_name(&p).is_ok());
+        }
+        let (a, b) = (partial_name(long.as_bytes()), partial_name(other.as_bytes()));
+        assert_ne!(a, b);
+        assert!(std::str::from_utf8(&a).is_ok());
+        assert_eq!(partial_name(b"a.txt"), partial_name(b"a.txt"));
+        assert!(partial_name(b"a.txt").ends_with(b"-a.txt"));
     }
 
     #[test]
