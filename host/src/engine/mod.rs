@@ -5,6 +5,7 @@ pub mod chunker;
 pub mod packer;
 pub mod repair;
 pub mod restore;
+pub mod retention;
 pub mod snapshots;
 pub mod tree;
 pub mod upload;
