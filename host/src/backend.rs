@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::ids::Id;
 use crate::plugin::pool::{Lease, PluginPool};
-use crate::plugin::{BackendError, Capabilities, ErrorKind, ObjectInfo};
+use crate::plugin::{BackendError, Capabilities, ErrorKind, ObjectInfo, StorageCondition};
 use crate::repo::format::ObjectName;
 use crate::untrusted::escape;
 
@@ -450,7 +450,8 @@ impl Backend {
     ) -> Result<(), BackendError> {
         src.seek(SeekFrom::Start(0)).map_err(|e| self.local_error(name, Path::new("(source)"), e))?;
         let mut lease = self.lease().await?;
-        let upload = lease.start_upload(name, size, if_absent).await?;
+        let upload =
+            lease.start_upload(name, size, if_absent).await.map_err(|e| self.diagnosed(e, Some(size)))?;
         let mut buf = vec![0u8; WRITE_PIECE.min(size as usize).max(1)];
         let mut sent = 0u64;
         let result = async {
@@ -464,7 +465,9 @@ impl Backend {
             }
             lease.finish(upload, name).await
         }
-        .await;
+        .await
+        // Looked at before the abort frees what the failed upload took.
+        .map_err(|e| self.diagnosed(e, Some(size)));
         if result.is_err() {
             // Best effort: the contract already keeps a failed upload invisible.
             let _ = lease.abort(upload, name).await;
@@ -477,6 +480,37 @@ impl Backend {
             let _ = self.abort_incomplete_of(name).await;
         }
         result
+    }
+
+    /// A write (of `needed` bytes, when it stores something) that failed with the plugin's
+    /// own error, checked against the folders granted to the plugin: a read-only or full
+    /// file system there is the real cause, whatever the plugin could say (wasmtime gives a
+    /// guest only a generic I/O error for both). A plugin's `permission-denied` on a write is
+    /// a storage condition too. Either way the run stops: no retry can help.
+    fn diagnosed(&self, err: BackendError, needed: Option<u64>) -> BackendError {
+        let said = match &err.kind {
+            ErrorKind::PermissionDenied(m) => {
+                return BackendError {
+                    kind: ErrorKind::Storage { condition: StorageCondition::Denied, said: m.clone() },
+                    ..err
+                };
+            }
+            ErrorKind::Other(m) | ErrorKind::Transient(m) => m.clone(),
+            _ => return err,
+        };
+        for folder in &self.pool.sandbox.dirs {
+            let Ok(space) = crate::space::of(folder) else { continue };
+            let condition = match needed {
+                _ if space.read_only => StorageCondition::ReadOnly { folder: folder.clone() },
+                // Some room for the folder entries and the file system's own bookkeeping.
+                Some(needed) if space.free < needed.saturating_add(64 << 10) => {
+                    StorageCondition::NoSpace { folder: folder.clone(), free: space.free, needed }
+                }
+                _ => continue,
+            };
+            return BackendError { kind: ErrorKind::Storage { condition, said }, ..err };
+        }
+        err
     }
 
     /// Aborts every unfinished upload whose intended name is exactly `name`, one of cairn's.
@@ -499,7 +533,8 @@ impl Backend {
             self.own_name("delete", name)?;
         }
         for batch in names.chunks(DELETE_BATCH) {
-            self.retry(|| async { self.lease().await?.delete(batch).await }).await?;
+            self.retry(|| async { self.lease().await?.delete(batch).await.map_err(|e| self.diagnosed(e, None)) })
+                .await?;
         }
         Ok(())
     }

@@ -2,19 +2,28 @@
 
 use std::sync::atomic::Ordering;
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 
 use super::{Ctx, human_bytes};
 use crate::engine::backup::{self, Settings};
+use crate::engine::upload;
 use crate::engine::walk::Excludes;
-use crate::error::Exit;
+use crate::error::{Exit, local_io, one_line};
+use crate::plugin::BackendError;
 use crate::progress::Progress;
 use crate::repo::{Access, Repository};
 
 pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
     let config = ctx.config()?;
-    let repo = ctx.rt.block_on(Repository::open(&config, Access::Write))?;
+    let state_dir = config.state_dir()?;
+    backup_inner(ctx, &config, tags).map_err(|e| explain_failure(e, &state_dir))
+}
+
+fn backup_inner(ctx: &Ctx, config: &crate::config::Config, tags: &[String]) -> Result<()> {
+    let repo = ctx.rt.block_on(Repository::open(config, Access::Write))?;
     let mut all_tags = config.backup.tags.clone();
     all_tags.extend(tags.iter().cloned());
     let settings = Settings {
@@ -27,6 +36,7 @@ pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
         checkpoint_every: config.checkpoint_interval()?.0,
         checkpoint_bytes: config.checkpoint_interval()?.1,
     };
+    check_free_space(&repo.dir, settings.pack_size, repo.backend.concurrency())?;
     let mut progress = Progress::new("backing up", !ctx.json);
     if progress.enabled() {
         spawn_scan(&settings, progress.counters.clone());
@@ -82,6 +92,68 @@ pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// Fails at once, before any work, when the state folder cannot hold the temporary packs a
+/// backup may keep there at the same time (statvfs: no I/O).
+fn check_free_space(dir: &Path, pack_size: u64, concurrency: usize) -> Result<()> {
+    let space = crate::space::of(dir).with_context(|| format!("cannot measure free space in {}", dir.display()))?;
+    let packs = upload::packs_in_flight(concurrency);
+    let needed = pack_size.saturating_mul(packs);
+    if space.read_only {
+        bail!(
+            "state folder {} is on a read-only file system: it holds the journal and the temporary packs; \
+             remount it read-write or move `[state] dir`, then run the backup again; nothing was changed",
+            dir.display()
+        );
+    }
+    if space.free < needed {
+        bail!(
+            "state folder {} has {} free, but the temporary packs of a backup need about {} \
+             (pack size {} x {packs} packs in flight: {concurrency} uploading, the rest queued or being filled); \
+             free space there, move `[state] dir` to a larger disk, or lower `[backup] pack_size`; nothing was changed",
+            dir.display(),
+            human_bytes(space.free),
+            human_bytes(needed),
+            human_bytes(pack_size)
+        );
+    }
+    Ok(())
+}
+
+/// A backup that failed on a full, read-only or refused place says which, and that nothing
+/// was lost: a failed upload is invisible by the plugin contract, the journal records only
+/// what is stored, and the snapshots saved before are untouched.
+fn explain_failure(err: anyhow::Error, state_dir: &Path) -> anyhow::Error {
+    const NOTHING_LOST: &str = "nothing was lost: the snapshots saved before are untouched, and the next backup \
+                                continues once this is fixed";
+    if let Some(cause) = journal_condition(&err) {
+        return anyhow!(
+            "journal in state folder {}: {cause}; free space there or move `[state] dir`, then run the backup again; \
+             {NOTHING_LOST}",
+            state_dir.display()
+        );
+    }
+    let storage = err.chain().any(|c| c.downcast_ref::<BackendError>().is_some_and(|b| b.is_storage_condition()));
+    let local = local_io(&err).is_some_and(|l| l.is_permanent_condition());
+    if storage || local {
+        return anyhow!("{}; {NOTHING_LOST}", one_line(&err));
+    }
+    err
+}
+
+/// SQLite's word for a journal write that failed because of the disk, if that is the cause.
+fn journal_condition(err: &anyhow::Error) -> Option<&'static str> {
+    use rusqlite::ErrorCode;
+    err.chain().find_map(|c| match c.downcast_ref::<rusqlite::Error>()? {
+        rusqlite::Error::SqliteFailure(e, _) => match e.code {
+            ErrorCode::DiskFull => Some("no space left on device"),
+            ErrorCode::ReadOnly => Some("read-only file system"),
+            ErrorCode::CannotOpen | ErrorCode::PermissionDenied => Some("cannot be opened or written"),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 /// Counts what the backup will cover, for the progress bar's total and ETA.

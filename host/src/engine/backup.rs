@@ -151,7 +151,7 @@ pub fn run(
     let parent = latest_for(&repo.journal, &sources)?;
     let started = jiff::Timestamp::now();
     let dedup = Arc::new(Dedup::new(repo.journal.clone()));
-    let (up_tx, up_task) = upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), dedup.clone(), 2);
+    let (up_tx, up_task) = upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), dedup.clone(), upload::QUEUE);
     let packer = |size, tx| Packer::new(repo.key.clone(), repo.tmp_dir(), size, tx);
     let data = packer(s.pack_size, up_tx.clone());
     let trees = packer(TREE_PACK_SIZE.min(s.pack_size), up_tx.clone());

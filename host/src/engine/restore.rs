@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::engine::tree::{self, BadName};
+use crate::error::{IoAt, Role, describe_io};
 use crate::ids::Id;
 use crate::progress::Counters;
 use crate::repo::Repository;
@@ -39,6 +40,24 @@ pub struct Settings {
     pub threads: usize,
 }
 
+/// Why one file was not restored: the repository's fault or the target's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Failure {
+    /// Its data is missing from the repository or failed verification.
+    Data(String),
+    /// The restore target did not take it (full, read-only, permission denied...), in words.
+    Write(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Data(why) => f.write_str(why),
+            Failure::Write(why) => write!(f, "cannot write: {why}"),
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct Outcome {
     pub files: u64,
@@ -46,7 +65,7 @@ pub struct Outcome {
     pub symlinks: u64,
     pub bytes: u64,
     /// Files that could not be restored, with the reason. They are not left behind.
-    pub failed: Vec<(String, String)>,
+    pub failed: Vec<(String, Failure)>,
     /// Entries the snapshot holds under a name that is not one path component (or twice in
     /// one folder), where they would have gone (escaped), and why. They were skipped.
     pub refused: Vec<(String, BadName)>,
@@ -168,7 +187,7 @@ pub fn run(
         let name = CString::new(node.name.as_slice())?;
         if node.kind == NodeKind::Dir {
             if descend {
-                let fd = make_dir(parent, &name).with_context(|| err("folder"))?;
+                let fd = make_dir(parent, &name).at(Role::RestoreTarget, Path::new(&shown(rel)))?;
                 if open_dirs.len() == depth - 1 && depth <= MAX_OPEN_DIRS {
                     open_dirs.push(fd);
                 }
@@ -184,9 +203,13 @@ pub fn run(
             NodeKind::File => {
                 // Never write through whatever is in the way (a symlink could point
                 // outside the target).
-                clear_for_file(parent, &name).with_context(|| err("file"))?;
-                if node.content.is_empty() {
-                    create_file_at(parent, &name, node.size).with_context(|| err("file"))?;
+                // A file the target refuses (an immutable one in the way, a full disk) is
+                // named at the end; the rest is restored.
+                let created = clear_for_file(parent, &name)
+                    .and_then(|()| if node.content.is_empty() { create_file_at(parent, &name, node.size).map(drop) } else { Ok(()) });
+                if let Err(e) = created {
+                    out.failed.push((shown(rel), Failure::Write(describe_io(&e))));
+                    return Ok(false);
                 }
                 // Files with content are created by the workers, in parallel.
                 counters.total_bytes.fetch_add(node.size, Ordering::Relaxed);
@@ -240,9 +263,9 @@ pub fn run(
     for f in &mut files {
         f.node.content = Vec::new();
     }
-    let failed: Mutex<HashMap<u32, String>> = Mutex::new(HashMap::new());
+    let failed: Mutex<HashMap<u32, Failure>> = Mutex::new(HashMap::new());
     for (file_idx, reason) in plan.missing {
-        failed.lock().unwrap().entry(file_idx).or_insert(reason);
+        failed.lock().unwrap().entry(file_idx).or_insert(Failure::Data(reason));
     }
     let queue = Mutex::new(plan.packs.into_iter().collect::<Vec<_>>());
     let workers = s.threads.max(repo.backend.concurrency()).max(1);
@@ -628,15 +651,15 @@ fn restore_pack(
     mut blobs: Vec<BlobPlan>,
     dest: Dest<'_>,
     open: &mut HashMap<u32, File>,
-    failed: &Mutex<HashMap<u32, String>>,
+    failed: &Mutex<HashMap<u32, Failure>>,
     counters: &Counters,
 ) {
     let name = format::pack_name(pack);
     blobs.sort_by_key(|b| b.offset);
-    let fail = |targets: &[(u32, u64)], reason: &str| {
+    let fail = |targets: &[(u32, u64)], reason: Failure| {
         let mut f = failed.lock().unwrap();
         for (idx, _) in targets {
-            f.entry(*idx).or_insert_with(|| reason.to_string());
+            f.entry(*idx).or_insert_with(|| reason.clone());
         }
     };
     let mut i = 0;
@@ -675,14 +698,14 @@ fn restore_pack(
                 }
             };
             match plain {
-                Err(reason) => fail(&b.targets, &reason),
+                Err(reason) => fail(&b.targets, Failure::Data(reason)),
                 Ok(plain) => {
                     for &(idx, off) in &b.targets {
                         if failed.lock().unwrap().contains_key(&idx) {
                             continue;
                         }
                         if let Err(e) = write_at(open, dest, idx, off, &plain) {
-                            fail(&[(idx, off)], &format!("cannot write: {e}"));
+                            fail(&[(idx, off)], Failure::Write(describe_io(&e)));
                         }
                         counters.bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
                     }
