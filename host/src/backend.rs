@@ -491,7 +491,10 @@ impl Backend {
         let said = match &err.kind {
             ErrorKind::PermissionDenied(m) => {
                 return BackendError {
-                    kind: ErrorKind::Storage { condition: StorageCondition::Denied, said: m.clone() },
+                    kind: ErrorKind::Storage {
+                        condition: Box::new(StorageCondition::Denied),
+                        said: m.clone(),
+                    },
                     ..err
                 };
             }
@@ -508,7 +511,7 @@ impl Backend {
                 }
                 _ => continue,
             };
-            return BackendError { kind: ErrorKind::Storage { condition, said }, ..err };
+            return BackendError { kind: ErrorKind::Storage { condition: Box::new(condition), said }, ..err };
         }
         err
     }
@@ -533,8 +536,10 @@ impl Backend {
             self.own_name("delete", name)?;
         }
         for batch in names.chunks(DELETE_BATCH) {
-            self.retry(|| async { self.lease().await?.delete(batch).await.map_err(|e| self.diagnosed(e, None)) })
-                .await?;
+            self.retry(|| async {
+                self.lease().await?.delete(batch).await.map_err(|e| self.diagnosed(e, None))
+            })
+            .await?;
         }
         Ok(())
     }

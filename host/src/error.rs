@@ -179,7 +179,8 @@ mod tests {
     fn a_full_disk_is_named_with_its_role_path_and_advice() {
         let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let r: std::io::Result<()> = Err(e);
-        let err = anyhow::Error::from(r.at(Role::TemporaryPacks, std::path::Path::new("/s/tmp/p")).unwrap_err());
+        let err =
+            anyhow::Error::from(r.at(Role::TemporaryPacks, std::path::Path::new("/s/tmp/p")).unwrap_err());
         let text = one_line(&err);
         assert_eq!(
             text,

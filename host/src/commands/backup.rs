@@ -11,7 +11,7 @@ use super::{Ctx, human_bytes};
 use crate::engine::backup::{self, Settings};
 use crate::engine::upload;
 use crate::engine::walk::Excludes;
-use crate::error::{Exit, local_io, one_line};
+use crate::error::{Exit, Role, local_io, one_line};
 use crate::plugin::BackendError;
 use crate::progress::Progress;
 use crate::repo::{Access, Repository};
@@ -44,7 +44,7 @@ fn backup_inner(ctx: &Ctx, config: &crate::config::Config, tags: &[String]) -> R
     let started = std::time::Instant::now();
     let result = backup::run(&repo, ctx.rt.handle(), &settings, &progress.counters);
     progress.finish();
-    let out = result?;
+    let out = result.map_err(|e| with_space_needed(e, settings.pack_size, repo.backend.concurrency()))?;
     let s = &out.snapshot.summary;
     let secs = started.elapsed().as_secs_f64();
     if ctx.json {
@@ -97,7 +97,8 @@ fn backup_inner(ctx: &Ctx, config: &crate::config::Config, tags: &[String]) -> R
 /// Fails at once, before any work, when the state folder cannot hold the temporary packs a
 /// backup may keep there at the same time (statvfs: no I/O).
 fn check_free_space(dir: &Path, pack_size: u64, concurrency: usize) -> Result<()> {
-    let space = crate::space::of(dir).with_context(|| format!("cannot measure free space in {}", dir.display()))?;
+    let space =
+        crate::space::of(dir).with_context(|| format!("cannot measure free space in {}", dir.display()))?;
     let packs = upload::packs_in_flight(concurrency);
     let needed = pack_size.saturating_mul(packs);
     if space.read_only {
@@ -121,12 +122,29 @@ fn check_free_space(dir: &Path, pack_size: u64, concurrency: usize) -> Result<()
     Ok(())
 }
 
+/// Said with every failure on a full, read-only or refused place.
+const NOTHING_LOST: &str = "nothing was lost: the snapshots saved before are untouched, and the next backup continues once this is fixed";
+
+/// How much room the temporary packs need, added to an error that says their folder is full
+/// (another process took the space the check before the backup saw).
+fn with_space_needed(err: anyhow::Error, pack_size: u64, concurrency: usize) -> anyhow::Error {
+    let full = local_io(&err).is_some_and(|l| l.role == Role::TemporaryPacks && l.is_out_of_space());
+    if !full {
+        return err;
+    }
+    let packs = upload::packs_in_flight(concurrency);
+    anyhow!(
+        "{} (the temporary packs of a backup need about {}: pack size {} x {packs} packs in flight); {NOTHING_LOST}",
+        one_line(&err),
+        human_bytes(pack_size.saturating_mul(packs)),
+        human_bytes(pack_size)
+    )
+}
+
 /// A backup that failed on a full, read-only or refused place says which, and that nothing
 /// was lost: a failed upload is invisible by the plugin contract, the journal records only
 /// what is stored, and the snapshots saved before are untouched.
 fn explain_failure(err: anyhow::Error, state_dir: &Path) -> anyhow::Error {
-    const NOTHING_LOST: &str = "nothing was lost: the snapshots saved before are untouched, and the next backup \
-                                continues once this is fixed";
     if let Some(cause) = journal_condition(&err) {
         return anyhow!(
             "journal in state folder {}: {cause}; free space there or move `[state] dir`, then run the backup again; \
@@ -134,7 +152,8 @@ fn explain_failure(err: anyhow::Error, state_dir: &Path) -> anyhow::Error {
             state_dir.display()
         );
     }
-    let storage = err.chain().any(|c| c.downcast_ref::<BackendError>().is_some_and(|b| b.is_storage_condition()));
+    let storage =
+        err.chain().any(|c| c.downcast_ref::<BackendError>().is_some_and(|b| b.is_storage_condition()));
     let local = local_io(&err).is_some_and(|l| l.is_permanent_condition());
     if storage || local {
         return anyhow!("{}; {NOTHING_LOST}", one_line(&err));
@@ -192,4 +211,49 @@ fn spawn_scan(settings: &Settings, counters: std::sync::Arc<crate::progress::Cou
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::IoAt;
+
+    #[test]
+    fn a_full_temporary_pack_folder_says_how_much_it_needs_and_that_nothing_was_lost() {
+        let full: std::io::Result<()> = Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let err =
+            anyhow::Error::from(full.at(Role::TemporaryPacks, Path::new("/st/r/tmp/pack-1")).unwrap_err());
+        let err = explain_failure(with_space_needed(err, 16 << 20, 2), Path::new("/st"));
+        assert_eq!(
+            one_line(&err),
+            "temporary packs /st/r/tmp/pack-1: no space left on device; free space there, or move `[state] dir` \
+             to a larger disk (the temporary packs of a backup need about 96.0 MiB: pack size 16.0 MiB x 6 packs \
+             in flight); nothing was lost: the snapshots saved before are untouched, and the next backup continues \
+             once this is fixed"
+        );
+    }
+
+    #[test]
+    fn a_full_journal_is_named_with_its_state_folder() {
+        let sqlite = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error { code: rusqlite::ErrorCode::DiskFull, extended_code: 13 },
+            None,
+        );
+        let err = explain_failure(anyhow::Error::from(sqlite).context("record pack"), Path::new("/st"));
+        let text = one_line(&err);
+        assert!(text.starts_with("journal in state folder /st: no space left on device; "), "{text}");
+        assert!(text.contains("nothing was lost"), "{text}");
+    }
+
+    #[test]
+    fn other_failures_are_left_as_they_are() {
+        let err = explain_failure(anyhow!("the uploader stopped"), Path::new("/st"));
+        assert_eq!(one_line(&err), "the uploader stopped");
+        let denied: std::io::Result<()> = Err(std::io::Error::from_raw_os_error(libc::EIO));
+        let err = anyhow::Error::from(denied.at(Role::TemporaryPacks, Path::new("/p")).unwrap_err());
+        assert_eq!(
+            one_line(&with_space_needed(err, 1 << 20, 2)),
+            "temporary packs /p: Input/output error (os error 5)"
+        );
+    }
 }

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Result, anyhow};
 
 use crate::crypto::MasterKey;
-use crate::error::{IoAt, Role};
 use crate::engine::upload::Job;
+use crate::error::{IoAt, Role};
 use crate::ids::Id;
 use crate::journal::Journal;
 use crate::repo::format::{self, BlobKind, PackEntry};

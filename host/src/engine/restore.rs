@@ -205,8 +205,13 @@ pub fn run(
                 // outside the target).
                 // A file the target refuses (an immutable one in the way, a full disk) is
                 // named at the end; the rest is restored.
-                let created = clear_for_file(parent, &name)
-                    .and_then(|()| if node.content.is_empty() { create_file_at(parent, &name, node.size).map(drop) } else { Ok(()) });
+                let created = clear_for_file(parent, &name).and_then(|()| {
+                    if node.content.is_empty() {
+                        create_file_at(parent, &name, node.size).map(drop)
+                    } else {
+                        Ok(())
+                    }
+                });
                 if let Err(e) = created {
                     out.failed.push((shown(rel), Failure::Write(describe_io(&e))));
                     return Ok(false);
@@ -706,6 +711,13 @@ fn restore_pack(
                         }
                         if let Err(e) = write_at(open, dest, idx, off, &plain) {
                             fail(&[(idx, off)], Failure::Write(describe_io(&e)));
+                            // Give back what the partial file holds now, not at the end: on
+                            // a full disk the other files may still fit.
+                            open.remove(&idx);
+                            let _ = dest.target.at_parent(&dest.files[idx as usize].rel, |parent, name| {
+                                // SAFETY: a valid NUL-terminated name and an open folder.
+                                cvt(unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) })
+                            });
                         }
                         counters.bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
                     }

@@ -65,7 +65,8 @@ pub enum ErrorKind {
     /// The storage itself cannot take the write (full, read-only, not permitted): no retry
     /// helps, the user must act. `said` is what the plugin reported.
     Storage {
-        condition: StorageCondition,
+        /// Boxed: keeps every `Result<_, BackendError>` small.
+        condition: Box<StorageCondition>,
         said: String,
     },
 }
@@ -101,9 +102,9 @@ impl fmt::Display for StorageCondition {
                 "{} is on a read-only file system; remount it read-write (or fix the disk), then run the command again",
                 folder.display()
             ),
-            StorageCondition::Denied => {
-                f.write_str("permission denied; give cairn write access to the repository, then run the command again")
-            }
+            StorageCondition::Denied => f.write_str(
+                "permission denied; give cairn write access to the repository, then run the command again",
+            ),
         }
     }
 }

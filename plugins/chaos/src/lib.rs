@@ -168,7 +168,8 @@ fn count(path: &str, call: &str) -> u64 {
         return 1;
     }
     let hint = format!("{path}/.chaos-count-{call}");
-    let read_hint = || std::fs::read_to_string(&hint).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    let read_hint =
+        || std::fs::read_to_string(&hint).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
     let mut n = read_hint() + 1;
     loop {
         match std::fs::OpenOptions::new().write(true).create_new(true).open(format!("{hint}.{n}")) {
