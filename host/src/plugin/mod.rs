@@ -103,7 +103,8 @@ impl fmt::Display for StorageCondition {
                 folder.display()
             ),
             StorageCondition::Denied => f.write_str(
-                "permission denied; give cairn write access to the repository, then run the command again",
+                "permission denied: the backend refuses this write, so it is not retried; \
+                 fix the credentials or the permissions, then run the command again",
             ),
         }
     }
