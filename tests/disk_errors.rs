@@ -173,6 +173,37 @@ fn a_state_folder_too_small_for_the_temporary_packs_is_refused_before_any_work()
     completes_and_restores_identical(&env);
 }
 
+/// The check before the backup passes (1 MiB packs: 6 MiB for the temporary packs), then
+/// the journal of 20,000 new files outgrows what is left: whichever of the journal and the
+/// temporary packs meets the full disk first is named, with the state folder.
+#[test]
+fn a_state_folder_that_fills_during_the_backup_is_named() {
+    let env = Env::with_backup_toml("pack_size = \"1MiB\"");
+    let Some(mount) = Mount::tmpfs(&env.state, "6700k") else { return };
+    let mut rng = Rng::new(5);
+    for i in 0..20_000 {
+        let path = env.src.join(format!("d{}/f{i}", i / 200));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, rng.bytes(64)).unwrap();
+    }
+    env.ok(&["init"]);
+
+    let (code, err) = env.fails(&["backup"]);
+    assert_eq!(code, 1, "{err}");
+    let line = one_line(&err);
+    let state = env.state.display();
+    assert!(
+        line.contains(&format!("journal in state folder {state}/"))
+            || line.contains(&format!("temporary packs {state}/")),
+        "{err}"
+    );
+    assert!(line.contains("no space left on device") && line.contains("nothing was lost"), "{err}");
+    assert!(line.contains("move `[state] dir`"), "{err}");
+
+    mount.remount("size=256m");
+    completes_and_restores_identical(&env);
+}
+
 #[test]
 fn a_full_restore_target_names_what_did_not_fit_and_restores_the_rest() {
     let env = Env::new();

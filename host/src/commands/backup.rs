@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
@@ -18,12 +18,14 @@ use crate::repo::{Access, Repository};
 
 pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
     let config = ctx.config()?;
-    let state_dir = config.state_dir()?;
-    backup_inner(ctx, &config, tags).map_err(|e| explain_failure(e, &state_dir))
+    // The repository's own state folder once it is known, for the journal's path in errors.
+    let mut state_dir = config.state_dir()?;
+    backup_inner(ctx, &config, tags, &mut state_dir).map_err(|e| explain_failure(e, &state_dir))
 }
 
-fn backup_inner(ctx: &Ctx, config: &crate::config::Config, tags: &[String]) -> Result<()> {
+fn backup_inner(ctx: &Ctx, config: &crate::config::Config, tags: &[String], dir: &mut PathBuf) -> Result<()> {
     let repo = ctx.rt.block_on(Repository::open(config, Access::Write))?;
+    dir.clone_from(&repo.dir);
     let mut all_tags = config.backup.tags.clone();
     all_tags.extend(tags.iter().cloned());
     let settings = Settings {
