@@ -340,3 +340,43 @@ impl Drop for FsUpload {
         self.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(e: Error) -> (&'static str, String) {
+        match e {
+            Error::NotFound(m) => ("not-found", m),
+            Error::AlreadyExists(m) => ("already-exists", m),
+            Error::PermissionDenied(m) => ("permission-denied", m),
+            Error::InvalidName(m) => ("invalid-name", m),
+            Error::Transient(m) => ("transient", m),
+            Error::Other(m) => ("other", m),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_filesystem_error_is_said_in_words_with_the_repository_path() {
+        use io::ErrorKind as K;
+        let at = Path::new("/backups/repo/data/ab/.ab12.cairn-upload-1");
+        let cases = [
+            (K::StorageFull, "other", "no space left on the device that holds the repository folder"),
+            (K::QuotaExceeded, "other", "disk quota exceeded"),
+            (K::ReadOnlyFilesystem, "other", "read-only file system"),
+            (K::PermissionDenied, "permission-denied", "permission denied"),
+            (K::InvalidFilename, "invalid-name", "name too long"),
+            (K::NotADirectory, "other", "a file where a folder was expected"),
+            (K::NotFound, "not-found", "no such file or folder"),
+            (K::TimedOut, "transient", "timed out"),
+        ];
+        for (kind, variant, words) in cases {
+            let (v, message) = said(io_error(at, io::Error::from(kind)));
+            assert_eq!(v, variant, "{kind:?}");
+            assert!(message.starts_with("/backups/repo/data/ab/.ab12.cairn-upload-1: "), "{message}");
+            assert!(message.contains(words), "{kind:?}: {message}");
+            assert!(!message.contains("os error"), "{message}");
+        }
+    }
+}
