@@ -9,7 +9,7 @@
 //! failed upload invisible, so starting over is always safe.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -501,7 +501,14 @@ impl Backend {
             ErrorKind::Other(m) | ErrorKind::Transient(m) => m.clone(),
             _ => return err,
         };
-        for folder in &self.pool.sandbox.dirs {
+        // The folders the plugin's message names (the fs backend names the file's full path),
+        // so a read-only folder granted for reading is not blamed for another's failure;
+        // every granted folder when it names none.
+        let dirs = &self.pool.sandbox.dirs;
+        let named: Vec<&PathBuf> =
+            dirs.iter().filter(|d| d.to_str().is_some_and(|d| said.contains(d))).collect();
+        let candidates = if named.is_empty() { dirs.iter().collect() } else { named };
+        for folder in candidates {
             let Ok(space) = crate::space::of(folder) else { continue };
             let condition = match needed {
                 _ if space.read_only => StorageCondition::ReadOnly { folder: folder.clone() },
