@@ -97,7 +97,7 @@ impl Role {
             }
             Role::Cache => "free space there, or set `[state] cache_dir` to a larger disk",
             Role::PluginsFolder => "free space there, or set `[plugins] dir` to a writable folder",
-            Role::Source => "check the source's disk",
+            Role::Source => "check that it exists and that the user running cairn can read it",
             Role::RestoreTarget => "free space there or restore to another --target",
         }
     }

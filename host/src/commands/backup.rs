@@ -147,10 +147,9 @@ fn with_space_needed(err: anyhow::Error, pack_size: u64, concurrency: usize) -> 
 /// was lost: a failed upload is invisible by the plugin contract, the journal records only
 /// what is stored, and the snapshots saved before are untouched.
 fn explain_failure(err: anyhow::Error, state_dir: &Path) -> anyhow::Error {
-    if let Some(cause) = journal_condition(&err) {
+    if let Some((cause, fix)) = journal_condition(&err) {
         return anyhow!(
-            "journal in state folder {}: {cause}; free space there or move `[state] dir`, then run the backup again; \
-             {NOTHING_LOST}",
+            "journal in state folder {}: {cause}; {fix} or move `[state] dir`, then run the backup again; {NOTHING_LOST}",
             state_dir.display()
         );
     }
@@ -163,14 +162,13 @@ fn explain_failure(err: anyhow::Error, state_dir: &Path) -> anyhow::Error {
     err
 }
 
-/// SQLite's word for a journal write that failed because of the disk, if that is the cause.
-fn journal_condition(err: &anyhow::Error) -> Option<&'static str> {
+/// A journal write that SQLite says failed because of the disk: the cause and its fix.
+fn journal_condition(err: &anyhow::Error) -> Option<(&'static str, &'static str)> {
     use rusqlite::ErrorCode;
     err.chain().find_map(|c| match c.downcast_ref::<rusqlite::Error>()? {
         rusqlite::Error::SqliteFailure(e, _) => match e.code {
-            ErrorCode::DiskFull => Some("no space left on device"),
-            ErrorCode::ReadOnly => Some("read-only file system"),
-            ErrorCode::CannotOpen | ErrorCode::PermissionDenied => Some("cannot be opened or written"),
+            ErrorCode::DiskFull => Some(("no space left on device", "free space there")),
+            ErrorCode::ReadOnly => Some(("cannot be written (read-only)", "make it writable")),
             _ => None,
         },
         _ => None,
