@@ -89,16 +89,16 @@ impl Role {
         }
     }
 
-    /// What to do when the place is full or cannot be written.
-    fn advice(self) -> &'static str {
+    /// Where else the data can go, when this place cannot take it.
+    fn elsewhere(self) -> Option<&'static str> {
         match self {
             Role::StateFolder | Role::TemporaryPacks | Role::Journal => {
-                "free space there, or move `[state] dir` to a larger disk"
+                Some("move `[state] dir` to another disk")
             }
-            Role::Cache => "free space there, or set `[state] cache_dir` to a larger disk",
-            Role::PluginsFolder => "free space there, or set `[plugins] dir` to a writable folder",
-            Role::Source => "check that it exists and that the user running cairn can read it",
-            Role::RestoreTarget => "free space there or restore to another --target",
+            Role::Cache => Some("set `[state] cache_dir` to another disk"),
+            Role::PluginsFolder => Some("set `[plugins] dir` to another folder"),
+            Role::Source => None,
+            Role::RestoreTarget => Some("restore to another --target"),
         }
     }
 }
@@ -143,11 +143,29 @@ impl LocalIo {
     }
 }
 
+impl LocalIo {
+    /// What the user can do about a permanent condition, fitted to its cause and the role.
+    fn advice(&self) -> Option<String> {
+        use std::io::ErrorKind as K;
+        let fix = match self.source.kind() {
+            _ if self.is_out_of_space() => "free space there",
+            K::ReadOnlyFilesystem => "remount it read-write",
+            K::PermissionDenied if self.role == Role::Source => "let the user running cairn read it",
+            K::PermissionDenied => "give the user running cairn write access",
+            _ => return None,
+        };
+        Some(match self.role.elsewhere() {
+            Some(other) => format!("{fix}, or {other}"),
+            None => fix.to_string(),
+        })
+    }
+}
+
 impl fmt::Display for LocalIo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}: {}", self.role.name(), self.path.display(), describe_io(&self.source))?;
-        if self.is_permanent_condition() {
-            write!(f, "; {}", self.role.advice())?;
+        if let Some(advice) = self.advice() {
+            write!(f, "; {advice}")?;
         }
         Ok(())
     }
@@ -184,11 +202,17 @@ mod tests {
         let text = one_line(&err);
         assert_eq!(
             text,
-            "temporary packs /s/tmp/p: no space left on device; free space there, or move `[state] dir` to a larger disk"
+            "temporary packs /s/tmp/p: no space left on device; free space there, or move `[state] dir` to another disk"
         );
         assert!(local_io(&err).unwrap().is_out_of_space());
         let ro = std::io::Error::from_raw_os_error(libc::EROFS);
         let e = LocalIo { role: Role::RestoreTarget, path: "/t".into(), source: ro };
-        assert!(e.to_string().starts_with("restore target /t: read-only file system; "), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "restore target /t: read-only file system; remount it read-write, or restore to another --target"
+        );
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        let e = LocalIo { role: Role::Source, path: "/src".into(), source: denied };
+        assert_eq!(e.to_string(), "source /src: permission denied; let the user running cairn read it");
     }
 }

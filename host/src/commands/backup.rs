@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(
             one_line(&err),
             "temporary packs /st/r/tmp/pack-1: no space left on device; free space there, or move `[state] dir` \
-             to a larger disk (the temporary packs of a backup need about 96.0 MiB: pack size 16.0 MiB x 6 packs \
+             to another disk (the temporary packs of a backup need about 96.0 MiB: pack size 16.0 MiB x 6 packs \
              in flight); nothing was lost: the snapshots saved before are untouched, and the next backup continues \
              once this is fixed"
         );
