@@ -69,6 +69,8 @@ pub fn retry_delay(attempt: u32, err: &BackendError, base: Duration) -> Option<D
     let limit = match err.kind {
         ErrorKind::Trap(_) | ErrorKind::Deadline(_) | ErrorKind::MemoryLimit(_) => CRASH_ATTEMPTS,
         ErrorKind::Transient(_) | ErrorKind::RateLimited { .. } => TRANSIENT_ATTEMPTS,
+        // A full, read-only or refusing storage stays so: stop at once, say what to do.
+        ErrorKind::Storage { .. } => return None,
         _ => return None,
     };
     if attempt >= limit {
@@ -558,5 +560,42 @@ impl Backend {
 
     pub async fn abort_incomplete(&self, id: &str) -> Result<(), BackendError> {
         self.retry(|| async { self.lease().await?.abort_incomplete(id).await }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::StorageCondition;
+
+    fn error(kind: ErrorKind) -> BackendError {
+        BackendError { plugin: "fs".into(), call: "write", object: Some("data/ab/ab12".into()), kind }
+    }
+
+    #[test]
+    fn storage_conditions_are_never_retried_and_say_what_to_do() {
+        let base = Duration::from_millis(1);
+        let full = error(ErrorKind::Storage {
+            condition: Box::new(StorageCondition::NoSpace {
+                folder: "/repo".into(),
+                free: 0,
+                needed: 16 << 20,
+            }),
+            said: "/repo/data/ab/.ab12: input/output error".into(),
+        });
+        assert!(retry_delay(1, &full, base).is_none());
+        assert_eq!(
+            full.to_string(),
+            "backend fs: write data/ab/ab12: no space left on the device that holds /repo (0 B free, this upload \
+             needs 16.0 MiB); free space there or move the repository, then run the command again (the plugin said: \
+             /repo/data/ab/.ab12: input/output error)"
+        );
+        let read_only = error(ErrorKind::Storage {
+            condition: Box::new(StorageCondition::ReadOnly { folder: "/repo".into() }),
+            said: String::new(),
+        });
+        assert!(retry_delay(1, &read_only, base).is_none());
+        // The same failure said as temporary is retried: the storage condition is what stops it.
+        assert!(retry_delay(1, &error(ErrorKind::Transient("busy".into())), base).is_some());
     }
 }
