@@ -9,14 +9,14 @@
 //! failed upload invisible, so starting over is always safe.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::ids::Id;
 use crate::plugin::pool::{Lease, PluginPool};
-use crate::plugin::{BackendError, Capabilities, ErrorKind, ObjectInfo};
+use crate::plugin::{BackendError, Capabilities, ErrorKind, ObjectInfo, StorageCondition};
 use crate::repo::format::ObjectName;
 use crate::untrusted::escape;
 
@@ -69,6 +69,8 @@ pub fn retry_delay(attempt: u32, err: &BackendError, base: Duration) -> Option<D
     let limit = match err.kind {
         ErrorKind::Trap(_) | ErrorKind::Deadline(_) | ErrorKind::MemoryLimit(_) => CRASH_ATTEMPTS,
         ErrorKind::Transient(_) | ErrorKind::RateLimited { .. } => TRANSIENT_ATTEMPTS,
+        // A full, read-only or refusing storage stays so: stop at once, say what to do.
+        ErrorKind::Storage { .. } => return None,
         _ => return None,
     };
     if attempt >= limit {
@@ -450,7 +452,8 @@ impl Backend {
     ) -> Result<(), BackendError> {
         src.seek(SeekFrom::Start(0)).map_err(|e| self.local_error(name, Path::new("(source)"), e))?;
         let mut lease = self.lease().await?;
-        let upload = lease.start_upload(name, size, if_absent).await?;
+        let upload =
+            lease.start_upload(name, size, if_absent).await.map_err(|e| self.diagnosed(e, Some(size)))?;
         let mut buf = vec![0u8; WRITE_PIECE.min(size as usize).max(1)];
         let mut sent = 0u64;
         let result = async {
@@ -464,7 +467,9 @@ impl Backend {
             }
             lease.finish(upload, name).await
         }
-        .await;
+        .await
+        // Looked at before the abort frees what the failed upload took.
+        .map_err(|e| self.diagnosed(e, Some(size)));
         if result.is_err() {
             // Best effort: the contract already keeps a failed upload invisible.
             let _ = lease.abort(upload, name).await;
@@ -477,6 +482,47 @@ impl Backend {
             let _ = self.abort_incomplete_of(name).await;
         }
         result
+    }
+
+    /// A write (of `needed` bytes, when it stores something) that failed with the plugin's
+    /// own error, checked against the folders granted to the plugin: a read-only or full
+    /// file system there is the real cause, whatever the plugin could say (wasmtime gives a
+    /// guest only a generic I/O error for both). A plugin's `permission-denied` on a write is
+    /// a storage condition too. Either way the run stops: no retry can help.
+    fn diagnosed(&self, err: BackendError, needed: Option<u64>) -> BackendError {
+        let said = match &err.kind {
+            ErrorKind::PermissionDenied(m) => {
+                return BackendError {
+                    kind: ErrorKind::Storage {
+                        condition: Box::new(StorageCondition::Denied),
+                        said: m.clone(),
+                    },
+                    ..err
+                };
+            }
+            ErrorKind::Other(m) | ErrorKind::Transient(m) => m.clone(),
+            _ => return err,
+        };
+        // The folders the plugin's message names (the fs backend names the file's full path),
+        // so a read-only folder granted for reading is not blamed for another's failure;
+        // every granted folder when it names none.
+        let dirs = &self.pool.sandbox.dirs;
+        let named: Vec<&PathBuf> =
+            dirs.iter().filter(|d| d.to_str().is_some_and(|d| said.contains(d))).collect();
+        let candidates = if named.is_empty() { dirs.iter().collect() } else { named };
+        for folder in candidates {
+            let Ok(space) = crate::space::of(folder) else { continue };
+            let condition = match needed {
+                _ if space.read_only => StorageCondition::ReadOnly { folder: folder.clone() },
+                // Some room for the folder entries and the file system's own bookkeeping.
+                Some(needed) if space.free < needed.saturating_add(64 << 10) => {
+                    StorageCondition::NoSpace { folder: folder.clone(), free: space.free, needed }
+                }
+                _ => continue,
+            };
+            return BackendError { kind: ErrorKind::Storage { condition: Box::new(condition), said }, ..err };
+        }
+        err
     }
 
     /// Aborts every unfinished upload whose intended name is exactly `name`, one of cairn's.
@@ -499,7 +545,10 @@ impl Backend {
             self.own_name("delete", name)?;
         }
         for batch in names.chunks(DELETE_BATCH) {
-            self.retry(|| async { self.lease().await?.delete(batch).await }).await?;
+            self.retry(|| async {
+                self.lease().await?.delete(batch).await.map_err(|e| self.diagnosed(e, None))
+            })
+            .await?;
         }
         Ok(())
     }
@@ -511,5 +560,42 @@ impl Backend {
 
     pub async fn abort_incomplete(&self, id: &str) -> Result<(), BackendError> {
         self.retry(|| async { self.lease().await?.abort_incomplete(id).await }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::StorageCondition;
+
+    fn error(kind: ErrorKind) -> BackendError {
+        BackendError { plugin: "fs".into(), call: "write", object: Some("data/ab/ab12".into()), kind }
+    }
+
+    #[test]
+    fn storage_conditions_are_never_retried_and_say_what_to_do() {
+        let base = Duration::from_millis(1);
+        let full = error(ErrorKind::Storage {
+            condition: Box::new(StorageCondition::NoSpace {
+                folder: "/repo".into(),
+                free: 0,
+                needed: 16 << 20,
+            }),
+            said: "/repo/data/ab/.ab12: input/output error".into(),
+        });
+        assert!(retry_delay(1, &full, base).is_none());
+        assert_eq!(
+            full.to_string(),
+            "backend fs: write data/ab/ab12: no space left on the device that holds /repo (0 B free, this upload \
+             needs 16.0 MiB); free space there or move the repository, then run the command again (the plugin said: \
+             /repo/data/ab/.ab12: input/output error)"
+        );
+        let read_only = error(ErrorKind::Storage {
+            condition: Box::new(StorageCondition::ReadOnly { folder: "/repo".into() }),
+            said: String::new(),
+        });
+        assert!(retry_delay(1, &read_only, base).is_none());
+        // The same failure said as temporary is retried: the storage condition is what stops it.
+        assert!(retry_delay(1, &error(ErrorKind::Transient("busy".into())), base).is_some());
     }
 }

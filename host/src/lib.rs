@@ -21,5 +21,6 @@ pub mod lock;
 pub mod plugin;
 pub mod progress;
 pub mod repo;
+pub mod space;
 pub mod testing;
 pub mod untrusted;

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::error::{IoAt, Role};
+
 pub struct Lock {
     file: File,
     path: PathBuf,
@@ -38,7 +40,7 @@ impl Lock {
             .create(true)
             .truncate(false)
             .open(path)
-            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+            .at(Role::StateFolder, path)?;
         // SAFETY: flock on a file descriptor we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         let mut previous = String::new();

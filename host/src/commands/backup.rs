@@ -2,19 +2,30 @@
 
 use std::sync::atomic::Ordering;
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 
 use super::{Ctx, human_bytes};
 use crate::engine::backup::{self, Settings};
+use crate::engine::upload;
 use crate::engine::walk::Excludes;
-use crate::error::Exit;
+use crate::error::{Exit, Role, local_io, one_line};
+use crate::plugin::BackendError;
 use crate::progress::Progress;
 use crate::repo::{Access, Repository};
 
 pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
     let config = ctx.config()?;
-    let repo = ctx.rt.block_on(Repository::open(&config, Access::Write))?;
+    // The repository's own state folder once it is known, for the journal's path in errors.
+    let mut state_dir = config.state_dir()?;
+    backup_inner(ctx, &config, tags, &mut state_dir).map_err(|e| explain_failure(e, &state_dir))
+}
+
+fn backup_inner(ctx: &Ctx, config: &crate::config::Config, tags: &[String], dir: &mut PathBuf) -> Result<()> {
+    let repo = ctx.rt.block_on(Repository::open(config, Access::Write))?;
+    dir.clone_from(&repo.dir);
     let mut all_tags = config.backup.tags.clone();
     all_tags.extend(tags.iter().cloned());
     let settings = Settings {
@@ -27,6 +38,7 @@ pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
         checkpoint_every: config.checkpoint_interval()?.0,
         checkpoint_bytes: config.checkpoint_interval()?.1,
     };
+    check_free_space(&repo.dir, settings.pack_size, repo.backend.concurrency())?;
     let mut progress = Progress::new("backing up", !ctx.json);
     if progress.enabled() {
         spawn_scan(&settings, progress.counters.clone());
@@ -34,7 +46,7 @@ pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     let result = backup::run(&repo, ctx.rt.handle(), &settings, &progress.counters);
     progress.finish();
-    let out = result?;
+    let out = result.map_err(|e| with_space_needed(e, settings.pack_size, repo.backend.concurrency()))?;
     let s = &out.snapshot.summary;
     let secs = started.elapsed().as_secs_f64();
     if ctx.json {
@@ -84,6 +96,85 @@ pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Fails at once, before any work, when the state folder cannot hold the temporary packs a
+/// backup may keep there at the same time (statvfs: no I/O).
+fn check_free_space(dir: &Path, pack_size: u64, concurrency: usize) -> Result<()> {
+    let space =
+        crate::space::of(dir).with_context(|| format!("cannot measure free space in {}", dir.display()))?;
+    let packs = upload::packs_in_flight(concurrency);
+    let needed = pack_size.saturating_mul(packs);
+    if space.read_only {
+        bail!(
+            "state folder {} is on a read-only file system: it holds the journal and the temporary packs; \
+             remount it read-write or move `[state] dir`, then run the backup again; nothing was changed",
+            dir.display()
+        );
+    }
+    if space.free < needed {
+        bail!(
+            "state folder {} has {} free, but the temporary packs of a backup need about {} \
+             (pack size {} x {packs} packs in flight: {concurrency} uploading, the rest queued or being filled); \
+             free space there, move `[state] dir` to a larger disk, or lower `[backup] pack_size`; nothing was changed",
+            dir.display(),
+            human_bytes(space.free),
+            human_bytes(needed),
+            human_bytes(pack_size)
+        );
+    }
+    Ok(())
+}
+
+/// Said with every failure on a full, read-only or refused place.
+const NOTHING_LOST: &str = "nothing was lost: the snapshots saved before are untouched, and the next backup continues once this is fixed";
+
+/// How much room the temporary packs need, added to an error that says their folder is full
+/// (another process took the space the check before the backup saw).
+fn with_space_needed(err: anyhow::Error, pack_size: u64, concurrency: usize) -> anyhow::Error {
+    let full = local_io(&err).is_some_and(|l| l.role == Role::TemporaryPacks && l.is_out_of_space());
+    if !full {
+        return err;
+    }
+    let packs = upload::packs_in_flight(concurrency);
+    anyhow!(
+        "{} (the temporary packs of a backup need about {}: pack size {} x {packs} packs in flight); {NOTHING_LOST}",
+        one_line(&err),
+        human_bytes(pack_size.saturating_mul(packs)),
+        human_bytes(pack_size)
+    )
+}
+
+/// A backup that failed on a full, read-only or refused place says which, and that nothing
+/// was lost: a failed upload is invisible by the plugin contract, the journal records only
+/// what is stored, and the snapshots saved before are untouched.
+fn explain_failure(err: anyhow::Error, state_dir: &Path) -> anyhow::Error {
+    if let Some((cause, fix)) = journal_condition(&err) {
+        return anyhow!(
+            "journal in state folder {}: {cause}; {fix} or move `[state] dir`, then run the backup again; {NOTHING_LOST}",
+            state_dir.display()
+        );
+    }
+    let storage =
+        err.chain().any(|c| c.downcast_ref::<BackendError>().is_some_and(|b| b.is_storage_condition()));
+    let local = local_io(&err).is_some_and(|l| l.is_permanent_condition());
+    if storage || local {
+        return anyhow!("{}; {NOTHING_LOST}", one_line(&err));
+    }
+    err
+}
+
+/// A journal write that SQLite says failed because of the disk: the cause and its fix.
+fn journal_condition(err: &anyhow::Error) -> Option<(&'static str, &'static str)> {
+    use rusqlite::ErrorCode;
+    err.chain().find_map(|c| match c.downcast_ref::<rusqlite::Error>()? {
+        rusqlite::Error::SqliteFailure(e, _) => match e.code {
+            ErrorCode::DiskFull => Some(("no space left on device", "free space there")),
+            ErrorCode::ReadOnly => Some(("cannot be written (read-only)", "make it writable")),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
 /// Counts what the backup will cover, for the progress bar's total and ETA.
 fn spawn_scan(settings: &Settings, counters: std::sync::Arc<crate::progress::Counters>) {
     let sources = settings.sources.clone();
@@ -120,4 +211,49 @@ fn spawn_scan(settings: &Settings, counters: std::sync::Arc<crate::progress::Cou
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::IoAt;
+
+    #[test]
+    fn a_full_temporary_pack_folder_says_how_much_it_needs_and_that_nothing_was_lost() {
+        let full: std::io::Result<()> = Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let err =
+            anyhow::Error::from(full.at(Role::TemporaryPacks, Path::new("/st/r/tmp/pack-1")).unwrap_err());
+        let err = explain_failure(with_space_needed(err, 16 << 20, 2), Path::new("/st"));
+        assert_eq!(
+            one_line(&err),
+            "temporary packs /st/r/tmp/pack-1: no space left on device; free space there, or move `[state] dir` \
+             to another disk (the temporary packs of a backup need about 96.0 MiB: pack size 16.0 MiB x 6 packs \
+             in flight); nothing was lost: the snapshots saved before are untouched, and the next backup continues \
+             once this is fixed"
+        );
+    }
+
+    #[test]
+    fn a_full_journal_is_named_with_its_state_folder() {
+        let sqlite = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error { code: rusqlite::ErrorCode::DiskFull, extended_code: 13 },
+            None,
+        );
+        let err = explain_failure(anyhow::Error::from(sqlite).context("record pack"), Path::new("/st"));
+        let text = one_line(&err);
+        assert!(text.starts_with("journal in state folder /st: no space left on device; "), "{text}");
+        assert!(text.contains("nothing was lost"), "{text}");
+    }
+
+    #[test]
+    fn other_failures_are_left_as_they_are() {
+        let err = explain_failure(anyhow!("the uploader stopped"), Path::new("/st"));
+        assert_eq!(one_line(&err), "the uploader stopped");
+        let denied: std::io::Result<()> = Err(std::io::Error::from_raw_os_error(libc::EIO));
+        let err = anyhow::Error::from(denied.at(Role::TemporaryPacks, Path::new("/p")).unwrap_err());
+        assert_eq!(
+            one_line(&with_space_needed(err, 1 << 20, 2)),
+            "temporary packs /p: Input/output error (os error 5)"
+        );
+    }
 }

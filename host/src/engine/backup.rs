@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::crypto::MasterKey;
@@ -28,6 +28,7 @@ use crate::engine::chunker::Chunker;
 use crate::engine::packer::{Dedup, Packer};
 use crate::engine::upload::{self, Job, UploadStats};
 use crate::engine::walk::{Excludes, Identity, node_from, normalise_sources};
+use crate::error::{IoAt, Role};
 use crate::ids::Id;
 use crate::journal::{CachedFile, Journal, ObjectKind, State};
 use crate::lock::hostname;
@@ -151,7 +152,8 @@ pub fn run(
     let parent = latest_for(&repo.journal, &sources)?;
     let started = jiff::Timestamp::now();
     let dedup = Arc::new(Dedup::new(repo.journal.clone()));
-    let (up_tx, up_task) = upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), dedup.clone(), 2);
+    let (up_tx, up_task) =
+        upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), dedup.clone(), upload::QUEUE);
     let packer = |size, tx| Packer::new(repo.key.clone(), repo.tmp_dir(), size, tx);
     let data = packer(s.pack_size, up_tx.clone());
     let trees = packer(TREE_PACK_SIZE.min(s.pack_size), up_tx.clone());
@@ -403,8 +405,7 @@ impl Walker<'_, '_> {
                 self.emit(Event::Leave)?;
             }
             for dir in &above[common..] {
-                let meta = std::fs::symlink_metadata(dir)
-                    .with_context(|| format!("cannot read {}", dir.display()))?;
+                let meta = std::fs::symlink_metadata(dir).at(Role::Source, dir)?;
                 let name = dir.file_name().unwrap_or(OsStr::new("")).as_bytes();
                 let (node, _) =
                     node_from(name, &meta).ok_or_else(|| anyhow!("{} is not a folder", dir.display()))?;
@@ -413,8 +414,7 @@ impl Walker<'_, '_> {
             }
             match src.file_name() {
                 Some(name) => {
-                    let meta = std::fs::symlink_metadata(src)
-                        .with_context(|| format!("cannot read {}", src.display()))?;
+                    let meta = std::fs::symlink_metadata(src).at(Role::Source, src)?;
                     self.walk_entry(src, name, &meta)?;
                 }
                 // The root folder itself: its entries go straight into the snapshot's root.

@@ -11,10 +11,11 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 
 use crate::crypto::MasterKey;
 use crate::engine::upload::Job;
+use crate::error::{IoAt, Role};
 use crate::ids::Id;
 use crate::journal::Journal;
 use crate::repo::format::{self, BlobKind, PackEntry};
@@ -75,11 +76,11 @@ struct PackWriter {
 
 impl PackWriter {
     fn create(dir: &std::path::Path) -> Result<PackWriter> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).at(Role::TemporaryPacks, dir)?;
         let mut rnd = [0u8; 12];
         getrandom::fill(&mut rnd)?;
         let path = dir.join(format!("pack-{}", hex::encode(rnd)));
-        let file = File::create_new(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file = File::create_new(&path).at(Role::TemporaryPacks, &path)?;
         Ok(PackWriter {
             file: BufWriter::with_capacity(1 << 20, file),
             path,
@@ -90,7 +91,7 @@ impl PackWriter {
     }
 
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file.write_all(bytes)?;
+        self.file.write_all(bytes).at(Role::TemporaryPacks, &self.path)?;
         self.hasher.update(bytes);
         self.size += bytes.len() as u64;
         Ok(())
@@ -153,7 +154,7 @@ impl Packer {
     fn seal_and_send(&self, mut w: PackWriter) -> Result<()> {
         let trailer = format::pack_trailer(&self.key, &w.entries)?;
         w.append(&trailer)?;
-        let file = w.file.into_inner().map_err(|e| anyhow!("write {}: {}", w.path.display(), e.error()))?;
+        let file = w.file.into_inner().map_err(|e| e.into_error()).at(Role::TemporaryPacks, &w.path)?;
         // The temporary pack need not survive a crash (it is rebuilt from the sources), so
         // no fsync here.
         drop(file);
@@ -162,7 +163,7 @@ impl Packer {
         // Named by its id, so after a crash the next run can find it and upload it instead
         // of discarding it.
         let path = self.tmp_dir.join(finished_file_name(&id));
-        std::fs::rename(&w.path, &path)?;
+        std::fs::rename(&w.path, &path).at(Role::TemporaryPacks, &path)?;
         // The uploader records it in the journal (off this worker's path: a commit waits
         // for fsync) and then releases its blobs' claims.
         let pack = FinishedPack { name, id, path, size: w.size, entries: w.entries };

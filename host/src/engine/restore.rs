@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::engine::tree::{self, BadName};
+use crate::error::{IoAt, Role, describe_io};
 use crate::ids::Id;
 use crate::progress::Counters;
 use crate::repo::Repository;
@@ -51,6 +52,24 @@ pub struct Settings {
     pub verify: bool,
 }
 
+/// Why one file was not restored: the repository's fault or the target's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Failure {
+    /// Its data is missing from the repository or failed verification.
+    Data(String),
+    /// The restore target did not take it (full, read-only, permission denied...), in words.
+    Write(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Data(why) => f.write_str(why),
+            Failure::Write(why) => write!(f, "cannot write: {why}"),
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct Outcome {
     pub files: u64,
@@ -58,7 +77,7 @@ pub struct Outcome {
     pub symlinks: u64,
     pub bytes: u64,
     /// Files that could not be restored, with the reason. They are not left behind.
-    pub failed: Vec<(String, String)>,
+    pub failed: Vec<(String, Failure)>,
     /// Entries the snapshot holds under a name that is not one path component (or twice in
     /// one folder), where they would have gone (escaped), and why. They were skipped.
     pub refused: Vec<(String, BadName)>,
@@ -227,7 +246,8 @@ pub fn run(
         stale.remove(rel);
         if node.kind == NodeKind::Dir {
             if descend {
-                let (fd, existed) = make_dir(parent, &name).with_context(|| err("folder"))?;
+                let (fd, existed) =
+                    make_dir(parent, &name).at(Role::RestoreTarget, Path::new(&shown(rel)))?;
                 if existed {
                     note_partials(&mut stale, rel, fd.as_fd());
                 }
@@ -246,26 +266,36 @@ pub fn run(
             NodeKind::File => {
                 // Never write through whatever is in the way (a symlink could point
                 // outside the target).
-                clear_for_file(parent, &name).with_context(|| err("file"))?;
                 let tmp_name = partial_name(&node.name);
                 let mut tmp = rel[..rel.len() - node.name.len()].to_vec();
                 tmp.extend_from_slice(&tmp_name);
                 let tmp_c = CString::new(tmp_name)?;
                 stale.remove(&tmp);
                 let marker = marker(repo, node);
-                let fate = if node.content.is_empty() {
-                    // A fresh inode: never truncate one the target had (it may be linked
-                    // elsewhere).
-                    remove_non_dir(parent, &name);
-                    create_file_at(parent, &name, node.size).with_context(|| err("file"))?;
-                    Fate::Empty
-                } else {
-                    match inspect_final(parent, &name, node, &marker).with_context(|| err("file"))? {
-                        FinalState::Marked => Fate::Skip,
-                        found => Fate::Write {
-                            check_final: found == FinalState::SameSizeAndTime,
-                            partial: keep_partial(parent, &tmp_c).with_context(|| err("file"))?,
-                        },
+                // A file the target refuses (an immutable one in the way, a full disk) is
+                // named at the end; the rest is restored.
+                let prepared = clear_for_file(parent, &name).and_then(|()| {
+                    Ok(if node.content.is_empty() {
+                        // A fresh inode: never truncate one the target had (it may be linked
+                        // elsewhere).
+                        remove_non_dir(parent, &name);
+                        create_file_at(parent, &name, node.size)?;
+                        Fate::Empty
+                    } else {
+                        match inspect_final(parent, &name, node, &marker)? {
+                            FinalState::Marked => Fate::Skip,
+                            found => Fate::Write {
+                                check_final: found == FinalState::SameSizeAndTime,
+                                partial: keep_partial(parent, &tmp_c)?,
+                            },
+                        }
+                    })
+                });
+                let fate = match prepared {
+                    Ok(fate) => fate,
+                    Err(e) => {
+                        out.failed.push((shown(rel), Failure::Write(describe_io(&e))));
+                        return Ok(false);
                     }
                 };
                 if fate == Fate::Skip {
@@ -340,9 +370,9 @@ pub fn run(
         }
         plan.lengths = HashMap::new();
     }
-    let failed: Mutex<HashMap<u32, String>> = Mutex::new(HashMap::new());
+    let failed: Mutex<HashMap<u32, Failure>> = Mutex::new(HashMap::new());
     for (file_idx, reason) in plan.missing {
-        failed.lock().unwrap().entry(file_idx).or_insert(reason);
+        failed.lock().unwrap().entry(file_idx).or_insert(Failure::Data(reason));
     }
     let remaining = prune_plan(&mut plan.packs, &files, &present, &failed.lock().unwrap());
     let as_root = unsafe { libc::geteuid() } == 0;
@@ -370,7 +400,10 @@ pub fn run(
             match target.open_beneath(&f.tmp, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
                 Ok(fd) => dest.finish(i as u32, &File::from(fd)),
                 Err(e) => {
-                    failed.lock().unwrap().insert(i as u32, format!("cannot finish: {e}"));
+                    failed
+                        .lock()
+                        .unwrap()
+                        .insert(i as u32, Failure::Write(format!("cannot finish: {}", describe_io(&e))));
                 }
             }
         }
@@ -636,7 +669,7 @@ fn prune_plan(
     packs: &mut HashMap<Id, Vec<BlobPlan>>,
     files: &[FileItem],
     present: &HashSet<(u32, u64)>,
-    failed: &HashMap<u32, String>,
+    failed: &HashMap<u32, Failure>,
 ) -> Vec<AtomicU64> {
     let remaining: Vec<AtomicU64> = files.iter().map(|_| AtomicU64::new(0)).collect();
     packs.retain(|_, blobs| {
@@ -663,7 +696,7 @@ fn verify_files(
     repo: &Repository,
     target: &Target,
     files: &[FileItem],
-    failed: &HashMap<u32, String>,
+    failed: &HashMap<u32, Failure>,
     lengths: &HashMap<Id, u32>,
     workers: usize,
 ) -> (u64, Vec<(u32, String)>) {
@@ -1105,15 +1138,15 @@ fn restore_pack(
     mut blobs: Vec<BlobPlan>,
     dest: Dest<'_>,
     open: &mut HashMap<u32, File>,
-    failed: &Mutex<HashMap<u32, String>>,
+    failed: &Mutex<HashMap<u32, Failure>>,
     counters: &Counters,
 ) {
     let name = format::pack_name(pack);
     blobs.sort_by_key(|b| b.offset);
-    let fail = |targets: &[(u32, u64)], reason: &str| {
+    let fail = |targets: &[(u32, u64)], reason: Failure| {
         let mut f = failed.lock().unwrap();
         for (idx, _) in targets {
-            f.entry(*idx).or_insert_with(|| reason.to_string());
+            f.entry(*idx).or_insert_with(|| reason.clone());
         }
     };
     let mut i = 0;
@@ -1155,14 +1188,21 @@ fn restore_pack(
                 }
             };
             match plain {
-                Err(reason) => fail(&b.targets, &reason),
+                Err(reason) => fail(&b.targets, Failure::Data(reason)),
                 Ok(plain) => {
                     for &(idx, off) in &b.targets {
                         if failed.lock().unwrap().contains_key(&idx) {
                             continue;
                         }
                         if let Err(e) = write_at(open, dest, idx, off, &plain) {
-                            fail(&[(idx, off)], &format!("cannot write: {e}"));
+                            fail(&[(idx, off)], Failure::Write(describe_io(&e)));
+                            // Give back what the temporary file holds now, not at the end: on
+                            // a full disk the other files may still fit.
+                            open.remove(&idx);
+                            let _ = dest.target.at_parent(&dest.files[idx as usize].tmp, |parent, name| {
+                                // SAFETY: a valid NUL-terminated name and an open folder.
+                                cvt(unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) })
+                            });
                             continue;
                         }
                         counters.bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
@@ -1192,7 +1232,7 @@ struct Dest<'a> {
     warnings: &'a Mutex<Vec<String>>,
     downloaded: &'a AtomicU64,
     shown: &'a (dyn Fn(&[u8]) -> String + Sync),
-    failed: &'a Mutex<HashMap<u32, String>>,
+    failed: &'a Mutex<HashMap<u32, Failure>>,
     renames: &'a Mutex<Renames>,
 }
 
@@ -1268,13 +1308,17 @@ impl Dest<'_> {
         if let Err(e) = cvt(unsafe { libc::syncfs(self.target.fd.as_raw_fd()) }) {
             let mut failed = self.failed.lock().unwrap();
             for idx in batch {
-                failed.entry(idx).or_insert_with(|| format!("cannot write to disk: {e}"));
+                failed.entry(idx).or_insert_with(|| Failure::Write(describe_io(&e)));
             }
             return;
         }
         for idx in batch {
             if let Err(e) = self.rename(idx) {
-                self.failed.lock().unwrap().entry(idx).or_insert_with(|| format!("cannot rename: {e}"));
+                self.failed
+                    .lock()
+                    .unwrap()
+                    .entry(idx)
+                    .or_insert_with(|| Failure::Write(format!("cannot rename: {}", describe_io(&e))));
             }
         }
     }

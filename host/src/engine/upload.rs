@@ -15,6 +15,15 @@ use crate::backend::Backend;
 use crate::engine::packer::{Dedup, FinishedPack};
 use crate::journal::{Journal, ObjectKind, State};
 
+/// Finished packs waiting for an upload slot (the channel the packers send to).
+pub const QUEUE: usize = 2;
+
+/// Temporary packs a backup can hold in the state folder at once, at most: one being
+/// filled by each packer (data and trees), [`QUEUE`] waiting, and one per upload running.
+pub fn packs_in_flight(concurrency: usize) -> u64 {
+    (concurrency + QUEUE + 2) as u64
+}
+
 /// What the uploader is asked to do.
 pub enum Job {
     Pack(FinishedPack),

@@ -14,6 +14,7 @@ pub mod sandbox;
 pub mod store;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Host bindings generated from the WIT package.
@@ -61,6 +62,52 @@ pub enum ErrorKind {
         size: u64,
         max: u64,
     },
+    /// The storage itself cannot take the write (full, read-only, not permitted): no retry
+    /// helps, the user must act. `said` is what the plugin reported.
+    Storage {
+        /// Boxed: keeps every `Result<_, BackendError>` small.
+        condition: Box<StorageCondition>,
+        said: String,
+    },
+}
+
+/// A permanent condition of the storage, found by the host in a folder it granted the plugin
+/// (the plugin often cannot tell: wasmtime reports a full disk on a file stream, and a
+/// read-only file system everywhere, as a generic I/O error), or reported by the plugin
+/// (`permission-denied` on a write).
+#[derive(Debug, Clone)]
+pub enum StorageCondition {
+    /// The filesystem holding `folder` has `free` bytes left, short of the `needed`.
+    NoSpace { folder: PathBuf, free: u64, needed: u64 },
+    /// `folder` is on a file system mounted read-only.
+    ReadOnly { folder: PathBuf },
+    /// The backend refused the write for want of permission.
+    Denied,
+}
+
+impl fmt::Display for StorageCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::commands::human_bytes;
+        match self {
+            StorageCondition::NoSpace { folder, free, needed } => write!(
+                f,
+                "no space left on the device that holds {} ({} free, this upload needs {}); \
+                 free space there or move the repository, then run the command again",
+                folder.display(),
+                human_bytes(*free),
+                human_bytes(*needed)
+            ),
+            StorageCondition::ReadOnly { folder } => write!(
+                f,
+                "{} is on a read-only file system; remount it read-write (or fix the disk), then run the command again",
+                folder.display()
+            ),
+            StorageCondition::Denied => f.write_str(
+                "permission denied: the backend refuses this write, so it is not retried; \
+                 fix the credentials or the permissions, then run the command again",
+            ),
+        }
+    }
 }
 
 impl ErrorKind {
@@ -103,6 +150,11 @@ impl BackendError {
     pub fn is_not_found(&self) -> bool {
         matches!(self.kind, ErrorKind::NotFound(_))
     }
+
+    /// The storage is full, read-only or refuses writes: the run stops, nothing is retried.
+    pub fn is_storage_condition(&self) -> bool {
+        matches!(self.kind, ErrorKind::Storage { .. })
+    }
 }
 
 impl fmt::Display for BackendError {
@@ -139,6 +191,9 @@ impl fmt::Display for BackendError {
             ErrorKind::NotGranted(m) => write!(f, "plugin {p}: {c}{on} refused: {m}"),
             ErrorKind::Contract(m) => {
                 write!(f, "plugin {p} broke the storage contract in `{c}`{on}: {m}")
+            }
+            ErrorKind::Storage { condition, said } => {
+                write!(f, "backend {p}: {c}{on}: {condition} (the plugin said: {said})")
             }
             ErrorKind::TooLarge { size, max } => write!(
                 f,
@@ -204,6 +259,7 @@ impl ErrorKind {
             }
             ErrorKind::Other(m) => ErrorKind::Other(c(m)),
             ErrorKind::Trap(m) => ErrorKind::Trap(c(m)),
+            ErrorKind::Storage { condition, said } => ErrorKind::Storage { condition, said: c(said) },
             kind @ (ErrorKind::Deadline(_)
             | ErrorKind::MemoryLimit(_)
             | ErrorKind::NotGranted(_)

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::error::{IoAt, Role};
+
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
@@ -74,8 +76,9 @@ impl Runtime {
             .precompile_component(wasm)
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("not a valid WebAssembly component")?;
-        if let Err(e) = write_cached(&path, &compiled) {
-            tracing::warn!("cannot cache compiled component at {}: {e}", path.display());
+        if let Err(e) = write_cached(&path, &compiled).at(Role::Cache, &path) {
+            // Only slower next time: the component was compiled and runs.
+            tracing::warn!("cannot cache the compiled plugin: {e}");
         }
         // SAFETY: these bytes were just produced by this engine.
         Ok(unsafe { Component::deserialize(&self.engine, &compiled) }?)

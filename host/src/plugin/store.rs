@@ -12,6 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{IoAt, Role};
+
 use super::pool::{describe, link, uses_files, uses_network};
 use super::runtime::{Runtime, write_atomic};
 use super::sandbox::Sandbox;
@@ -147,9 +149,11 @@ impl PluginStore {
             installed: jiff::Timestamp::now().to_string(),
             source: std::path::absolute(file)?.display().to_string(),
         };
-        write_atomic(&self.wasm_path(&name), &wasm)
-            .with_context(|| format!("cannot write into {}", self.dir.display()))?;
-        write_atomic(&self.manifest_path(&name), &serde_json::to_vec_pretty(&manifest)?)?;
+        let wasm_path = self.wasm_path(&name);
+        write_atomic(&wasm_path, &wasm).at(Role::PluginsFolder, &wasm_path)?;
+        let manifest_path = self.manifest_path(&name);
+        write_atomic(&manifest_path, &serde_json::to_vec_pretty(&manifest)?)
+            .at(Role::PluginsFolder, &manifest_path)?;
         Ok(manifest)
     }
 

@@ -17,6 +17,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::backend::Backend;
 use crate::config::{Config, OptionValue};
 use crate::crypto::{KeyFile, MasterKey};
+use crate::error::{IoAt, Role};
 use crate::ids::Id;
 use crate::journal::{Journal, ObjectKind};
 use crate::lock::{Lock, hostname};
@@ -263,8 +264,7 @@ impl Repository {
                 dir.display()
             );
         }
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create state folder {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).at(Role::StateFolder, &dir)?;
         let lock = match access {
             Access::Write | Access::Inspect => {
                 let lock = Lock::acquire(&dir.join("lock"))?;
@@ -311,8 +311,7 @@ impl Repository {
     pub async fn open_rebuilding(config: &Config) -> Result<(Repository, rebuild::Report, Option<PathBuf>)> {
         let (backend, key, params) = Repository::unlock(config).await?;
         let dir = config.state_dir()?.join(&params.id);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create state folder {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).at(Role::StateFolder, &dir)?;
         let lock = Lock::acquire(&dir.join("lock"))?;
         let path = dir.join("journal.sqlite");
         let resumable = path.exists()

@@ -14,6 +14,7 @@
 
 use anyhow::Result;
 
+use crate::error::IoAt;
 use crate::ids::Id;
 use crate::journal::{ObjectKind, State};
 use crate::repo::Repository;
@@ -165,7 +166,7 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
     // Whatever is left in tmp/ belongs to no recorded object: packs being filled when the
     // run died. Their data is read again from the sources.
     if clear_tmp && tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp).at(crate::error::Role::TemporaryPacks, &tmp)?;
     }
     if report.interrupted() {
         tracing::info!(

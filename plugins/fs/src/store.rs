@@ -18,17 +18,43 @@ pub struct FsStore {
     fsync: bool,
 }
 
-/// Maps an I/O error to the contract's error variant, keeping the OS message.
-pub fn io_error(context: &str, e: io::Error) -> Error {
-    let msg = format!("{context}: {e}");
+/// The wasi-libc number of EIO. wasmtime reports a failed write to a file stream (a full
+/// disk among others) and every error it has no WASI code for (a read-only file system,
+/// a quota) as this one generic code, so the plugin cannot tell those apart; the host
+/// looks at the granted folder itself when a write fails (see `host/src/backend.rs`).
+const WASI_EIO: i32 = 29;
+
+/// Maps an I/O error on `place` (a file or folder of the repository, full path) to the
+/// contract's error variant, with a message a person understands: what happened, where.
+/// No bare error numbers: each code the plugin can receive is said in words.
+pub fn io_error(place: &Path, e: io::Error) -> Error {
+    use io::ErrorKind as K;
+    let place = place.display();
+    let permanent = |what: &str| Error::Other(format!("{place}: {what}"));
     match e.kind() {
-        io::ErrorKind::NotFound => Error::NotFound(msg),
-        io::ErrorKind::PermissionDenied => Error::PermissionDenied(msg),
-        io::ErrorKind::AlreadyExists => Error::AlreadyExists(msg),
-        io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-            Error::Transient(msg)
+        K::NotFound => Error::NotFound(format!("{place}: no such file or folder")),
+        K::AlreadyExists => Error::AlreadyExists(format!("{place}: already exists")),
+        K::PermissionDenied => Error::PermissionDenied(format!(
+            "{place}: permission denied (the owner or mode of the repository folder does not let cairn write here)"
+        )),
+        K::StorageFull => permanent("no space left on the device that holds the repository folder"),
+        K::QuotaExceeded => permanent("disk quota exceeded on the repository folder"),
+        K::ReadOnlyFilesystem => permanent("the repository folder is on a read-only file system"),
+        K::InvalidFilename => {
+            Error::InvalidName(format!("{place}: name too long for the repository's file system"))
         }
-        _ => Error::Other(msg),
+        K::NotADirectory => permanent("a part of this path is a file where a folder was expected"),
+        K::IsADirectory => permanent("this is a folder where a file was expected"),
+        K::DirectoryNotEmpty => permanent("the folder is not empty"),
+        K::FileTooLarge => permanent("file too large for the repository's file system"),
+        K::TooManyLinks => permanent("too many links to this file"),
+        K::CrossesDevices => permanent("the temporary file and its final name are on different file systems"),
+        K::OutOfMemory => Error::Transient(format!("{place}: out of memory")),
+        K::Interrupted | K::TimedOut | K::WouldBlock => Error::Transient(format!("{place}: {}", e.kind())),
+        _ if e.raw_os_error() == Some(WASI_EIO) => permanent(
+            "input/output error (the sandbox gives no detail: the disk may be full or read-only, or failing)",
+        ),
+        kind => permanent(&kind.to_string()),
     }
 }
 
@@ -46,7 +72,7 @@ impl FsStore {
             }
         };
         let root = PathBuf::from(path);
-        let meta = fs::metadata(&root).map_err(|e| io_error(&format!("repository folder {path}"), e))?;
+        let meta = fs::metadata(&root).map_err(|e| io_error(&root, e))?;
         if !meta.is_dir() {
             return Err(Error::InvalidConfig(format!("{path} is not a folder")));
         }
@@ -96,32 +122,34 @@ impl FsStore {
     }
 
     pub fn stat(&self, name: &str) -> Result<ObjectInfo, Error> {
-        let meta = fs::metadata(self.path_of(name)?).map_err(|e| io_error(name, e))?;
+        let path = self.path_of(name)?;
+        let meta = fs::metadata(&path).map_err(|e| io_error(&path, e))?;
         Ok(ObjectInfo { name: name.to_string(), size: meta.len() })
     }
 
     pub fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-        let mut f = File::open(self.path_of(name)?).map_err(|e| io_error(name, e))?;
-        let size = f.metadata().map_err(|e| io_error(name, e))?.len();
+        let path = self.path_of(name)?;
+        let mut f = File::open(&path).map_err(|e| io_error(&path, e))?;
+        let size = f.metadata().map_err(|e| io_error(&path, e))?.len();
         let start = offset.min(size);
         let want = len.min(size - start);
-        f.seek(SeekFrom::Start(start)).map_err(|e| io_error(name, e))?;
+        f.seek(SeekFrom::Start(start)).map_err(|e| io_error(&path, e))?;
         let mut buf = Vec::with_capacity(want as usize);
-        f.take(want).read_to_end(&mut buf).map_err(|e| io_error(name, e))?;
+        f.take(want).read_to_end(&mut buf).map_err(|e| io_error(&path, e))?;
         Ok(buf)
     }
 
     pub fn start_upload(&self, name: &str, size: u64, if_absent: bool) -> Result<FsUpload, Error> {
         let path = self.path_of(name)?;
         let parent = path.parent().expect("object path has a parent").to_path_buf();
-        fs::create_dir_all(&parent).map_err(|e| io_error(name, e))?;
+        fs::create_dir_all(&parent).map_err(|e| io_error(&parent, e))?;
         if if_absent && fs::symlink_metadata(&path).is_ok() {
             return Err(Error::AlreadyExists(name.to_string()));
         }
         let base = path.file_name().unwrap().to_string_lossy().into_owned();
         let tmp = parent.join(format!(".{base}{UPLOAD_MARKER}{:016x}", random_u64()));
         let file =
-            OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_error(name, e))?;
+            OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_error(&tmp, e))?;
         Ok(FsUpload {
             state: RefCell::new(Some(Pending { file, written: 0 })),
             tmp,
@@ -161,19 +189,21 @@ impl FsStore {
         if !valid {
             return Err(Error::InvalidName(format!("{id:?} is not an unfinished upload")));
         }
-        match fs::remove_file(self.root.join(id)) {
+        let path = self.root.join(id);
+        match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error(id, e)),
+            Err(e) => Err(io_error(&path, e)),
         }
     }
 
     pub fn delete(&self, names: &[String]) -> Result<(), Error> {
         for name in names {
-            match fs::remove_file(self.path_of(name)?) {
+            let path = self.path_of(name)?;
+            match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error(name, e)),
+                Err(e) => return Err(io_error(&path, e)),
             }
         }
         Ok(())
@@ -199,20 +229,20 @@ fn walk(
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_error(&dir.display().to_string(), e)),
+        Err(e) => return Err(io_error(dir, e)),
     };
     for entry in entries {
-        let entry = entry.map_err(|e| io_error("listing", e))?;
+        let entry = entry.map_err(|e| io_error(dir, e))?;
         let path = entry.path();
         let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        let ft = entry.file_type().map_err(|e| io_error(&rel, e))?;
+        let ft = entry.file_type().map_err(|e| io_error(&path, e))?;
         if ft.is_dir() {
             let as_dir = format!("{rel}/");
             if as_dir.starts_with(prefix) || prefix.starts_with(&as_dir) {
                 walk(root, &path, prefix, visit)?;
             }
         } else if ft.is_file() && rel.starts_with(prefix) {
-            let meta = entry.metadata().map_err(|e| io_error(&rel, e))?;
+            let meta = entry.metadata().map_err(|e| io_error(&path, e))?;
             visit(&rel, &meta);
         }
     }
@@ -252,7 +282,7 @@ impl FsUpload {
                 self.name, self.size
             )));
         }
-        p.file.write_all(data).map_err(|e| io_error(&self.name, e))?;
+        p.file.write_all(data).map_err(|e| io_error(&self.tmp, e))?;
         p.written += data.len() as u64;
         Ok(())
     }
@@ -278,15 +308,15 @@ impl FsUpload {
             )));
         }
         if self.fsync {
-            p.file.sync_all().map_err(|e| io_error(&self.name, e))?;
+            p.file.sync_all().map_err(|e| io_error(&self.tmp, e))?;
         }
         drop(p.file);
         if self.if_absent {
             // link() fails if the target exists: an atomic create-if-absent.
-            fs::hard_link(&self.tmp, &self.path).map_err(|e| io_error(&self.name, e))?;
+            fs::hard_link(&self.tmp, &self.path).map_err(|e| io_error(&self.path, e))?;
             let _ = fs::remove_file(&self.tmp);
         } else {
-            fs::rename(&self.tmp, &self.path).map_err(|e| io_error(&self.name, e))?;
+            fs::rename(&self.tmp, &self.path).map_err(|e| io_error(&self.path, e))?;
         }
         if self.fsync
             && let Some(parent) = self.path.parent()
@@ -308,5 +338,45 @@ impl FsUpload {
 impl Drop for FsUpload {
     fn drop(&mut self) {
         self.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(e: Error) -> (&'static str, String) {
+        match e {
+            Error::NotFound(m) => ("not-found", m),
+            Error::AlreadyExists(m) => ("already-exists", m),
+            Error::PermissionDenied(m) => ("permission-denied", m),
+            Error::InvalidName(m) => ("invalid-name", m),
+            Error::Transient(m) => ("transient", m),
+            Error::Other(m) => ("other", m),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_filesystem_error_is_said_in_words_with_the_repository_path() {
+        use io::ErrorKind as K;
+        let at = Path::new("/backups/repo/data/ab/.ab12.cairn-upload-1");
+        let cases = [
+            (K::StorageFull, "other", "no space left on the device that holds the repository folder"),
+            (K::QuotaExceeded, "other", "disk quota exceeded"),
+            (K::ReadOnlyFilesystem, "other", "read-only file system"),
+            (K::PermissionDenied, "permission-denied", "permission denied"),
+            (K::InvalidFilename, "invalid-name", "name too long"),
+            (K::NotADirectory, "other", "a file where a folder was expected"),
+            (K::NotFound, "not-found", "no such file or folder"),
+            (K::TimedOut, "transient", "timed out"),
+        ];
+        for (kind, variant, words) in cases {
+            let (v, message) = said(io_error(at, io::Error::from(kind)));
+            assert_eq!(v, variant, "{kind:?}");
+            assert!(message.starts_with("/backups/repo/data/ab/.ab12.cairn-upload-1: "), "{message}");
+            assert!(message.contains(words), "{kind:?}: {message}");
+            assert!(!message.contains("os error"), "{message}");
+        }
     }
 }
