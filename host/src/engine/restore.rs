@@ -1314,11 +1314,7 @@ impl Dest<'_> {
         }
         for idx in batch {
             if let Err(e) = self.rename(idx) {
-                self.failed
-                    .lock()
-                    .unwrap()
-                    .entry(idx)
-                    .or_insert_with(|| Failure::Write(format!("cannot rename: {}", describe_io(&e))));
+                self.failed.lock().unwrap().entry(idx).or_insert_with(|| Failure::Write(describe_io(&e)));
             }
         }
     }
