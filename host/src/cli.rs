@@ -86,6 +86,25 @@ pub enum Command {
         #[arg(long)]
         rebuild_journal: bool,
     },
+    /// Remove snapshots: those named, or those a retention policy does not keep (the
+    /// `--keep-*` flags, or `[retention]` in the config when no flag is given). Only snapshot
+    /// objects are removed; their data stays until a prune
+    Forget {
+        /// Snapshot ids (unique prefixes) to remove; with none, the policy decides
+        snapshots: Vec<String>,
+        #[command(flatten)]
+        policy: ForgetPolicy,
+        /// Group snapshots by these before applying the policy: host, paths, tags
+        /// (comma-separated; default host,paths)
+        #[arg(long, value_name = "LIST")]
+        group_by: Option<String>,
+        /// Let a policy remove every complete snapshot of a group (by default the newest is kept)
+        #[arg(long)]
+        allow_empty_group: bool,
+        /// Print what would be kept (and why) and what would go; change nothing
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
     /// Restore a snapshot into a folder
     Restore {
         /// Snapshot id (a unique prefix) or `latest`
@@ -101,6 +120,35 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
     },
+}
+
+/// The `--keep-*` flags of `forget` (counts are numbers or `unlimited`).
+#[derive(clap::Args, Debug, Default)]
+pub struct ForgetPolicy {
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<crate::engine::retention::Keep>,
+    /// Keep the newest snapshot of each of the N newest hours that have one
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<crate::engine::retention::Keep>,
+    /// Keep the newest snapshot of each of the N newest days that have one
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<crate::engine::retention::Keep>,
+    /// Keep the newest snapshot of each of the N newest ISO weeks that have one
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<crate::engine::retention::Keep>,
+    /// Keep the newest snapshot of each of the N newest months that have one
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<crate::engine::retention::Keep>,
+    /// Keep the newest snapshot of each of the N newest years that have one
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<crate::engine::retention::Keep>,
+    /// Keep every snapshot newer than the group's newest minus this span (e.g. 14d, 1y6m)
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within: Option<String>,
+    /// Keep snapshots that carry all of these tags (a,b; repeatable)
+    #[arg(long, value_name = "TAGS")]
+    pub keep_tag: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]

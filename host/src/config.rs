@@ -25,6 +25,8 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Where the config was read from (not part of the file).
     #[serde(skip)]
     pub path: PathBuf,
@@ -169,6 +171,66 @@ impl Default for CheckpointConfig {
 
 fn default_checkpoint_secs() -> u64 {
     300
+}
+
+/// A count of a retention rule: a number, or "unlimited".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum KeepCount {
+    Number(u32),
+    Word(String),
+}
+
+/// `[retention]`: the policy `cairn forget` applies when no `--keep-*` flag is given.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub keep_last: Option<KeepCount>,
+    pub keep_hourly: Option<KeepCount>,
+    pub keep_daily: Option<KeepCount>,
+    pub keep_weekly: Option<KeepCount>,
+    pub keep_monthly: Option<KeepCount>,
+    pub keep_yearly: Option<KeepCount>,
+    /// A span like "14d" or "1y6m", relative to the newest snapshot of a group.
+    pub keep_within: Option<String>,
+    /// Tag lists ("a" or "a,b"): snapshots with all tags of one are kept.
+    #[serde(default)]
+    pub keep_tag: Vec<String>,
+    /// `host`, `paths`, `tags`, comma-separated (default "host,paths").
+    pub group_by: Option<String>,
+}
+
+impl RetentionConfig {
+    /// The policy it describes, checked.
+    pub fn policy(&self) -> Result<crate::engine::retention::Policy> {
+        use crate::engine::retention::{Keep, Policy};
+        let count = |key: &str, v: &Option<KeepCount>| -> Result<Option<Keep>> {
+            match v {
+                None => Ok(None),
+                Some(KeepCount::Number(n)) => Ok(Some(Keep::Count(*n))),
+                Some(KeepCount::Word(w)) => {
+                    w.parse::<Keep>().map(Some).map_err(|e| anyhow!("[retention] {key}: {e}"))
+                }
+            }
+        };
+        Ok(Policy {
+            last: count("keep_last", &self.keep_last)?,
+            hourly: count("keep_hourly", &self.keep_hourly)?,
+            daily: count("keep_daily", &self.keep_daily)?,
+            weekly: count("keep_weekly", &self.keep_weekly)?,
+            monthly: count("keep_monthly", &self.keep_monthly)?,
+            yearly: count("keep_yearly", &self.keep_yearly)?,
+            within: self
+                .keep_within
+                .as_deref()
+                .map(|w| {
+                    crate::engine::retention::parse_span(w)
+                        .map_err(|e| anyhow!("[retention] keep_within: {e}"))
+                })
+                .transpose()?,
+            tags: self.keep_tag.iter().map(|t| crate::engine::retention::tag_list(t)).collect(),
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -387,6 +387,25 @@ impl Journal {
         Ok(())
     }
 
+    /// The backend confirmed that `name` is gone: the object, its blobs and, for a snapshot,
+    /// its snapshot row are forgotten in one transaction (the second step of the deletion
+    /// protocol, after [`Journal::begin_delete`]).
+    pub fn confirm_delete(&self, name: &str) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)", [name])?;
+        tx.execute(
+            "DELETE FROM damaged_blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)",
+            [name],
+        )?;
+        tx.execute("DELETE FROM objects WHERE name = ?1", [name])?;
+        if let Some(hex) = name.strip_prefix("snapshots/") {
+            tx.execute("DELETE FROM snapshots WHERE id = ?1", [hex])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn object(&self, name: &str) -> Result<Option<ObjectRow>> {
         let conn = self.reader()?;
         let row = conn

@@ -77,6 +77,9 @@ fn main() -> ExitCode {
             };
             commands::repair::run(&ctx, opts, rebuild_journal)
         }
+        Command::Forget { snapshots, policy, group_by, allow_empty_group, dry_run } => {
+            commands::forget::run(&ctx, &snapshots, &policy, group_by.as_deref(), allow_empty_group, dry_run)
+        }
         Command::Verify { read_data, read_data_subset } => {
             commands::verify::run(&ctx, read_data, read_data_subset)
         }

@@ -254,11 +254,7 @@ fn remove_partials(
         if id == *keep || !s.partial || s.hostname != host || !same_sources(&s, sources) {
             continue;
         }
-        let name = format::snapshot_name(&id);
-        repo.journal.begin_delete(&name, ObjectKind::Snapshot)?;
-        rt.block_on(repo.backend.delete(std::slice::from_ref(&name)))?;
-        repo.journal.forget_object(&name)?;
-        repo.journal.remove_snapshot(&id)?;
+        rt.block_on(repo.delete_snapshots(&[id]))?;
     }
     Ok(())
 }

@@ -397,11 +397,7 @@ pub fn run(
                 new_snap.tags.push("repaired".into());
             }
             let new_id = write_snapshot(repo, rt, &new_snap)?;
-            let old_name = format::snapshot_name(snap_id);
-            journal.begin_delete(&old_name, ObjectKind::Snapshot)?;
-            rt.block_on(repo.backend.delete(std::slice::from_ref(&old_name)))?;
-            journal.forget_object(&old_name)?;
-            journal.remove_snapshot(snap_id)?;
+            rt.block_on(repo.delete_snapshots(&[*snap_id]))?;
             out.actions.push(format!(
                 "rewrote snapshot {} as {} without its broken files",
                 snap_id.short(),
@@ -467,9 +463,7 @@ pub fn run(
     {
         if opts.delete_unrecoverable {
             if !opts.dry_run {
-                journal.begin_delete(&obj.name, obj.kind)?;
-                rt.block_on(repo.backend.delete(std::slice::from_ref(&obj.name)))?;
-                journal.forget_object(&obj.name)?;
+                rt.block_on(repo.delete_objects(&[(obj.name.clone(), obj.kind)]))?;
             }
             out.actions.push(format!("{} the partial upload {}", verb("deleted", "would delete"), obj.name));
         } else {

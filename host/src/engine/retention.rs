@@ -17,6 +17,24 @@
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp};
 
+/// A span for `within`: `14d`, `1y6m`, `2w3d12h` (years, months, weeks, days, hours), or
+/// ISO 8601 (`P14D`).
+pub fn parse_span(text: &str) -> Result<Span, String> {
+    let span: Span = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a span like \"14d\", \"1y6m\" or \"2w3d12h\""))?;
+    if span.is_negative() || span.is_zero() {
+        return Err(format!("{text:?} must be a positive span"));
+    }
+    Ok(span)
+}
+
+/// A tag list as given (`a,b`): the tags, trimmed, empty ones dropped.
+pub fn tag_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect()
+}
+
 /// How many buckets a rule keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Keep {

@@ -344,6 +344,33 @@ impl Repository {
     }
 
     /// Where temporary packs are written before upload.
+    /// Deletes objects by the one deletion protocol: each is journaled as `deleting`
+    /// (committed) before the delete is sent, and forgotten (a snapshot with its row) only
+    /// once the backend has confirmed. A run killed in between leaves `deleting` rows, which
+    /// the next writing command rolls forward (`reconcile`), so a deletion is never half done
+    /// and never forgotten before it happened.
+    pub async fn delete_objects(&self, objects: &[(String, ObjectKind)]) -> Result<()> {
+        for (name, kind) in objects {
+            self.journal.begin_delete(name, *kind)?;
+        }
+        crate::testing::pause_point("delete-journaled");
+        for batch in objects.chunks(256) {
+            let names: Vec<String> = batch.iter().map(|(n, _)| n.clone()).collect();
+            self.backend.delete(&names).await?;
+            for name in &names {
+                self.journal.confirm_delete(name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes snapshot objects (see [`Repository::delete_objects`]).
+    pub async fn delete_snapshots(&self, ids: &[Id]) -> Result<()> {
+        let objects: Vec<(String, ObjectKind)> =
+            ids.iter().map(|id| (format::snapshot_name(id), ObjectKind::Snapshot)).collect();
+        self.delete_objects(&objects).await
+    }
+
     pub fn tmp_dir(&self) -> PathBuf {
         self.dir.join("tmp")
     }

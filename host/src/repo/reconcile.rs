@@ -160,7 +160,7 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
             break;
         }
         backend.delete(std::slice::from_ref(&obj.name)).await?;
-        journal.forget_object(&obj.name)?;
+        journal.confirm_delete(&obj.name)?;
         report.deleted += 1;
     }
     // Whatever is left in tmp/ belongs to no recorded object: packs being filled when the
