@@ -330,6 +330,47 @@ fn unread(src: &Path, reads: &Reads) -> Vec<(String, u64, u64)> {
     out
 }
 
+/// The largest partial snapshot restores, every file in it is its source file byte for byte
+/// (the source does not change in these tests), and its summary counts exactly those files.
+fn partial_snapshot_restores_what_it_says_it_covers(env: &Env) {
+    let snaps = env.json(&["snapshots"]);
+    // Partial snapshots of one run share its start time: take the one whose tree grew most.
+    let partial = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["partial"] == true)
+        .max_by_key(|s| s["files"].as_u64().unwrap())
+        .cloned();
+    let partial = partial.expect("the killed runs wrote partial snapshots");
+    let target = env.path("partial-restore");
+    env.ok(&["restore", partial["id"].as_str().unwrap(), "--target", target.to_str().unwrap()]);
+    let restored = env.restored_src(&target);
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut stack: Vec<PathBuf> = restored.exists().then(|| restored.clone()).into_iter().collect();
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            let rel = e.path().strip_prefix(&restored).unwrap().to_path_buf();
+            let got = std::fs::read(e.path()).unwrap();
+            assert!(
+                got == std::fs::read(env.src.join(&rel)).unwrap(),
+                "{} differs from its source",
+                rel.display()
+            );
+            files += 1;
+            bytes += got.len() as u64;
+        }
+    }
+    println!("the partial snapshot holds {files} files, {bytes} bytes");
+    assert_eq!((files, bytes), (partial["files"].as_u64().unwrap(), partial["bytes"].as_u64().unwrap()));
+    std::fs::remove_dir_all(&target).unwrap();
+}
+
 fn restores_identical_and_verifies(env: &Env) {
     let target = env.path("restore");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
@@ -367,6 +408,10 @@ fn kill_chain(rng: &mut Rng, kills: usize) {
             "run {runs} read {again} bytes again that an interrupted run had read (allowed {ALLOWED})"
         );
         earlier.merge(&reads);
+        if runs + 1 == kills {
+            // The last kill, when the partial snapshot's tree has grown the most.
+            partial_snapshot_restores_what_it_says_it_covers(&env);
+        }
     }
     let unread = unread(&env.src, &earlier);
     assert!(unread.is_empty(), "source bytes never read by any run (file, bytes read, size): {unread:?}");
