@@ -465,3 +465,29 @@ fn a_large_file_killed_at_70_percent_is_read_on_from_its_last_checkpoint() {
     assert!(again <= ALLOWED, "read {again} bytes again (allowed {ALLOWED})");
     restores_identical_and_verifies(&env);
 }
+
+#[test]
+fn a_file_changed_since_the_kill_is_read_from_its_start() {
+    let mut rng = Rng::new(seed());
+    let env = Env::with_backup_toml(&config(""));
+    let (name, size) = ("changing.img", 24 * MIB as usize);
+    let path = env.src.join(name);
+    let mut content = rng.bytes(size);
+    write_file(&path, &content, 0o644, 1_700_000_000);
+    env.ok(&["init", "--chunk-size", "256KiB"]);
+    let (first, killed) = traced_backup(&env, &Reads::default(), Some(size as u64 / 2));
+    assert!(killed, "the first run was to be killed at 50%");
+    // Same size, new bytes at the start (inside the durable prefix), new mtime.
+    content[..4096].copy_from_slice(&rng.bytes(4096));
+    write_file(&path, &content, 0o644, 1_700_000_100);
+    let (second, killed) = traced_backup(&env, &first, None);
+    assert!(!killed);
+    println!(
+        "killed run read {} MiB; the run after the change read {} MiB",
+        first.of(name) / MIB,
+        second.of(name) / MIB
+    );
+    assert_eq!(second.0[name].0, vec![(0, size as u64)], "read whole, from its first byte");
+    // The restore holds the new bytes: the old prefix was not reused.
+    restores_identical_and_verifies(&env);
+}
