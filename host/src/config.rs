@@ -159,7 +159,9 @@ pub struct CheckpointConfig {
     /// Seconds between checkpoints (default 300).
     #[serde(default = "default_checkpoint_secs")]
     pub interval_secs: u64,
-    /// New data between checkpoints, e.g. "1GiB" (the default).
+    /// Source bytes read between checkpoints, e.g. "1GiB" (the default): a checkpoint starts
+    /// at half of it, and reading waits rather than run a whole interval past the last
+    /// completed checkpoint, so an interruption costs at most about this much reading.
     pub interval_bytes: Option<String>,
 }
 

@@ -10,7 +10,9 @@
 //! - `snapshots`: a local copy of the snapshot objects.
 //! - `file_cache`: size, mtime, ctime and inode of files already backed up, with their chunk
 //!   ids, so unchanged files are not read again. Rows are staged during a run and published
-//!   only once every pack they refer to is uploaded.
+//!   only once every pack they refer to is uploaded (at each checkpoint, in any walk order).
+//! - `partial_files` (schema 2): the durable chunk prefix of a file that was being read at a
+//!   checkpoint, with the file's identity, so the next run continues reading at that offset.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -21,7 +23,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::ids::Id;
 use crate::repo::format::{BlobKind, PackEntry, Snapshot};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum State {
@@ -108,6 +110,26 @@ pub struct BlobLocation {
     pub raw_length: u32,
 }
 
+/// A file read only in part when a checkpoint sealed: its identity when it was read (in
+/// `file`, whose `content` is the chunk ids of the first `offset` bytes) and where the next
+/// run continues.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartialFile {
+    pub file: CachedFile,
+    pub offset: u64,
+}
+
+/// The staged file-cache rows up to a checkpoint's seal: see [`Journal::seal_staged`].
+#[derive(Clone, Copy, Debug)]
+pub struct Seal(u64);
+
+/// Staged file-cache rows not yet in the temporary table, and the current generation.
+#[derive(Default)]
+struct Staged {
+    generation: u64,
+    rows: Vec<(u64, Vec<u8>, CachedFile)>,
+}
+
 /// What the file cache remembers of a file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CachedFile {
@@ -125,7 +147,7 @@ pub struct Journal {
     /// fsync never stalls the workers' lookups.
     readers: Mutex<Vec<Connection>>,
     pub path: PathBuf,
-    staged: Mutex<Vec<(Vec<u8>, CachedFile)>>,
+    staged: Mutex<Staged>,
 }
 
 /// A pooled read-only connection; returned to the pool when dropped.
@@ -196,7 +218,7 @@ impl Journal {
             conn: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
-            staged: Mutex::new(Vec::new()),
+            staged: Mutex::new(Staged::default()),
         };
         journal.migrate().with_context(hint)?;
         Ok(journal)
@@ -279,10 +301,27 @@ impl Journal {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            // Schema 2: resume inside a file. Journals of schema 1 gain the table as is.
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE partial_files (
+                    path BLOB PRIMARY KEY,
+                    size INTEGER NOT NULL,
+                    mtime_ns INTEGER NOT NULL,
+                    ctime_ns INTEGER NOT NULL,
+                    inode INTEGER NOT NULL,
+                    offset INTEGER NOT NULL,
+                    content BLOB NOT NULL
+                 ) WITHOUT ROWID;
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         conn.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS staged_files (
-                path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
-                inode INTEGER, content BLOB) WITHOUT ROWID;",
+                path BLOB PRIMARY KEY, generation INTEGER, size INTEGER, mtime_ns INTEGER,
+                ctime_ns INTEGER, inode INTEGER, content BLOB) WITHOUT ROWID;",
         )?;
         Ok(())
     }
@@ -748,30 +787,45 @@ impl Journal {
             .optional()?)
     }
 
-    /// Stages a file-cache row; it becomes visible at [`Journal::publish_staged_files`].
+    /// Stages a file-cache row; it becomes visible when a later publish covers it (a
+    /// checkpoint's [`Journal::publish_checkpoint`] if staged before its seal, or the final
+    /// [`Journal::publish_staged_files`]).
     pub fn stage_file(&self, path: Vec<u8>, file: CachedFile) -> Result<()> {
         let batch = {
             let mut staged = self.staged.lock().unwrap();
-            staged.push((path, file));
-            if staged.len() < STAGE_BATCH {
+            let generation = staged.generation;
+            staged.rows.push((generation, path, file));
+            if staged.rows.len() < STAGE_BATCH {
                 return Ok(());
             }
-            std::mem::take(&mut *staged)
+            std::mem::take(&mut staged.rows)
         };
         self.write_staged(batch)
     }
 
-    fn write_staged(&self, batch: Vec<(Vec<u8>, CachedFile)>) -> Result<()> {
+    /// Marks the rows staged so far: a checkpoint seals while no chunk is being stored and
+    /// right before it flushes its packs, so every sealed row refers only to chunks in packs
+    /// that its upload barrier waits for. Rows staged later wait for the next seal.
+    pub fn seal_staged(&self) -> Seal {
+        let mut staged = self.staged.lock().unwrap();
+        let seal = Seal(staged.generation);
+        staged.generation += 1;
+        seal
+    }
+
+    fn write_staged(&self, batch: Vec<(u64, Vec<u8>, CachedFile)>) -> Result<()> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO temp.staged_files (path, size, mtime_ns, ctime_ns, inode, content)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO temp.staged_files
+                 (path, generation, size, mtime_ns, ctime_ns, inode, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for (path, f) in batch {
+            for (generation, path, f) in batch {
                 stmt.execute(params![
                     path,
+                    generation as i64,
                     f.size as i64,
                     f.mtime_ns,
                     f.ctime_ns,
@@ -784,23 +838,83 @@ impl Journal {
         Ok(())
     }
 
-    /// Publishes staged rows. Call only once every pack they refer to is uploaded.
+    /// Publishes every staged row. Call only once every pack they refer to is uploaded.
     pub fn publish_staged_files(&self) -> Result<()> {
-        let batch = std::mem::take(&mut *self.staged.lock().unwrap());
+        self.publish(i64::MAX, None)
+    }
+
+    /// A checkpoint's publish, once the packs of its seal are uploaded, in one transaction:
+    /// the rows staged before `seal` enter the file cache (their partial rows go), and the
+    /// partial rows become `partials` (the files being read at the seal).
+    pub fn publish_checkpoint(&self, seal: Seal, partials: &[(Vec<u8>, PartialFile)]) -> Result<()> {
+        self.publish(seal.0 as i64, Some(partials))
+    }
+
+    fn publish(&self, upto: i64, partials: Option<&[(Vec<u8>, PartialFile)]>) -> Result<()> {
+        let batch = std::mem::take(&mut self.staged.lock().unwrap().rows);
         self.write_staged(batch)?;
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
-        tx.execute("INSERT OR REPLACE INTO file_cache SELECT * FROM temp.staged_files", [])?;
-        tx.execute("DELETE FROM temp.staged_files", [])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO file_cache (path, size, mtime_ns, ctime_ns, inode, content)
+             SELECT path, size, mtime_ns, ctime_ns, inode, content FROM temp.staged_files
+             WHERE generation <= ?1",
+            [upto],
+        )?;
+        tx.execute(
+            "DELETE FROM partial_files WHERE path IN
+             (SELECT path FROM temp.staged_files WHERE generation <= ?1)",
+            [upto],
+        )?;
+        tx.execute("DELETE FROM temp.staged_files WHERE generation <= ?1", [upto])?;
+        if let Some(partials) = partials {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO partial_files (path, size, mtime_ns, ctime_ns, inode, offset, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for (path, p) in partials {
+                stmt.execute(params![
+                    path,
+                    p.file.size as i64,
+                    p.file.mtime_ns,
+                    p.file.ctime_ns,
+                    p.file.inode as i64,
+                    p.offset as i64,
+                    ids_to_blob(&p.file.content)
+                ])?;
+            }
+        }
         crate::testing::pause_point("journal-publish-file-cache");
         tx.commit()?;
         Ok(())
     }
 
+    /// The durable chunk prefix recorded for `path` by an interrupted run, if any.
+    pub fn partial_file(&self, path: &[u8]) -> Result<Option<PartialFile>> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT size, mtime_ns, ctime_ns, inode, content, offset FROM partial_files WHERE path = ?1",
+        )?;
+        Ok(stmt
+            .query_row([path], |r| {
+                Ok(PartialFile {
+                    file: CachedFile {
+                        size: r.get::<_, i64>(0)? as u64,
+                        mtime_ns: r.get(1)?,
+                        ctime_ns: r.get(2)?,
+                        inode: r.get::<_, i64>(3)? as u64,
+                        content: blob_to_ids(&r.get::<_, Vec<u8>>(4)?),
+                    },
+                    offset: r.get::<_, i64>(5)? as u64,
+                })
+            })
+            .optional()?)
+    }
+
     /// Drops the whole file cache (after repository damage, so every file is read again).
     pub fn clear_file_cache(&self) -> Result<()> {
         let conn = self.conn.lock().unwrap();
-        conn.execute("DELETE FROM file_cache", [])?;
+        conn.execute_batch("DELETE FROM file_cache; DELETE FROM partial_files;")?;
         Ok(())
     }
 }
@@ -923,6 +1037,60 @@ mod tests {
         assert!(j.cached_file(b"/a").unwrap().is_none(), "staged rows are not visible");
         j.publish_staged_files().unwrap();
         assert_eq!(j.cached_file(b"/a").unwrap(), Some(f));
+    }
+
+    #[test]
+    fn a_checkpoint_publishes_only_rows_staged_before_its_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+        let row = |n: u8| CachedFile {
+            size: 5,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            inode: n as u64,
+            content: vec![Id([n; 32])],
+        };
+        let partial = PartialFile { file: row(9), offset: 3 };
+        j.stage_file(b"/a".to_vec(), row(1)).unwrap();
+        let seal = j.seal_staged();
+        j.stage_file(b"/b".to_vec(), row(2)).unwrap();
+        j.publish_checkpoint(seal, &[(b"/big".to_vec(), partial.clone()), (b"/b".to_vec(), partial.clone())])
+            .unwrap();
+        assert_eq!(j.cached_file(b"/a").unwrap(), Some(row(1)));
+        assert!(j.cached_file(b"/b").unwrap().is_none(), "staged after the seal: not yet durable");
+        assert_eq!(j.partial_file(b"/big").unwrap(), Some(partial.clone()));
+        j.publish_staged_files().unwrap();
+        assert_eq!(j.cached_file(b"/b").unwrap(), Some(row(2)));
+        assert!(j.partial_file(b"/b").unwrap().is_none(), "a complete row replaces the partial one");
+        assert_eq!(j.partial_file(b"/big").unwrap(), Some(partial));
+        j.clear_file_cache().unwrap();
+        assert!(j.partial_file(b"/big").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_schema_1_journal_is_migrated_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.sqlite");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE file_cache (path BLOB PRIMARY KEY, size INTEGER NOT NULL,
+                    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL,
+                    content BLOB NOT NULL) WITHOUT ROWID;
+                 INSERT INTO file_cache VALUES (x'2f61', 5, 1, 2, 3, zeroblob(32));
+                 INSERT INTO meta VALUES ('k', 'v');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let j = Journal::open(&p).unwrap();
+        assert_eq!(j.meta("k").unwrap().as_deref(), Some("v"));
+        let cached = j.cached_file(b"/a").unwrap().unwrap();
+        assert_eq!((cached.size, cached.content), (5, vec![Id([0; 32])]));
+        assert!(j.partial_file(b"/a").unwrap().is_none());
+        let version: i64 = j.conn.lock().unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

@@ -2,23 +2,33 @@
 //!
 //! Threads:
 //! - the walker visits the sources in order; files the file cache knows unchanged are
-//!   settled at once, others become jobs for the workers;
+//!   settled at once, others become jobs for the workers (with the durable prefix an
+//!   interrupted run recorded, when the file is unchanged since);
 //! - workers (one per core) read, chunk, hash, deduplicate, compress and encrypt files and
-//!   append new blobs to the shared data packer;
+//!   append new blobs to the shared data packer; each stages its file's cache row as soon as
+//!   the file is read, in whatever order the workers finish;
 //! - the assembler (the calling thread) receives the walk in order, waits for each file's
 //!   chunk list, and builds directory trees bottom-up, storing new ones in the tree packer;
+//!   while it waits (for the walk or for a file) it runs the checkpoints that are due;
 //! - the uploader (async, several transfers at once) uploads finished packs.
 //!
 //! All queues are bounded, so memory does not grow with the size of the source. After the
 //! walk: the last packs are uploaded, an index object lists the new packs, the file cache
 //! rows of this run are published, and the snapshot is written last.
+//!
+//! Checkpoints bound what an interruption costs: each one makes durable every file read so
+//! far (its cache row) and the chunk prefix of every file being read, whatever the walk
+//! order; workers wait rather than read more than one interval past the last durable
+//! checkpoint.
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -30,7 +40,7 @@ use crate::engine::upload::{self, Job, UploadStats};
 use crate::engine::walk::{Excludes, Identity, node_from, normalise_sources};
 use crate::error::{IoAt, Role};
 use crate::ids::Id;
-use crate::journal::{CachedFile, Journal, ObjectKind, State};
+use crate::journal::{CachedFile, Journal, ObjectKind, PartialFile, State};
 use crate::lock::hostname;
 use crate::progress::Counters;
 use crate::repo::Repository;
@@ -43,7 +53,7 @@ pub struct Settings {
     pub threads: usize,
     pub compression: i32,
     pub pack_size: u64,
-    /// Make progress durable at least this often (time, new data).
+    /// Make progress durable at least this often (time, source bytes read).
     pub checkpoint_every: std::time::Duration,
     pub checkpoint_bytes: u64,
 }
@@ -78,8 +88,58 @@ struct FileDone {
 /// Files for one worker, in walk order. Small files travel in batches, so a folder of
 /// thousands of small files costs a few hand-offs between threads, not thousands.
 struct FileJob {
-    paths: Vec<PathBuf>,
+    files: Vec<JobFile>,
     reply: Sender<Vec<Result<FileDone, FileError>>>,
+}
+
+/// A file to read, with what the walker saw (the identity its cache row records).
+struct JobFile {
+    path: PathBuf,
+    /// Size, mtime, ctime and inode as the walker saw them (`content` empty).
+    seen: CachedFile,
+    /// The durable prefix an interrupted run recorded, for this same identity.
+    resume: Option<PartialFile>,
+}
+
+/// The file a worker is reading: its identity, and the chunks stored so far (`content`) of
+/// its first `offset` bytes. A checkpoint records it as a [`PartialFile`].
+struct Reading {
+    path: Vec<u8>,
+    file: CachedFile,
+    offset: u64,
+}
+
+/// Holds workers back while more than one checkpoint interval of read bytes is not yet
+/// durable, so an interruption costs at most one interval of reading (plus each worker's
+/// read window and chunk in hand).
+struct Gate {
+    interval: u64,
+    /// Bytes chunked when the last checkpoint sealed (made durable once it completed).
+    durable: Mutex<u64>,
+    moved: Condvar,
+    /// Set when the assembler stops: nothing will move the gate any more.
+    open: AtomicBool,
+}
+
+impl Gate {
+    fn wait(&self, chunked: &AtomicU64) {
+        let mut durable = self.durable.lock().unwrap();
+        while !self.open.load(Ordering::Relaxed)
+            && chunked.load(Ordering::Relaxed).saturating_sub(*durable) >= self.interval
+        {
+            durable = self.moved.wait_timeout(durable, Duration::from_millis(100)).unwrap().0;
+        }
+    }
+
+    fn advance(&self, to: u64) {
+        *self.durable.lock().unwrap() = to;
+        self.moved.notify_all();
+    }
+
+    fn release(&self) {
+        self.open.store(true, Ordering::Relaxed);
+        self.moved.notify_all();
+    }
 }
 
 /// The results of one job, fetched once by the assembler and handed out by position.
@@ -92,7 +152,7 @@ type SharedBatch = Arc<std::sync::Mutex<Batch>>;
 
 enum Pending {
     Ready,
-    Wait { batch: SharedBatch, slot: usize, path: Vec<u8>, identity: Identity },
+    Wait { batch: SharedBatch, slot: usize },
 }
 
 /// Files up to this size are batched (they are one chunk each).
@@ -121,8 +181,15 @@ struct Shared<'a> {
     files_read: AtomicU64,
     bytes_read: AtomicU64,
     data_added: AtomicU64,
-    /// Workers hold it (shared) while storing a chunk; a checkpoint takes it exclusively,
-    /// so every chunk claimed before the checkpoint is in a pack when the packer flushes.
+    /// Bytes passed through the chunker in this run: what checkpoints pace themselves by.
+    chunked: AtomicU64,
+    gate: Gate,
+    /// What each worker is reading (one slot per worker), updated with each stored chunk.
+    reading: Vec<Mutex<Option<Reading>>>,
+    /// Workers hold it (shared) while storing a chunk or staging a file's row; a
+    /// checkpoint takes it exclusively, so every chunk claimed before the checkpoint is in
+    /// a pack when the packer flushes, and every row and prefix it seals refers only to
+    /// those chunks.
     quiesce: RwLock<()>,
 }
 
@@ -169,6 +236,14 @@ pub fn run(
         files_read: AtomicU64::new(0),
         bytes_read: AtomicU64::new(0),
         data_added: AtomicU64::new(0),
+        chunked: AtomicU64::new(0),
+        gate: Gate {
+            interval: s.checkpoint_bytes,
+            durable: Mutex::new(0),
+            moved: Condvar::new(),
+            open: AtomicBool::new(false),
+        },
+        reading: (0..s.threads.max(1)).map(|_| Mutex::new(None)).collect(),
         quiesce: RwLock::new(()),
     };
     let run = Run { repo, rt, settings: s, sources: &sources, parent, started, uploads: up_tx };
@@ -177,11 +252,11 @@ pub fn run(
     let scan = std::thread::scope(|scope| -> Result<(Id, Summary, Vec<String>, u64)> {
         let (job_tx, job_rx) = bounded::<FileJob>(s.threads * 2);
         let (ev_tx, ev_rx) = bounded::<Event>(4096);
-        for _ in 0..s.threads.max(1) {
+        for slot in 0..s.threads.max(1) {
             let jobs = job_rx.clone();
             let shared = &shared;
             scope.spawn(move || {
-                worker(jobs, shared);
+                worker(jobs, shared, slot);
                 tracing::debug!("worker thread: {:.2}s CPU", thread_cpu());
             });
         }
@@ -201,6 +276,8 @@ pub fn run(
             r
         });
         let assembled = assemble(ev_rx, &shared, &run);
+        // Nothing moves the gate any more: let waiting workers finish or see the stop.
+        shared.gate.release();
         tracing::debug!("assembler thread: {:.2}s CPU", thread_cpu());
         let walked = walker.join().map_err(|_| anyhow!("the walker thread panicked"))?;
         let assembled = assembled?;
@@ -275,12 +352,12 @@ fn latest_for(journal: &Journal, sources: &[PathBuf]) -> Result<Option<Id>> {
         .map(|(id, _)| id))
 }
 
-fn worker(jobs: Receiver<FileJob>, shared: &Shared<'_>) {
+fn worker(jobs: Receiver<FileJob>, shared: &Shared<'_>, slot: usize) {
     let mut scratch = Scratch::default();
     for job in jobs {
-        let mut results = Vec::with_capacity(job.paths.len());
-        for path in &job.paths {
-            let r = back_up_file(path, &mut scratch, shared);
+        let mut results = Vec::with_capacity(job.files.len());
+        for file in job.files {
+            let r = back_up_file(file, &mut scratch, shared, &shared.reading[slot]);
             let fatal = matches!(r, Err(FileError::Fatal(_)));
             results.push(r);
             if fatal {
@@ -298,15 +375,36 @@ struct Scratch {
     sealed: Vec<u8>,
 }
 
-fn back_up_file(path: &Path, scratch: &mut Scratch, sh: &Shared<'_>) -> Result<FileDone, FileError> {
-    let mut file =
-        std::fs::File::open(path).map_err(|e| FileError::Source(format!("{}: {e}", path.display())))?;
-    let mut content = Vec::new();
+/// Reads one file (from its durable prefix when it has one), stores its new chunks, and
+/// stages its cache row if it was read whole at the size the walker saw.
+fn back_up_file(
+    job: JobFile,
+    scratch: &mut Scratch,
+    sh: &Shared<'_>,
+    slot: &Mutex<Option<Reading>>,
+) -> Result<FileDone, FileError> {
+    let path = &job.path;
+    let source = |e: &dyn std::fmt::Display| FileError::Source(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(|e| source(&e))?;
+    let prefix = match job.resume {
+        Some(p) if usable_prefix(&p, sh).map_err(FileError::Fatal)? => {
+            file.seek(SeekFrom::Start(p.offset)).map_err(|e| source(&e))?;
+            tracing::debug!("{}: continuing at byte {}", path.display(), p.offset);
+            p
+        }
+        _ => PartialFile { file: CachedFile { content: Vec::new(), ..job.seen.clone() }, offset: 0 },
+    };
+    let resumed_at = prefix.offset;
+    *slot.lock().unwrap() = Some(Reading {
+        path: path.as_os_str().as_bytes().to_vec(),
+        file: prefix.file,
+        offset: prefix.offset,
+    });
     let mut fatal = None;
     let sealed = &mut scratch.sealed;
     let read = sh.chunker.chunk(&mut file, &mut scratch.window, |chunk| {
+        sh.gate.wait(&sh.chunked);
         let id = sh.key.blob_id(chunk);
-        content.push(id);
         let stored = (|| -> Result<()> {
             let _storing = sh.quiesce.read().unwrap();
             if sh.dedup.claim(&id)? {
@@ -314,25 +412,52 @@ fn back_up_file(path: &Path, scratch: &mut Scratch, sh: &Shared<'_>) -> Result<F
                 sh.data.add(BlobKind::Data, id, sealed, chunk.len())?;
                 sh.data_added.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
+            if let Some(r) = slot.lock().unwrap().as_mut() {
+                r.file.content.push(id);
+                r.offset += chunk.len() as u64;
+            }
             Ok(())
         })();
+        sh.chunked.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         sh.counters.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         stored.map_err(|e| {
             fatal = Some(e);
             anyhow!("stopped")
         })
     });
-    match read {
-        Ok(read) => {
-            sh.files_read.fetch_add(1, Ordering::Relaxed);
-            sh.bytes_read.fetch_add(read, Ordering::Relaxed);
-            Ok(FileDone { content, read })
-        }
-        Err(e) => Err(match fatal {
-            Some(f) => FileError::Fatal(f),
-            None => FileError::Source(format!("{}: {e}", path.display())),
-        }),
+    // Taking the file out of the slot and staging its row happen together between two
+    // checkpoint seals: a checkpoint sees the file either as partial or as staged.
+    let storing = sh.quiesce.read().unwrap();
+    let reading = slot.lock().unwrap().take();
+    let read = match (read, fatal) {
+        (Ok(read), _) => read,
+        (Err(_), Some(f)) => return Err(FileError::Fatal(f)),
+        (Err(e), None) => return Err(source(&e)),
+    };
+    let content = reading.map(|r| r.file.content).unwrap_or_default();
+    let total = resumed_at + read;
+    if total == job.seen.size {
+        let row = CachedFile { content: content.clone(), ..job.seen };
+        sh.journal.stage_file(path.as_os_str().as_bytes().to_vec(), row).map_err(FileError::Fatal)?;
     }
+    drop(storing);
+    sh.files_read.fetch_add(1, Ordering::Relaxed);
+    sh.bytes_read.fetch_add(read, Ordering::Relaxed);
+    Ok(FileDone { content, read: total })
+}
+
+/// Whether an interrupted run's prefix can be continued: it ends inside the file, and every
+/// chunk of it is still in a pack the journal knows (a lookup each, no download).
+fn usable_prefix(p: &PartialFile, sh: &Shared<'_>) -> Result<bool> {
+    if p.offset > p.file.size {
+        return Ok(false);
+    }
+    for id in &p.file.content {
+        if !sh.journal.has_blob(id)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Walks the sources and sends the walk to the assembler as events, in order; files to
@@ -342,8 +467,8 @@ struct Walker<'a, 'b> {
     sh: &'a Shared<'b>,
     jobs: Sender<FileJob>,
     events: Sender<Event>,
-    /// Small files waiting to be sent as one job: node, path, identity.
-    batch: Vec<(Node, PathBuf, Identity)>,
+    /// Small files waiting to be sent as one job: node, path, identity, durable prefix.
+    batch: Vec<(Node, PathBuf, Identity, Option<PartialFile>)>,
     batch_bytes: u64,
 }
 
@@ -361,26 +486,47 @@ impl Walker<'_, '_> {
             return Ok(());
         }
         let (tx, rx) = bounded(1);
-        let paths = self.batch.iter().map(|(_, p, _)| p.clone()).collect();
-        self.jobs.send(FileJob { paths, reply: tx }).map_err(|_| anyhow!("backup stopped"))?;
+        let files = self
+            .batch
+            .iter_mut()
+            .map(|(node, path, identity, resume)| JobFile {
+                path: path.clone(),
+                seen: CachedFile {
+                    size: node.size,
+                    mtime_ns: node.mtime_ns,
+                    ctime_ns: identity.ctime_ns,
+                    inode: identity.inode,
+                    content: Vec::new(),
+                },
+                resume: resume.take(),
+            })
+            .collect();
+        self.jobs.send(FileJob { files, reply: tx }).map_err(|_| anyhow!("backup stopped"))?;
         let batch = Arc::new(std::sync::Mutex::new(Batch { rx, results: Vec::new() }));
         self.batch_bytes = 0;
-        for (slot, (node, path, identity)) in self.batch.drain(..).enumerate() {
-            let path = path.into_os_string().into_vec();
-            let pending = Pending::Wait { batch: batch.clone(), slot, path, identity };
+        for (slot, (node, ..)) in self.batch.drain(..).enumerate() {
+            let pending = Pending::Wait { batch: batch.clone(), slot };
             self.events.send(Event::Item(node, pending)).map_err(|_| anyhow!("backup stopped"))?;
         }
         Ok(())
     }
 
-    /// Queues a file that must be read. Large files go alone.
+    /// Queues a file that must be read. Large files go alone, with the durable prefix an
+    /// interrupted run recorded if the file is unchanged since (small files are one chunk).
     fn read_file(&mut self, node: Node, path: &Path, identity: Identity) -> Result<()> {
         let small = node.size <= SMALL_FILE;
+        let mut resume = None;
         if !small {
             self.flush()?;
+            resume = self.sh.journal.partial_file(path.as_os_str().as_bytes())?.filter(|p| {
+                p.file.size == node.size
+                    && p.file.mtime_ns == node.mtime_ns
+                    && p.file.ctime_ns == identity.ctime_ns
+                    && p.file.inode == identity.inode
+            });
         }
         self.batch_bytes += node.size;
-        self.batch.push((node, path.to_path_buf(), identity));
+        self.batch.push((node, path.to_path_buf(), identity, resume));
         if !small || self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
             self.flush()?;
         }
@@ -500,16 +646,48 @@ struct Frame {
     children: Vec<Node>,
 }
 
-/// Builds the trees from the walk, in order, with checkpoints on the way. Returns the root
-/// tree id, the summary, warnings, and the number of checkpoints.
+/// How often the assembler looks at the checkpoint clock while it waits.
+const TICK: Duration = Duration::from_millis(20);
+
+/// When the next checkpoint is due: after `every`, or once half an interval of bytes was
+/// read since the last one (so reading rarely waits at the [`Gate`], which holds workers a
+/// whole interval past the last durable checkpoint).
+struct Pace {
+    last: Instant,
+    chunked_at_last: u64,
+    count: u64,
+}
+
+impl Pace {
+    fn due(&self, sh: &Shared<'_>, run: &Run<'_>) -> bool {
+        let read = sh.chunked.load(Ordering::Relaxed) - self.chunked_at_last;
+        self.last.elapsed() >= run.settings.checkpoint_every
+            || read >= run.settings.checkpoint_bytes.div_ceil(2)
+    }
+
+    /// Runs a checkpoint of `stack` if one is due.
+    fn tick(&mut self, stack: &[Frame], sh: &Shared<'_>, run: &Run<'_>, summary: &Summary) -> Result<()> {
+        if self.due(sh, run) {
+            let sealed_at = checkpoint(stack, sh, run, summary)?;
+            sh.gate.advance(sealed_at);
+            self.count += 1;
+            self.last = Instant::now();
+            self.chunked_at_last = sealed_at;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the trees from the walk, in order, with checkpoints on the way (also while it
+/// waits for the walk or for a file). Returns the root tree id, the summary, warnings, and
+/// the number of checkpoints.
 fn assemble(
     events: Receiver<Event>,
     sh: &Shared<'_>,
     run: &Run<'_>,
 ) -> Result<(Id, Summary, Vec<String>, u64)> {
     let mut stack = vec![Frame { node: None, children: Vec::new() }];
-    let mut last_checkpoint = (Instant::now(), 0u64);
-    let mut checkpoints = 0u64;
+    let mut pace = Pace { last: Instant::now(), chunked_at_last: 0, count: 0 };
     let mut summary = Summary::default();
     let mut warnings = Vec::new();
     let mut warn = |msg: String, summary: &mut Summary| {
@@ -519,7 +697,15 @@ fn assemble(
             warnings.push(msg);
         }
     };
-    for ev in events {
+    loop {
+        let ev = match events.recv_timeout(TICK) {
+            Ok(ev) => ev,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                pace.tick(&stack, sh, run, &summary)?;
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
         match ev {
             Event::Enter(node) => {
                 summary.dirs += 1;
@@ -532,31 +718,25 @@ fn assemble(
                 stack.last_mut().ok_or_else(|| anyhow!("unbalanced walk"))?.children.push(node);
             }
             Event::Item(mut node, pending) => {
-                if let Pending::Wait { batch, slot, path, identity } = pending {
+                if let Pending::Wait { batch, slot } = pending {
                     let result = {
                         let mut b = batch.lock().unwrap();
-                        if b.results.is_empty() {
-                            let r =
-                                b.rx.recv().map_err(|_| anyhow!("a backup worker stopped unexpectedly"))?;
-                            b.results = r.into_iter().map(Some).collect();
+                        while b.results.is_empty() {
+                            match b.rx.recv_timeout(TICK) {
+                                Ok(r) => b.results = r.into_iter().map(Some).collect(),
+                                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                                    pace.tick(&stack, sh, run, &summary)?
+                                }
+                                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                                    return Err(anyhow!("a backup worker stopped unexpectedly"));
+                                }
+                            }
                         }
                         b.results.get_mut(slot).and_then(Option::take)
                     };
                     let result = result.ok_or_else(|| anyhow!("a backup worker stopped early"))?;
                     match result {
                         Ok(done) => {
-                            if done.read == node.size {
-                                sh.journal.stage_file(
-                                    path,
-                                    CachedFile {
-                                        size: node.size,
-                                        mtime_ns: node.mtime_ns,
-                                        ctime_ns: identity.ctime_ns,
-                                        inode: identity.inode,
-                                        content: done.content.clone(),
-                                    },
-                                )?;
-                            }
                             node.size = done.read;
                             node.content = done.content;
                         }
@@ -576,14 +756,7 @@ fn assemble(
             }
             Event::Warn(msg) => warn(msg, &mut summary),
         }
-        let added = sh.data_added.load(Ordering::Relaxed);
-        if last_checkpoint.0.elapsed() >= run.settings.checkpoint_every
-            || added - last_checkpoint.1 >= run.settings.checkpoint_bytes
-        {
-            checkpoint(&stack, sh, run, &summary)?;
-            checkpoints += 1;
-            last_checkpoint = (Instant::now(), added);
-        }
+        pace.tick(&stack, sh, run, &summary)?;
     }
     if stack.len() != 1 {
         return Err(anyhow!("the walk ended early"));
@@ -591,7 +764,7 @@ fn assemble(
     let root = stack.pop().unwrap();
     let id = store_tree(root.children, sh)?;
     fill_counts(&mut summary, sh);
-    Ok((id, summary, warnings, checkpoints))
+    Ok((id, summary, warnings, pace.count))
 }
 
 fn fill_counts(summary: &mut Summary, sh: &Shared<'_>) {
@@ -600,10 +773,15 @@ fn fill_counts(summary: &mut Summary, sh: &Shared<'_>) {
     summary.data_added = sh.data_added.load(Ordering::Relaxed);
 }
 
-/// Makes everything assembled so far durable and restorable: a root tree of the finished
-/// part of the walk, every pack uploaded, an index, the file cache rows, and a partial
-/// snapshot. A run interrupted later resumes from here.
-fn checkpoint(stack: &[Frame], sh: &Shared<'_>, run: &Run<'_>, summary: &Summary) -> Result<Id> {
+/// Makes everything read so far durable, and what was assembled restorable:
+/// - seals, while no chunk is being stored: the cache rows of every file read so far (in
+///   any walk order) and the chunk prefix of every file being read, then flushes the packs;
+/// - once every pack is uploaded: an index, those rows and prefixes in the journal, and a
+///   partial snapshot whose tree is the part of the walk assembled so far (its summary
+///   counts what that tree holds).
+///
+/// A run interrupted later resumes from here. Returns the bytes chunked at the seal.
+fn checkpoint(stack: &[Frame], sh: &Shared<'_>, run: &Run<'_>, summary: &Summary) -> Result<u64> {
     // Close the open folders virtually, deepest first, with what they hold so far.
     let mut carry: Option<Node> = None;
     let mut root = None;
@@ -621,22 +799,38 @@ fn checkpoint(stack: &[Frame], sh: &Shared<'_>, run: &Run<'_>, summary: &Summary
         }
     }
     let root = root.ok_or_else(|| anyhow!("no root frame"))?;
-    {
+    let (seal, partials, sealed_at) = {
         let _quiet = sh.quiesce.write().unwrap();
+        let seal = sh.journal.seal_staged();
+        let partials: Vec<(Vec<u8>, PartialFile)> = sh
+            .reading
+            .iter()
+            .filter_map(|slot| {
+                let slot = slot.lock().unwrap();
+                let r = slot.as_ref().filter(|r| r.offset > 0 && r.file.size > SMALL_FILE)?;
+                Some((r.path.clone(), PartialFile { file: r.file.clone(), offset: r.offset }))
+            })
+            .collect();
         sh.data.flush()?;
-    }
+        (seal, partials, sh.chunked.load(Ordering::Relaxed))
+    };
     sh.trees.flush()?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     run.uploads.blocking_send(Job::Barrier(done_tx)).map_err(|_| anyhow!("the uploader stopped"))?;
     done_rx.blocking_recv().map_err(|_| anyhow!("the uploader stopped"))?;
     write_index(run.repo, run.rt)?;
-    run.repo.journal.publish_staged_files()?;
+    run.repo.journal.publish_checkpoint(seal, &partials)?;
     let mut summary = summary.clone();
     fill_counts(&mut summary, sh);
     let snap = new_snapshot(run.sources, run.settings, run.parent, root, run.started, summary, true);
     let id = write_snapshot(run.repo, run.rt, &snap)?;
-    tracing::info!("checkpoint: partial snapshot {} saved", id.short());
-    Ok(id)
+    tracing::info!(
+        "checkpoint: partial snapshot {} saved ({} files in its tree; every file read so far and {} partly read ones resumable)",
+        id.short(),
+        snap.summary.files,
+        partials.len()
+    );
+    Ok(sealed_at)
 }
 
 fn new_snapshot(

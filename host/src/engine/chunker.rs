@@ -43,6 +43,10 @@ impl Chunker {
     /// Reads `src` to its end and calls `emit` with each chunk, in order. `buf` is scratch
     /// space reused across calls (it grows to twice the maximum chunk size). Returns the
     /// number of bytes read.
+    ///
+    /// Where a chunk ends depends only on the bytes from its start (the hash restarts at
+    /// each chunk), so reading that starts at a chunk boundary of an earlier read yields the
+    /// same chunks from there on: that is how a backup continues inside a file.
     pub fn chunk<R: Read>(
         &self,
         src: &mut R,
@@ -169,6 +173,22 @@ mod tests {
         let b = chunks_of(&c, &inserted);
         let differing = b.iter().filter(|ch| !a.contains(ch)).count();
         assert!(differing <= 3, "{differing} chunks changed after an insertion");
+    }
+
+    #[test]
+    fn chunking_restarted_at_a_boundary_gives_the_same_chunks() {
+        let c = Chunker::new(&params());
+        let data = pseudo_random(5 << 20, 13);
+        let whole = chunks_of(&c, &data);
+        assert!(whole.len() > 30, "{} chunks", whole.len());
+        for k in [1, 7, whole.len() / 2, whole.len() - 2, whole.len() - 1] {
+            let offset: usize = whole[..k].iter().map(Vec::len).sum();
+            let rest = chunks_of(&c, &data[offset..]);
+            assert_eq!(rest, whole[k..], "restarted after chunk {k} (byte {offset})");
+        }
+        // Not at a boundary: the first chunks differ, so the test above can tell.
+        let offset = whole[0].len() + 1;
+        assert_ne!(chunks_of(&c, &data[offset..])[0], whole[1]);
     }
 
     #[test]
