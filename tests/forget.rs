@@ -7,6 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
+use common::forge::{self, Forge};
 use common::*;
 
 /// Snapshot objects in the repository folder.
@@ -161,4 +162,33 @@ fn a_forget_killed_between_journal_and_delete_is_finished_by_the_next_run() {
     assert_eq!(snapshot_objects(&env).len(), 2);
     let v = env.json(&["verify"]);
     assert_eq!(v["whole"], true, "{v:#}");
+}
+
+/// Host names, sources and tags come from the repository (any machine that shares it can
+/// write them): `snapshots` and `forget` print them escaped.
+#[test]
+fn text_from_snapshots_is_printed_escaped() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let mut f = Forge::unlock(&env.repo, PASSWORD);
+    let file = forge::file(&mut f, b"a.txt", b"forged content");
+    let root = f.tree(vec![file]);
+    f.snapshot_with(root, |s| {
+        s.hostname = "evil\x1b[2Jhost".into();
+        s.tags = vec!["bell\x07".into(), "\u{202e}gpj.exe".into()];
+        s.sources = vec![serde_bytes::ByteBuf::from(b"/src/\x1b]0;title\x07".to_vec())];
+    });
+    for args in [&["snapshots"][..], &["forget", "--keep-last", "1", "--dry-run"][..]] {
+        let out = env.run(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        for bytes in [&out.stdout, &out.stderr] {
+            let text = String::from_utf8_lossy(bytes);
+            assert!(
+                !bytes.iter().any(|&b| (b < 0x20 && b != b'\n') || b == 0x7f) && !text.contains('\u{202e}'),
+                "{args:?} printed raw control characters:\n{text}"
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("evil\\u{1b}[2Jhost"), "{args:?}: {text}");
+    }
 }

@@ -92,8 +92,13 @@ impl Forge {
     /// Writes the pending blobs (see [`Forge::write_pack`]) and a snapshot of the tree
     /// `root`; returns the snapshot's id in hex (what `cairn restore` takes).
     pub fn snapshot(&mut self, root: Id) -> String {
+        self.snapshot_with(root, |_| {})
+    }
+
+    /// [`Forge::snapshot`], with the snapshot's fields changed by `edit` first.
+    pub fn snapshot_with(&mut self, root: Id, edit: impl FnOnce(&mut Snapshot)) -> String {
         self.write_pack();
-        let snap = Snapshot {
+        let mut snap = Snapshot {
             version: 1,
             time_ns: 1_700_000_000_000_000_000,
             hostname: "forged".into(),
@@ -106,6 +111,7 @@ impl Forge {
             summary: Default::default(),
             program: "forge".into(),
         };
+        edit(&mut snap);
         let sealed = format::seal_object(&self.key, format::AAD_SNAPSHOT, &snap, false).unwrap();
         let id = Id::of_bytes(&sealed);
         self.write_object(&format::snapshot_name(&id), &sealed);

@@ -40,19 +40,20 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     }
     println!("{:<10} {:<20} {:<16} {:>10} {:>8}  SOURCES", "ID", "TIME (UTC)", "HOST", "SIZE", "FILES");
     for (id, s) in &snaps {
-        let sources: Vec<String> =
-            s.sources.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        // Host names, sources and tags come from the repository (any machine sharing it).
+        let esc = |t: &str| crate::untrusted::escape(t).into_owned();
+        let sources: Vec<String> = s.sources.iter().map(|b| crate::untrusted::escape_bytes(b)).collect();
         let mut line = format!(
             "{:<10} {:<20} {:<16} {:>10} {:>8}  {}",
             id.short(),
             display_time(s),
-            s.hostname,
+            esc(&s.hostname),
             human_bytes(s.summary.bytes),
             s.summary.files,
             sources.join(" ")
         );
         if !s.tags.is_empty() {
-            line.push_str(&format!("  [{}]", s.tags.join(",")));
+            line.push_str(&format!("  [{}]", s.tags.iter().map(|t| esc(t)).collect::<Vec<_>>().join(",")));
         }
         if s.partial {
             line.push_str("  (partial: interrupted run)");
