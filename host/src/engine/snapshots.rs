@@ -8,13 +8,17 @@ use crate::ids::Id;
 use crate::journal::Journal;
 use crate::repo::format::Snapshot;
 
-/// `latest` is the newest snapshot of the config's own sources (several machines or
-/// configs may share a repository); when there is none, the newest of all.
+/// `latest` is the newest complete snapshot of the config's own sources (several machines
+/// or configs may share a repository), a partial one only when there is no complete one;
+/// when the config's sources have none, the same over all snapshots.
 pub fn find(journal: &Journal, spec: &str, sources: &[std::path::PathBuf]) -> Result<(Id, Snapshot)> {
     let all = journal.snapshots()?;
     if spec == "latest" {
         let mine: Vec<&[u8]> = sources.iter().map(|p| p.as_os_str().as_bytes()).collect();
-        let newest_of = |v: Vec<(Id, Snapshot)>| v.into_iter().max_by_key(|(id, s)| (s.time_ns, *id));
+        // Complete snapshots first: the partial snapshots of a run carry its start time like
+        // its complete one, and stay in an append-only repository.
+        let newest_of =
+            |v: Vec<(Id, Snapshot)>| v.into_iter().max_by_key(|(id, s)| (!s.partial, s.time_ns, *id));
         let own: Vec<(Id, Snapshot)> = all
             .iter()
             .filter(|(_, s)| s.sources.iter().map(|b| b.as_slice()).eq(mine.iter().copied()))
@@ -45,5 +49,51 @@ pub fn display_time(s: &Snapshot) -> String {
     match jiff::Timestamp::from_nanosecond(s.time_ns as i128) {
         Ok(t) => t.strftime("%Y-%m-%d %H:%M:%S").to_string(),
         Err(_) => s.time_ns.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_bytes::ByteBuf;
+
+    use super::*;
+
+    fn snap(partial: bool, time_ns: i64) -> Snapshot {
+        Snapshot {
+            version: 1,
+            time_ns,
+            hostname: "h".into(),
+            username: "u".into(),
+            sources: vec![ByteBuf::from(b"/src".to_vec())],
+            tags: Vec::new(),
+            parent: None,
+            tree: Id::of_bytes(b"tree"),
+            partial,
+            summary: Default::default(),
+            program: "test".into(),
+        }
+    }
+
+    /// A run's partial snapshots carry its start time, like its complete one (and stay in an
+    /// append-only repository): `latest` is the complete one whatever the ids, and a later
+    /// interrupted run's partial does not replace it.
+    #[test]
+    fn latest_prefers_complete_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("journal.sqlite")).unwrap();
+        let sources = vec![std::path::PathBuf::from("/src")];
+        let complete = Id::of_bytes(b"complete");
+        journal.add_snapshot(&complete, &snap(false, 100)).unwrap();
+        for i in 0..20u8 {
+            journal.add_snapshot(&Id::of_bytes(&[i]), &snap(true, 100)).unwrap();
+        }
+        journal.add_snapshot(&Id::of_bytes(b"later partial"), &snap(true, 200)).unwrap();
+        assert_eq!(find(&journal, "latest", &sources).unwrap().0, complete);
+        // Only partial snapshots: the newest of them.
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("journal.sqlite")).unwrap();
+        journal.add_snapshot(&Id::of_bytes(b"a"), &snap(true, 100)).unwrap();
+        journal.add_snapshot(&Id::of_bytes(b"b"), &snap(true, 200)).unwrap();
+        assert_eq!(find(&journal, "latest", &sources).unwrap().0, Id::of_bytes(b"b"));
     }
 }
