@@ -119,8 +119,11 @@ struct Parser {
     src: String,
     /// Calls split by another thread's line: pid → text before `<unfinished ...>`.
     pending: HashMap<String, String>,
-    /// fd → position, for descriptors of source files.
-    pos: HashMap<String, u64>,
+    /// fd → (file, position), for descriptors of source files. The file is kept with the
+    /// position: a descriptor number is reused for the next file opened, and a read whose
+    /// `-y` path is not the file recorded for its descriptor starts that file at 0 (its
+    /// open was not seen), never at the old file's position.
+    pos: HashMap<String, (String, u64)>,
     reads: Reads,
     killed: bool,
 }
@@ -163,10 +166,12 @@ impl Parser {
         let result = result.split_whitespace().next().unwrap_or("");
         if name == "openat" {
             // `= 16</path>`
-            if let Some((fd, path)) = result.split_once('<')
-                && path.starts_with(&self.src)
-            {
-                self.pos.insert(fd.to_string(), 0);
+            if let Some((fd, path)) = result.split_once('<') {
+                let path = path.trim_end_matches('>');
+                match path.strip_prefix(&self.src) {
+                    Some(file) => self.pos.insert(fd.to_string(), (file.to_string(), 0)),
+                    None => self.pos.remove(fd),
+                };
             }
             return;
         }
@@ -185,9 +190,12 @@ impl Parser {
         let file = path[self.src.len()..].to_string();
         match name {
             "read" => {
-                let pos = self.pos.entry(fd.to_string()).or_insert(0);
-                self.reads.0.entry(file).or_default().add(*pos, *pos + n);
-                *pos += n;
+                let entry = self.pos.entry(fd.to_string()).or_insert_with(|| (file.clone(), 0));
+                if entry.0 != file {
+                    *entry = (file.clone(), 0);
+                }
+                self.reads.0.entry(file).or_default().add(entry.1, entry.1 + n);
+                entry.1 += n;
             }
             "pread64" => {
                 let offset = more.rsplit(", ").next().and_then(|o| o.parse::<u64>().ok());
@@ -195,7 +203,7 @@ impl Parser {
                 self.reads.0.entry(file).or_default().add(offset, offset + n);
             }
             "lseek" => {
-                self.pos.insert(fd.to_string(), n);
+                self.pos.insert(fd.to_string(), (file, n));
             }
             "readv" | "preadv" => panic!("the reader uses {name}: teach this parser: {call}"),
             _ => {}
