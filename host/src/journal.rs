@@ -187,6 +187,14 @@ fn blob_to_ids(b: &[u8]) -> Vec<Id> {
 }
 
 /// The id of a pack from its object name (`data/ab/<hex>`).
+/// Removes an object's row and the blob rows that point into it.
+fn drop_object(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<()> {
+    tx.execute("DELETE FROM blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)", [name])?;
+    tx.execute("DELETE FROM damaged_blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)", [name])?;
+    tx.execute("DELETE FROM objects WHERE name = ?1", [name])?;
+    Ok(())
+}
+
 pub fn pack_id(name: &str) -> Result<Id> {
     crate::repo::format::id_of_name(name).ok_or_else(|| anyhow!("bad pack name {name:?} in the journal"))
 }
@@ -416,12 +424,7 @@ impl Journal {
     pub fn forget_object(&self, name: &str) -> Result<()> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)", [name])?;
-        tx.execute(
-            "DELETE FROM damaged_blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)",
-            [name],
-        )?;
-        tx.execute("DELETE FROM objects WHERE name = ?1", [name])?;
+        drop_object(&tx, name)?;
         tx.commit()?;
         Ok(())
     }
@@ -432,12 +435,7 @@ impl Journal {
     pub fn confirm_delete(&self, name: &str) -> Result<()> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)", [name])?;
-        tx.execute(
-            "DELETE FROM damaged_blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)",
-            [name],
-        )?;
-        tx.execute("DELETE FROM objects WHERE name = ?1", [name])?;
+        drop_object(&tx, name)?;
         if let Some(hex) = name.strip_prefix("snapshots/") {
             tx.execute("DELETE FROM snapshots WHERE id = ?1", [hex])?;
         }
