@@ -136,7 +136,15 @@ fn resumed_backup_repeats_only_the_work_after_the_last_checkpoint() {
     assert!(kill(&mut child), "the backup finished before it could be interrupted");
 
     let snaps = env.json(&["snapshots"]);
-    let partial = snaps.as_array().unwrap().iter().rev().find(|s| s["partial"] == true).cloned();
+    // A run's partial snapshots share its start time (their order is by id): the last
+    // checkpoint's is the one whose tree covers the most.
+    let partial = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["partial"] == true)
+        .max_by_key(|s| s["bytes"].as_u64().unwrap())
+        .cloned();
     let partial = partial.expect("a checkpoint should have written a partial snapshot");
     let checkpointed = partial["bytes"].as_u64().unwrap();
     assert!(checkpointed > 0);
