@@ -84,11 +84,25 @@ fn main() -> ExitCode {
             commands::verify::run(&ctx, read_data, read_data_subset)
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("cairn: {}", one_line(&e));
-            ExitCode::from(exit_code(&e))
+            exit_code(&e)
         }
-    }
+    };
+    leave(code)
+}
+
+/// Ends the process without tearing the async runtime down. Dropping the runtime cancels its
+/// tasks, and wasmtime-wasi's HTTP tasks (a plugin's request still in flight when a command
+/// fails, e.g. after its retries ran out) panic when they find a sibling task cancelled, so a
+/// failed command would end with a panic after its one-line error. Everything that must be
+/// durable is already committed (the journal commits each transition; temporary packs are
+/// cleaned up by the next run), so nothing is lost by not running the runtime's teardown.
+fn leave(code: u8) -> ExitCode {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(i32::from(code))
 }
