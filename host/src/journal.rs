@@ -909,6 +909,24 @@ impl Journal {
             .optional()?)
     }
 
+    /// Drops the durable prefixes recorded for `sources` and every path below them.
+    pub fn forget_partial_files_under(&self, sources: &[std::path::PathBuf]) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare_cached(
+            "DELETE FROM partial_files WHERE path = ?1 OR substr(path, 1, length(?2)) = ?2",
+        )?;
+        for source in sources {
+            let exact = source.as_os_str().as_bytes().to_vec();
+            let mut below = exact.clone();
+            if below.last() != Some(&b'/') {
+                below.push(b'/');
+            }
+            stmt.execute(params![exact, below])?;
+        }
+        Ok(())
+    }
+
     /// Drops the whole file cache (after repository damage, so every file is read again).
     pub fn clear_file_cache(&self) -> Result<()> {
         let conn = self.conn.lock().unwrap();
@@ -1035,6 +1053,26 @@ mod tests {
         assert!(j.cached_file(b"/a").unwrap().is_none(), "staged rows are not visible");
         j.publish_staged_files().unwrap();
         assert_eq!(j.cached_file(b"/a").unwrap(), Some(f));
+    }
+
+    #[test]
+    fn a_complete_run_forgets_the_prefixes_below_its_sources_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+        let f = CachedFile { size: 5, mtime_ns: 1, ctime_ns: 2, inode: 3, content: vec![Id([1; 32])] };
+        let partial = PartialFile { file: f, offset: 2 };
+        let paths: [&[u8]; 4] = [b"/src", b"/src/a", b"/src/d/b", b"/srcx/c"];
+        let rows: Vec<_> = paths.iter().map(|p| (p.to_vec(), partial.clone())).collect();
+        j.publish_checkpoint(j.seal_staged(), &rows).unwrap();
+        j.forget_partial_files_under(&[std::path::PathBuf::from("/src")]).unwrap();
+        for p in paths {
+            assert_eq!(
+                j.partial_file(p).unwrap().is_some(),
+                p == b"/srcx/c",
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
     }
 
     #[test]

@@ -22,11 +22,11 @@
 //! checkpoint.
 
 use std::ffi::OsStr;
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -109,36 +109,104 @@ struct Reading {
     offset: u64,
 }
 
-/// Holds workers back while more than one checkpoint interval of read bytes is not yet
-/// durable, so an interruption costs at most one interval of reading (plus each worker's
-/// read window and chunk in hand).
+/// Holds source reads back while more than `limit` bytes read from sources are not yet
+/// durable, so an interruption costs at most that much reading again, measured as bytes
+/// read (the chunker's lookahead included), not as bytes chunked.
+///
+/// `limit` is the checkpoint interval, but at least one maximum-size chunk per worker: a
+/// worker that waits here holds less than one maximum chunk of lookahead (it reads only to
+/// have one), so after a checkpoint seals everything chunked, the lookahead of all workers
+/// together is below the limit and every worker can read again. Bytes read and never
+/// chunked (a file that failed half-way) are given back.
 struct Gate {
-    interval: u64,
-    /// Bytes chunked when the last checkpoint sealed (made durable once it completed).
-    durable: Mutex<u64>,
+    limit: u64,
+    state: Mutex<GateState>,
     moved: Condvar,
+    /// Workers waiting for room: the assembler runs a checkpoint at once when any do.
+    waiting: AtomicUsize,
     /// Set when the assembler stops: nothing will move the gate any more.
     open: AtomicBool,
 }
 
+#[derive(Default)]
+struct GateState {
+    /// Bytes read from sources in this run (less what was given back).
+    read: u64,
+    /// Bytes chunked when the last completed checkpoint sealed: durable.
+    durable: u64,
+}
+
 impl Gate {
-    fn wait(&self, chunked: &AtomicU64) {
-        let mut durable = self.durable.lock().unwrap();
-        while !self.open.load(Ordering::Relaxed)
-            && chunked.load(Ordering::Relaxed).saturating_sub(*durable) >= self.interval
-        {
-            durable = self.moved.wait_timeout(durable, Duration::from_millis(100)).unwrap().0;
+    fn new(interval: u64, workers: usize, max_chunk: usize) -> Gate {
+        Gate {
+            limit: interval.max(workers as u64 * max_chunk as u64).max(1),
+            state: Mutex::new(GateState::default()),
+            moved: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            open: AtomicBool::new(false),
         }
     }
 
+    /// Room to read up to `want` bytes: waits while none is left, returns how many may be
+    /// read (at least 1 when `want` is).
+    fn reserve(&self, want: u64) -> u64 {
+        let mut st = self.state.lock().unwrap();
+        loop {
+            let used = st.read.saturating_sub(st.durable);
+            if self.open.load(Ordering::Relaxed) || want == 0 {
+                st.read += want;
+                return want;
+            }
+            if used < self.limit {
+                let n = want.min(self.limit - used);
+                st.read += n;
+                return n;
+            }
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            st = self.moved.wait_timeout(st, Duration::from_millis(100)).unwrap().0;
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns reserved bytes that were not read, or were read and will never be chunked.
+    fn give_back(&self, n: u64) {
+        let mut st = self.state.lock().unwrap();
+        st.read = st.read.saturating_sub(n);
+        drop(st);
+        self.moved.notify_all();
+    }
+
+    fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+
     fn advance(&self, to: u64) {
-        *self.durable.lock().unwrap() = to;
+        self.state.lock().unwrap().durable = to;
         self.moved.notify_all();
     }
 
     fn release(&self) {
         self.open.store(true, Ordering::Relaxed);
         self.moved.notify_all();
+    }
+}
+
+/// A source file read through the [`Gate`]: every read first reserves its room.
+struct GatedRead<'g, R> {
+    inner: R,
+    gate: &'g Gate,
+    /// Bytes this file returned so far.
+    read: u64,
+}
+
+impl<R: Read> Read for GatedRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let room = self.gate.reserve(buf.len() as u64) as usize;
+        let r = self.inner.read(&mut buf[..room]);
+        let got = *r.as_ref().unwrap_or(&0);
+        self.gate.give_back((room - got) as u64);
+        self.read += got as u64;
+        r
     }
 }
 
@@ -237,12 +305,7 @@ pub fn run(
         bytes_read: AtomicU64::new(0),
         data_added: AtomicU64::new(0),
         chunked: AtomicU64::new(0),
-        gate: Gate {
-            interval: s.checkpoint_bytes,
-            durable: Mutex::new(0),
-            moved: Condvar::new(),
-            open: AtomicBool::new(false),
-        },
+        gate: Gate::new(s.checkpoint_bytes, s.threads.max(1), repo.params.chunker.max_size as usize),
         reading: (0..s.threads.max(1)).map(|_| Mutex::new(None)).collect(),
         quiesce: RwLock::new(()),
     };
@@ -302,6 +365,10 @@ pub fn run(
     tracing::debug!("uploads finished: {:.2}s", phase.elapsed().as_secs_f64());
     write_index(repo, rt)?;
     repo.journal.publish_staged_files()?;
+    // The walk is complete: every file below the sources was read whole or found unchanged,
+    // so no durable prefix recorded for a path below them is of use any more (the file was
+    // read whole since, changed, or is gone).
+    repo.journal.forget_partial_files_under(&sources)?;
     tracing::debug!("index and file cache: {:.2}s", phase.elapsed().as_secs_f64());
     if tracing::enabled!(tracing::Level::DEBUG) {
         log_thread_times();
@@ -402,8 +469,10 @@ fn back_up_file(
     });
     let mut fatal = None;
     let sealed = &mut scratch.sealed;
-    let read = sh.chunker.chunk(&mut file, &mut scratch.window, |chunk| {
-        sh.gate.wait(&sh.chunked);
+    let mut gated = GatedRead { inner: file, gate: &sh.gate, read: 0 };
+    let mut chunked_here = 0u64;
+    let read = sh.chunker.chunk(&mut gated, &mut scratch.window, |chunk| {
+        chunked_here += chunk.len() as u64;
         let id = sh.key.blob_id(chunk);
         let stored = (|| -> Result<()> {
             let _storing = sh.quiesce.read().unwrap();
@@ -429,6 +498,8 @@ fn back_up_file(
     // checkpoint seals: a checkpoint sees the file either as partial or as staged.
     let storing = sh.quiesce.read().unwrap();
     let reading = slot.lock().unwrap().take();
+    // What was read and will never be chunked (a read that failed half-way) is not owed.
+    sh.gate.give_back(gated.read - chunked_here);
     let read = match (read, fatal) {
         (Ok(read), _) => read,
         (Err(_), Some(f)) => return Err(FileError::Fatal(f)),
@@ -650,8 +721,8 @@ struct Frame {
 const TICK: Duration = Duration::from_millis(20);
 
 /// When the next checkpoint is due: after `every`, or once half an interval of bytes was
-/// read since the last one (so reading rarely waits at the [`Gate`], which holds workers a
-/// whole interval past the last durable checkpoint).
+/// chunked since the last one (so reading rarely waits at the [`Gate`], which holds reads a
+/// whole interval past the last durable checkpoint), or at once when a worker waits there.
 struct Pace {
     last: Instant,
     chunked_at_last: u64,
@@ -663,6 +734,7 @@ impl Pace {
         let read = sh.chunked.load(Ordering::Relaxed) - self.chunked_at_last;
         self.last.elapsed() >= run.settings.checkpoint_every
             || read >= run.settings.checkpoint_bytes.div_ceil(2)
+            || (sh.gate.waiting() && read > 0)
     }
 
     /// Runs a checkpoint of `stack` if one is due.

@@ -41,7 +41,8 @@ impl Chunker {
     }
 
     /// Reads `src` to its end and calls `emit` with each chunk, in order. `buf` is scratch
-    /// space reused across calls (it grows to twice the maximum chunk size). Returns the
+    /// space reused across calls (it grows to twice the maximum chunk size; each refill asks
+    /// for as much as fits, but stops asking once one maximum chunk is in hand). Returns the
     /// number of bytes read.
     ///
     /// Where a chunk ends depends only on the bytes from its start (the hash restarts at
@@ -62,14 +63,16 @@ impl Chunker {
         let mut eof = false;
         let mut total = 0u64;
         loop {
-            // Keep at least one maximum-size chunk of lookahead unless the input ended.
+            // Keep at least one maximum-size chunk of lookahead unless the input ended, and
+            // read no further than needed for that: a reader that hands out little at a
+            // time (the backup's gate) is never asked for more than one chunk ahead.
             if !eof && end - start < self.max {
                 if start > 0 {
                     buf.copy_within(start..end, 0);
                     end -= start;
                     start = 0;
                 }
-                while end < cap {
+                while end < self.max {
                     match src.read(&mut buf[end..cap]) {
                         Ok(0) => {
                             eof = true;
@@ -189,6 +192,43 @@ mod tests {
         // Not at a boundary: the first chunks differ, so the test above can tell.
         let offset = whole[0].len() + 1;
         assert_ne!(chunks_of(&c, &data[offset..])[0], whole[1]);
+    }
+
+    /// The backup's gate relies on this: whenever the chunker asks for more input, it holds
+    /// less than one maximum chunk that it has not emitted yet.
+    #[test]
+    fn it_reads_only_while_it_holds_less_than_one_maximum_chunk() {
+        struct Trickle<'a> {
+            data: &'a [u8],
+            given: std::rc::Rc<std::cell::Cell<usize>>,
+            emitted: std::rc::Rc<std::cell::Cell<usize>>,
+            most_held: usize,
+        }
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.most_held = self.most_held.max(self.given.get() - self.emitted.get());
+                let n = buf.len().min(self.data.len()).min(100_000);
+                buf[..n].copy_from_slice(&self.data[..n]);
+                self.data = &self.data[n..];
+                self.given.set(self.given.get() + n);
+                Ok(n)
+            }
+        }
+        let c = Chunker::new(&params());
+        let data = pseudo_random(6 << 20, 17);
+        let emitted = std::rc::Rc::new(std::cell::Cell::new(0));
+        let mut src =
+            Trickle { data: &data, given: Default::default(), emitted: emitted.clone(), most_held: 0 };
+        let mut buf = Vec::new();
+        let mut chunks = Vec::new();
+        c.chunk(&mut src, &mut buf, |ch| {
+            emitted.set(emitted.get() + ch.len());
+            chunks.push(ch.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert!(src.most_held < 256 << 10, "asked for more while holding {} bytes", src.most_held);
+        assert_eq!(chunks, chunks_of(&c, &data), "a trickling reader changes the chunks");
     }
 
     #[test]
