@@ -22,7 +22,7 @@
 //! checkpoint.
 
 use std::ffi::OsStr;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -191,20 +191,31 @@ impl Gate {
     }
 }
 
-/// A source file read through the [`Gate`]: every read first reserves its room.
-struct GatedRead<'g, R> {
-    inner: R,
+/// A source file read through the [`Gate`]: every read first reserves its room. Reads are
+/// positional (`pread`), from where the file's durable prefix ends: no descriptor position
+/// to keep, and each read says which bytes it covered (what tests count from outside).
+struct GatedRead<'g> {
+    file: std::fs::File,
     gate: &'g Gate,
+    /// Where the next read starts.
+    at: u64,
     /// Bytes this file returned so far.
     read: u64,
 }
 
-impl<R: Read> Read for GatedRead<'_, R> {
+impl Read for GatedRead<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt as _;
         let room = self.gate.reserve(buf.len() as u64) as usize;
-        let r = self.inner.read(&mut buf[..room]);
+        let r = loop {
+            match self.file.read_at(&mut buf[..room], self.at) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
         let got = *r.as_ref().unwrap_or(&0);
         self.gate.give_back((room - got) as u64);
+        self.at += got as u64;
         self.read += got as u64;
         r
     }
@@ -452,10 +463,9 @@ fn back_up_file(
 ) -> Result<FileDone, FileError> {
     let path = &job.path;
     let source = |e: &dyn std::fmt::Display| FileError::Source(format!("{}: {e}", path.display()));
-    let mut file = std::fs::File::open(path).map_err(|e| source(&e))?;
+    let file = std::fs::File::open(path).map_err(|e| source(&e))?;
     let prefix = match job.resume {
         Some(p) if usable_prefix(&p, sh).map_err(FileError::Fatal)? => {
-            file.seek(SeekFrom::Start(p.offset)).map_err(|e| source(&e))?;
             tracing::debug!("{}: continuing at byte {}", path.display(), p.offset);
             p
         }
@@ -469,7 +479,7 @@ fn back_up_file(
     });
     let mut fatal = None;
     let sealed = &mut scratch.sealed;
-    let mut gated = GatedRead { inner: file, gate: &sh.gate, read: 0 };
+    let mut gated = GatedRead { file, gate: &sh.gate, at: resumed_at, read: 0 };
     let mut chunked_here = 0u64;
     let read = sh.chunker.chunk(&mut gated, &mut scratch.window, |chunk| {
         chunked_here += chunk.len() as u64;
