@@ -50,7 +50,7 @@ pub enum Access {
 
 /// Where a backend's component comes from: built in, installed (checked against its
 /// install-time hash), or a `.wasm` path (for development).
-fn component_bytes(config: &Config) -> Result<(String, Vec<u8>)> {
+pub fn component_bytes(config: &Config) -> Result<(String, Vec<u8>)> {
     let backend = &config.repository.backend;
     if backend == "fs" {
         return Ok(("fs".into(), crate::plugin::BUILTIN_FS.to_vec()));
