@@ -81,3 +81,35 @@ fn init_against_an_existing_repository_says_how_to_join() {
     assert_eq!(snapshot_dir(&a.repo), before, "the repository is untouched");
     b.ok(&["backup"]);
 }
+
+#[test]
+fn an_interrupted_join_continues_with_the_next_command() {
+    let (a, b) = two_machines();
+    let mut child = b
+        .cmd(&["backup"])
+        .env("CAIRN_TEST_PAUSE", "rebuild-after-index")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    for l in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        if l.unwrap().contains("cairn-test-pause: rebuild-after-index") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The half-built journal is not taken for a whole one: the next command finishes it.
+    let out = b.run(&["--json", "snapshots"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("journal built"), "{err}");
+    let snaps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps:#}");
+    b.ok(&["backup"]);
+    let target = b.path("restore-a");
+    b.ok(&["restore", snaps[0]["id"].as_str().unwrap(), "--target", target.to_str().unwrap()]);
+    assert_eq!(diff_trees(&a.src, &a.restored_src(&target)), Vec::<String>::new());
+    b.ok(&["verify"]);
+}
