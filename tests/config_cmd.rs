@@ -34,6 +34,14 @@ fn check_accepts_a_valid_config_with_integer_sizes_without_touching_the_reposito
     write_file(&env.src.join("a.txt"), b"a", 0o644, 1_600_000_000);
     env.ok(&["backup"]);
     // A string with a unit is still taken; a wrong one is refused with the key named.
+    // The built-in backend's options are checked against its describe() too.
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("options = {", "options = { colour = \"blue\",");
+    env.write_config(&text);
+    let out = env.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plugin fs has no option `colour`"), "{out:?}");
     let bad = Env::with_backup_toml("pack_size = \"lots\"");
     let (code, err) = bad.fails(&["config", "check"]);
     assert_eq!(code, 1);

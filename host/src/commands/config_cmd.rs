@@ -120,7 +120,6 @@ fn findings(ctx: &Ctx, config: &Config) -> Vec<Finding> {
             }),
             _ => {}
         }
-        return out;
     }
     let d = match describe_plugin(ctx, config) {
         Ok(d) => d,
@@ -165,7 +164,7 @@ fn findings(ctx: &Ctx, config: &Config) -> Vec<Finding> {
             ),
         });
     }
-    if !d.files && !repo.grants.dirs.is_empty() {
+    if repo.backend != "fs" && !d.files && !repo.grants.dirs.is_empty() {
         out.push(Finding {
             severity: Severity::Warning,
             text: format!(
