@@ -22,7 +22,10 @@ exclude = ["*.tmp"]
 dir = "$demo/state"
 TOML
 export CAIRN_PASSWORD=${CAIRN_PASSWORD:-demo-password}
-cargo build --quiet
+# Not quiet: the first build compiles wasmtime and the plugins (several minutes on a small
+# machine), and cargo's progress shows it is working; later builds take seconds.
+echo "building cairn (the first build takes several minutes; cargo shows its progress)" >&2
+cargo build
 cairn() { ./target/debug/cairn --config "$demo/cairn.toml" "$@"; }
 cairn init
 cairn backup

@@ -120,6 +120,50 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// What changed from snapshot A to snapshot B: paths added, removed and changed
+    /// (content, type, mode, owner, time), with sizes. Reads only the folders that differ
+    Diff {
+        /// The older snapshot (id prefix or `latest`)
+        from: String,
+        /// The newer snapshot (id prefix or `latest`)
+        to: String,
+    },
+    /// Which snapshots hold paths matching a glob, with size and time in each. A pattern
+    /// without `/` matches names at any depth; with `/`, whole paths (`**` crosses folders)
+    Find {
+        pattern: String,
+        /// Search only this snapshot (id prefix or `latest`)
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
+        /// Search only below this path of the snapshots
+        #[arg(long, value_name = "PREFIX")]
+        path: Option<PathBuf>,
+    },
+    /// Write a file of a snapshot to stdout, or a folder as a tar stream
+    Dump {
+        /// Snapshot id (a unique prefix) or `latest`
+        snapshot: String,
+        /// Full path in the snapshot (`/` for all of it)
+        path: PathBuf,
+    },
+    /// Check the config or show it as cairn reads it; never touches the repository
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Print a shell completion script (e.g. `cairn completions bash > /etc/bash_completion.d/cairn`)
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (e.g. `cairn man > cairn.1; man ./cairn.1`)
+    Man,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Validate keys, sizes, paths, the password source, the plugin's options (against its
+    /// describe()) and grants; exit 1 on any error
+    Check,
+    /// Print the effective config: defaults filled in, secrets masked
+    Show,
 }
 
 /// The `--keep-*` flags of `forget` (counts are numbers or `unlimited`).

@@ -143,7 +143,7 @@ pub struct BackupConfig {
     #[serde(default)]
     pub tags: Vec<String>,
     /// Target pack size, e.g. "16MiB" (between 1 MiB and 1 GiB).
-    pub pack_size: Option<String>,
+    pub pack_size: Option<Size>,
     /// zstd level 1-19, or 0 for no compression. Default 1 (fast; higher levels trade
     /// speed for a slightly smaller repository).
     pub compression: Option<i32>,
@@ -162,7 +162,34 @@ pub struct CheckpointConfig {
     /// Source bytes read between checkpoints, e.g. "1GiB" (the default): a checkpoint starts
     /// at half of it, and reading waits rather than run a whole interval past the last
     /// completed checkpoint, so an interruption costs at most about this much reading.
-    pub interval_bytes: Option<String>,
+    pub interval_bytes: Option<Size>,
+}
+
+/// A size in the config: a plain integer (bytes) or a string with a unit ("32MiB").
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    /// The number of bytes, or `None` when the text is not a size.
+    pub fn bytes(&self) -> Option<u64> {
+        match self {
+            Size::Bytes(n) => Some(*n),
+            Size::Text(t) => parse_size(t),
+        }
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Size::Bytes(n) => write!(f, "{n}"),
+            Size::Text(t) => write!(f, "{t:?}"),
+        }
+    }
 }
 
 impl Default for CheckpointConfig {
@@ -411,8 +438,9 @@ impl Config {
         match &self.backup.pack_size {
             None => Ok(DEFAULT_PACK_SIZE),
             Some(text) => {
-                let size = parse_size(text)
-                    .ok_or_else(|| anyhow!("[backup] pack_size {text:?} is not a size like \"16MiB\""))?;
+                let size = text
+                    .bytes()
+                    .ok_or_else(|| anyhow!("[backup] pack_size {text} is not a size like \"16MiB\""))?;
                 if !(1 << 20..=1 << 30).contains(&size) {
                     bail!("[backup] pack_size must be between 1MiB and 1GiB, not {text}");
                 }
@@ -425,9 +453,10 @@ impl Config {
     pub fn checkpoint_interval(&self) -> Result<(std::time::Duration, u64)> {
         let bytes = match &self.checkpoint.interval_bytes {
             None => 1 << 30,
-            Some(t) => parse_size(t)
+            Some(t) => t
+                .bytes()
                 .filter(|b| *b > 0)
-                .ok_or_else(|| anyhow!("[checkpoint] interval_bytes {t:?} is not a size like \"1GiB\""))?,
+                .ok_or_else(|| anyhow!("[checkpoint] interval_bytes {t} is not a size like \"1GiB\""))?,
         };
         if self.checkpoint.interval_secs == 0 {
             bail!("[checkpoint] interval_secs must be at least 1");
@@ -748,6 +777,24 @@ mod tests {
         std::os::unix::fs::symlink(real.join("target"), real.join("link")).unwrap();
         assert_eq!(own_places(&real.join("link/state")), vec![real.join("link"), real.join("target/state")]);
         assert_eq!(own_places(&real.join("target/./state")), vec![real.join("target/state")]);
+    }
+
+    #[test]
+    fn size_options_take_integers_or_strings() {
+        let base = "[repository]\nbackend = \"x\"\n";
+        let c = Config::parse(&format!("{base}[checkpoint]\ninterval_bytes = 33554432\n")).unwrap();
+        assert_eq!(c.checkpoint_interval().unwrap().1, 33554432);
+        let c = Config::parse(&format!("{base}[checkpoint]\ninterval_bytes = \"32MiB\"\n")).unwrap();
+        assert_eq!(c.checkpoint_interval().unwrap().1, 32 << 20);
+        let c = Config::parse(&format!("{base}[backup]\npack_size = 8388608\n")).unwrap();
+        assert_eq!(c.pack_size().unwrap(), 8 << 20);
+        let c = Config::parse(&format!("{base}[backup]\npack_size = 1000\n")).unwrap();
+        let e = c.pack_size().unwrap_err().to_string();
+        assert!(e.contains("between 1MiB and 1GiB, not 1000"), "{e}");
+        let c = Config::parse(&format!("{base}[backup]\npack_size = \"lots\"\n")).unwrap();
+        let e = c.pack_size().unwrap_err().to_string();
+        assert!(e.contains("pack_size \"lots\" is not a size"), "{e}");
+        assert!(Config::parse(&format!("{base}[backup]\npack_size = -5\n")).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cairn::cli::{Cli, Command, PluginAction};
+use cairn::cli::{Cli, Command, ConfigAction, PluginAction};
 use cairn::commands::{self, Ctx};
 use cairn::error::{exit_code, one_line};
 
@@ -83,6 +83,15 @@ fn main() -> ExitCode {
         Command::Verify { read_data, read_data_subset } => {
             commands::verify::run(&ctx, read_data, read_data_subset)
         }
+        Command::Diff { from, to } => commands::diff::run(&ctx, &from, &to),
+        Command::Find { pattern, snapshot, path } => {
+            commands::find::run(&ctx, &pattern, snapshot.as_deref(), path.as_deref())
+        }
+        Command::Dump { snapshot, path } => commands::dump::run(&ctx, &snapshot, &path),
+        Command::Config { action: ConfigAction::Check } => commands::config_cmd::check(&ctx),
+        Command::Config { action: ConfigAction::Show } => commands::config_cmd::show(&ctx),
+        Command::Completions { shell } => commands::completions::completions(shell),
+        Command::Man => commands::completions::man(),
     };
     let code = match result {
         Ok(()) => 0,

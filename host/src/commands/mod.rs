@@ -2,6 +2,12 @@
 //! what it needs, and prints a human summary, or JSON with `--json`.
 
 pub mod backup;
+pub mod browse;
+pub mod completions;
+pub mod config_cmd;
+pub mod diff;
+pub mod dump;
+pub mod find;
 pub mod forget;
 pub mod init;
 pub mod ls;

@@ -50,7 +50,7 @@ pub enum Access {
 
 /// Where a backend's component comes from: built in, installed (checked against its
 /// install-time hash), or a `.wasm` path (for development).
-fn component_bytes(config: &Config) -> Result<(String, Vec<u8>)> {
+pub fn component_bytes(config: &Config) -> Result<(String, Vec<u8>)> {
     let backend = &config.repository.backend;
     if backend == "fs" {
         return Ok(("fs".into(), crate::plugin::BUILTIN_FS.to_vec()));
@@ -140,7 +140,12 @@ impl Repository {
     pub async fn init(config: &Config, chunker: ChunkerParams) -> Result<(Repository, String)> {
         let backend = open_backend(config, true).await?;
         if backend.stat(CONFIG_NAME).await?.is_some() || !backend.list("keys/").await?.is_empty() {
-            bail!("a repository already exists at {}; nothing was changed", describe(config));
+            bail!(
+                "a repository already exists at {}; nothing was changed. To join it from this machine, \
+                 keep this config pointing at it with its password and run any command (e.g. `cairn \
+                 snapshots`): the first one builds this machine's journal from the repository",
+                describe(config)
+            );
         }
         let password = config.password()?;
         let key = MasterKey::generate();
@@ -158,7 +163,7 @@ impl Repository {
         // The key first: a `config` without a key would be an unopenable repository.
         backend.upload_bytes(&key_name, &keyfile, true).await?;
         backend.upload_bytes(CONFIG_NAME, &sealed, true).await?;
-        let repo = Repository::attach(config, backend, key, params, Access::Write, true)?;
+        let repo = Repository::attach(config, backend, key, params, Access::Write)?;
         repo.journal.record_present(
             &key_name,
             ObjectKind::Key,
@@ -232,7 +237,7 @@ impl Repository {
     /// Opens an existing repository.
     pub async fn open(config: &Config, access: Access) -> Result<Repository> {
         let (backend, key, params) = Repository::unlock(config).await?;
-        let repo = Repository::attach(config, backend, key, params, access, false)?;
+        let repo = Repository::attach_or_join(config, backend, key, params, access).await?;
         let report = match access {
             Access::Write => Some(reconcile::reconcile(&repo, true).await?),
             Access::Inspect => Some(reconcile::reconcile(&repo, false).await?),
@@ -246,24 +251,65 @@ impl Repository {
         Ok(repo)
     }
 
+    /// Attaches the local journal; a machine joining an existing repository has none yet
+    /// (or a join that was interrupted left one half built), so it is built from the
+    /// repository first (index objects and pack headers, never whole packs), with progress on
+    /// stderr, and the command carries on. The lock is held while building, even for reading
+    /// commands, so two first commands do not build the same journal at once.
+    async fn attach_or_join(
+        config: &Config,
+        backend: Backend,
+        key: MasterKey,
+        params: RepoConfig,
+        access: Access,
+    ) -> Result<Repository> {
+        let dir = config.state_dir()?.join(&params.id);
+        let path = dir.join("journal.sqlite");
+        if !needs_join(&path) {
+            return Repository::attach(config, backend, key, params, access);
+        }
+        std::fs::create_dir_all(&dir).at(Role::StateFolder, &dir)?;
+        let lock = Lock::acquire(&dir.join("lock"))?;
+        let journal = Journal::open(&path)?;
+        let mut repo = Repository {
+            backend: Arc::new(backend),
+            key: Arc::new(key),
+            params,
+            journal: Arc::new(journal),
+            dir,
+            lock: Some(lock),
+        };
+        eprintln!(
+            "cairn: this machine has no journal for repository {} at {} yet; building it from the \
+             repository's index (a one-time step when joining)",
+            repo.params.id,
+            describe(config)
+        );
+        let started = std::time::Instant::now();
+        let report = rebuild::rebuild_with_progress(&repo, true).await?;
+        eprintln!(
+            "cairn: journal built in {:.1}s: {} pack(s), {} chunk(s), {} snapshot(s); carrying on",
+            started.elapsed().as_secs_f64(),
+            report.packs_from_index + report.packs_from_headers,
+            report.blobs,
+            report.snapshots
+        );
+        if access == Access::Read {
+            repo.lock = None;
+        }
+        repo.backend.expect_objects(repo.journal.object_count()?);
+        Ok(repo)
+    }
+
     fn attach(
         config: &Config,
         backend: Backend,
         key: MasterKey,
         params: RepoConfig,
         access: Access,
-        creating: bool,
     ) -> Result<Repository> {
         let dir = config.state_dir()?.join(&params.id);
         let journal_path = dir.join("journal.sqlite");
-        if !creating && !journal_path.exists() {
-            bail!(
-                "there is no journal for repository {} in {} (a new machine, or a lost state folder); \
-                 run `cairn repair --rebuild-journal` to rebuild it from the repository",
-                params.id,
-                dir.display()
-            );
-        }
         std::fs::create_dir_all(&dir).at(Role::StateFolder, &dir)?;
         let lock = match access {
             Access::Write | Access::Inspect => {
@@ -290,7 +336,7 @@ impl Repository {
     /// client's, or this journal is an old copy): destructive repairs are refused then.
     pub async fn open_for_repair(config: &Config) -> Result<(Repository, Vec<(Id, format::Snapshot)>)> {
         let (backend, key, params) = Repository::unlock(config).await?;
-        let repo = Repository::attach(config, backend, key, params, Access::Inspect, false)?;
+        let repo = Repository::attach_or_join(config, backend, key, params, Access::Inspect).await?;
         reconcile::reconcile(&repo, false).await?;
         let before = repo.journal.snapshots()?;
         let newest = before.iter().map(|(_, s)| s.time_ns).max().unwrap_or(i64::MIN);
@@ -374,6 +420,17 @@ impl Repository {
     pub fn tmp_dir(&self) -> PathBuf {
         self.dir.join("tmp")
     }
+}
+
+/// Whether this machine must build its journal before using the repository: it has none,
+/// or the build was interrupted. A journal that cannot be opened is not rebuilt silently
+/// (opening it reports it as corrupt and says how to replace it).
+fn needs_join(journal: &Path) -> bool {
+    if !journal.exists() {
+        return true;
+    }
+    Journal::open(journal).ok().and_then(|j| j.meta("rebuild").ok().flatten()).as_deref()
+        == Some("in progress")
 }
 
 /// Why a key file was skipped.

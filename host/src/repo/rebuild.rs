@@ -7,6 +7,7 @@
 //! continues where it stopped when run again.
 
 use std::collections::HashSet;
+use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
@@ -34,6 +35,59 @@ pub struct Report {
 const TAIL_GUESS: u64 = 64 << 10;
 
 pub async fn rebuild(repo: &Repository) -> Result<Report> {
+    rebuild_with_progress(repo, false).await
+}
+
+/// Progress of a rebuild on stderr: a bar on a terminal, else one line per phase.
+struct Steps {
+    bar: Option<indicatif::ProgressBar>,
+    show: bool,
+}
+
+impl Steps {
+    fn phase(&mut self, what: &str, total: usize) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if !self.show || total == 0 {
+            return;
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(total as u64),
+                indicatif::ProgressDrawTarget::stderr_with_hz(5),
+            );
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} {pos}/{len} [{elapsed_precise}] {wide_bar}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_prefix(what.to_string());
+            self.bar = Some(bar);
+        } else {
+            eprintln!("cairn: {what}: {total}");
+        }
+    }
+
+    fn step(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// [`rebuild`], showing progress on stderr when `show`.
+pub async fn rebuild_with_progress(repo: &Repository, show: bool) -> Result<Report> {
+    let mut steps = Steps { bar: None, show };
     let journal = &repo.journal;
     let backend = &repo.backend;
     let before = backend.traffic.downloaded.load(Ordering::Relaxed);
@@ -63,10 +117,11 @@ pub async fn rebuild(repo: &Repository) -> Result<Report> {
     }
 
     // Index objects first: they cover almost every pack.
-    for obj in backend.list("index/").await? {
-        if known.contains(&obj.name) {
-            continue;
-        }
+    let indexes: Vec<_> =
+        backend.list("index/").await?.into_iter().filter(|o| !known.contains(&o.name)).collect();
+    steps.phase("index objects to read", indexes.len());
+    for obj in indexes {
+        steps.step();
         if !matches!(ObjectName::parse(&obj.name), Some(ObjectName::Index(_))) {
             report.invalid.push(obj.name); // foreign: never read
             continue;
@@ -92,10 +147,11 @@ pub async fn rebuild(repo: &Repository) -> Result<Report> {
 
     // Packs no index lists: read their headers.
     let known: HashSet<String> = journal.all_objects()?.into_iter().map(|o| o.name).collect();
-    for obj in backend.list("data/").await? {
-        if known.contains(&obj.name) {
-            continue;
-        }
+    let packs: Vec<_> =
+        backend.list("data/").await?.into_iter().filter(|o| !known.contains(&o.name)).collect();
+    steps.phase("packs no index lists, headers to read", packs.len());
+    for obj in packs {
+        steps.step();
         if !matches!(ObjectName::parse(&obj.name), Some(ObjectName::Pack(_))) {
             report.invalid.push(obj.name); // foreign: never read
             continue;
@@ -113,6 +169,7 @@ pub async fn rebuild(repo: &Repository) -> Result<Report> {
     }
 
     // Snapshots (and any index written meanwhile) through the normal sync.
+    steps.phase("", 0);
     let before_snaps = journal.snapshots()?.len();
     crate::repo::sync::sync_remote(repo).await?;
     report.snapshots = (journal.snapshots()?.len() - before_snaps) as u64;
