@@ -120,6 +120,47 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// List, add or remove the passwords (key files) that open the repository
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// List the key files: id, host, user, creation time; `*` marks the one in use
+    List,
+    /// Add a key file for a new password (asked for on the terminal unless given otherwise)
+    Add {
+        #[command(flatten)]
+        password: NewPassword,
+    },
+    /// Remove a key file (never the one in use, never the last one)
+    Remove {
+        /// Key id (a unique prefix, as `cairn key list` shows it)
+        id: String,
+    },
+    /// Change the password: add a key for the new password, then remove the key in use
+    Passwd {
+        #[command(flatten)]
+        password: NewPassword,
+    },
+}
+
+/// Where a new password comes from (at most one; none: asked for on the terminal).
+#[derive(clap::Args, Debug, Default)]
+#[group(multiple = false)]
+pub struct NewPassword {
+    /// Environment variable holding the new password
+    #[arg(long, value_name = "VAR")]
+    pub new_password_env: Option<String>,
+    /// Shell command whose standard output (first line) is the new password
+    #[arg(long, value_name = "CMD")]
+    pub new_password_command: Option<String>,
+    /// File whose first line is the new password
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
 }
 
 /// The `--keep-*` flags of `forget` (counts are numbers or `unlimited`).

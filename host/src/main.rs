@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cairn::cli::{Cli, Command, PluginAction};
+use cairn::cli::{Cli, Command, KeyAction, PluginAction};
 use cairn::commands::{self, Ctx};
 use cairn::error::{exit_code, one_line};
 
@@ -83,6 +83,12 @@ fn main() -> ExitCode {
         Command::Verify { read_data, read_data_subset } => {
             commands::verify::run(&ctx, read_data, read_data_subset)
         }
+        Command::Key { action } => match action {
+            KeyAction::List => commands::key::list(&ctx),
+            KeyAction::Add { password } => commands::key::add(&ctx, &password),
+            KeyAction::Remove { id } => commands::key::remove(&ctx, &id),
+            KeyAction::Passwd { password } => commands::key::passwd(&ctx, &password),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
