@@ -120,6 +120,16 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Copy snapshots into another repository (for example a local folder and an S3 bucket),
+    /// sending only the chunks it lacks, re-encrypted with its key; snapshots it already holds
+    /// are skipped, and an interrupted copy is finished by running it again
+    Copy {
+        /// Config of the target repository (its backend, password and state folder)
+        #[arg(long, value_name = "FILE")]
+        to_config: PathBuf,
+        /// Snapshot ids (unique prefixes) or `latest`; default: every complete snapshot
+        snapshots: Vec<String>,
+    },
     /// List, add or remove the passwords (key files) that open the repository
     Key {
         #[command(subcommand)]

@@ -83,6 +83,7 @@ fn main() -> ExitCode {
         Command::Verify { read_data, read_data_subset } => {
             commands::verify::run(&ctx, read_data, read_data_subset)
         }
+        Command::Copy { to_config, snapshots } => commands::copy::run(&ctx, &to_config, &snapshots),
         Command::Key { action } => match action {
             KeyAction::List => commands::key::list(&ctx),
             KeyAction::Add { password } => commands::key::add(&ctx, &password),

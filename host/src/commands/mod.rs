@@ -2,6 +2,7 @@
 //! what it needs, and prints a human summary, or JSON with `--json`.
 
 pub mod backup;
+pub mod copy;
 pub mod forget;
 pub mod init;
 pub mod key;
