@@ -290,3 +290,64 @@ fn copy_to_s3_on_seaweedfs() {
         || visible_objects(Flavour::Seaweed, &server).into_iter().map(|(n, b)| (n, b.len() as u64)).collect();
     pair.check_nothing_more_to_copy(objects);
 }
+
+/// Reads of packs the chaos plugin logged in `repo` since the logs were last removed, which
+/// this removes.
+fn take_pack_reads(repo: &Path) -> usize {
+    let mut reads = 0;
+    for (name, _) in repo_objects(repo) {
+        if name.starts_with(".chaos-log-") {
+            let text = std::fs::read_to_string(repo.join(&name)).unwrap();
+            reads += text.lines().filter(|l| l.starts_with("read \"data/")).count();
+            std::fs::remove_file(repo.join(&name)).unwrap();
+        }
+    }
+    reads
+}
+
+#[test]
+fn chunks_the_target_holds_are_not_read_from_the_source_again() {
+    let pair = Pair::fs();
+    // The source on the chaos plugin, logging every read of a pack.
+    let src = &pair.src;
+    std::fs::create_dir_all(&src.repo).unwrap();
+    src.write_config(&format!(
+        "[repository]\nbackend = {:?}\noptions = {{ path = {:?}, log = \"1\" }}\n\
+         password_env = \"CAIRN_TEST_PASSWORD\"\ngrants = {{ dirs = [{:?}] }}\n\n\
+         [backup]\nsources = [{:?}]\n\n[state]\ndir = {:?}\n",
+        test_plugin("chaos"),
+        src.repo,
+        src.repo,
+        src.src,
+        src.state
+    ));
+    pair.two_snapshots();
+    pair.copy(&[]);
+
+    // One small file changed: the new snapshot's other chunks are known to the target, so
+    // only tree packs and the new chunk's pack are read.
+    write_file(&src.src.join("one/changed.txt"), b"a small change", 0o644, 1_600_000_000);
+    src.ok(&["backup"]);
+    take_pack_reads(&src.repo);
+    let third = pair.copy(&[]);
+    assert_eq!(third["copied"].as_array().unwrap().len(), 1, "{third:#}");
+    let reads = take_pack_reads(&src.repo);
+    assert!(reads <= 8, "{reads} reads of source packs to copy one changed file");
+
+    // Without the map, every chunk of the snapshot is read again (and none is stored).
+    let dst_dir = find_journal(&pair.dst.state).parent().unwrap().to_path_buf();
+    for entry in std::fs::read_dir(&dst_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("copy-from-") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    write_file(&src.src.join("one/changed.txt"), b"another change", 0o644, 1_600_000_000);
+    src.ok(&["backup"]);
+    take_pack_reads(&src.repo);
+    let fourth = pair.copy(&[]);
+    assert!(fourth["blobs_added"].as_u64().unwrap() < 10, "{fourth:#}");
+    let reads = take_pack_reads(&src.repo);
+    assert!(reads > 90, "only {reads} reads of source packs without the map (101 small files)");
+    pair.check_target(true);
+}
