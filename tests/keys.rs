@@ -210,3 +210,41 @@ fn host_and_user_from_a_key_file_are_printed_escaped() {
 fn blake3_hex(bytes: &[u8]) -> String {
     cairn::ids::Id::of_bytes(bytes).hex()
 }
+
+#[test]
+fn a_key_added_on_another_machine_is_no_problem_here() {
+    let env = Env::new();
+    write_file(&env.src.join("a.txt"), b"two machines", 0o644, 1_600_000_000);
+    env.ok(&["init"]);
+    env.ok(&["backup"]);
+    // Another machine: the same repository, its own state folder (a copy of this journal).
+    let other_state = env.path("other-state");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let out = std::process::Command::new("cp").arg("-a").arg(from).arg(to).output().unwrap();
+        assert!(out.status.success());
+    };
+    copy(&env.state, &other_state);
+    let other_config = env.path("other.toml");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&other_config, text.replace(env.state.to_str().unwrap(), other_state.to_str().unwrap()))
+        .unwrap();
+    let mut other = with_password(&env, PASSWORD);
+    other.config = other_config;
+    other.state = other_state;
+    let mut add = other.cmd(&["key", "add", "--new-password-env", "SECOND_PW"]);
+    add.env("SECOND_PW", SECOND);
+    assert!(add.output().unwrap().status.success());
+
+    // Here, the new key is listed, and verify finds nothing wrong.
+    assert_eq!(listed(&env).len(), 2);
+    let v = env.json(&["verify"]);
+    assert_eq!(v["whole"], true, "{v:#}");
+
+    // The other machine removes it again: here it is gone, and verify is still content.
+    let new = listed(&env).into_iter().find(|(_, current)| !*current).unwrap().0;
+    other.ok(&["key", "remove", &new]);
+    assert_eq!(key_files(&env).len(), 1);
+    assert_eq!(listed(&env).len(), 1);
+    let v = env.json(&["verify"]);
+    assert_eq!(v["whole"], true, "{v:#}");
+}

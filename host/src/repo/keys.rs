@@ -115,6 +115,37 @@ impl Repository {
     }
 }
 
+/// Brings the journal's key rows up to date with the repository's `keys/`: key files another
+/// machine added are recorded (when they parse as key files; anything else is left for
+/// `verify` to report), and rows of key files another machine removed are dropped. Without
+/// this, `verify` here would call another machine's key unknown, or a removed one missing.
+pub(crate) async fn sync_keys(repo: &Repository) -> Result<()> {
+    let listed = repo.backend.list("keys/").await?;
+    let names: std::collections::HashSet<&str> = listed.iter().map(|o| o.name.as_str()).collect();
+    for obj in &listed {
+        if !matches!(ObjectName::parse(&obj.name), Some(ObjectName::Key(_)))
+            || repo.journal.object(&obj.name)?.is_some()
+        {
+            continue;
+        }
+        let bytes = match format::read_object(&repo.backend, WholeObject::Key, &obj.name).await {
+            Ok(bytes) => bytes,
+            Err(format::ReadObjectError::Backend(e)) => return Err(e.into()),
+            Err(_) => continue,
+        };
+        let id = Id::of_bytes(&bytes);
+        if serde_json::from_slice::<KeyFile>(&bytes).is_ok() && ObjectName::Key(id).to_string() == obj.name {
+            repo.journal.record_present(&obj.name, ObjectKind::Key, bytes.len() as u64, Some(&id), &[])?;
+        }
+    }
+    for row in repo.journal.objects_of_kind(ObjectKind::Key)? {
+        if matches!(row.state, State::Uploaded | State::Verified) && !names.contains(row.name.as_str()) {
+            repo.journal.forget_object(&row.name)?;
+        }
+    }
+    Ok(())
+}
+
 /// The key whose id starts with `prefix` (hex), which must name exactly one.
 pub fn find<'a>(keys: &'a [KeyInfo], prefix: &str) -> Result<&'a KeyInfo> {
     let prefix = prefix.to_ascii_lowercase();

@@ -51,7 +51,7 @@ pub async fn sync_remote(repo: &Repository) -> Result<()> {
             }
         }
     }
-    Ok(())
+    crate::repo::keys::sync_keys(repo).await
 }
 
 pub fn sync_remote_blocking(repo: &Repository, rt: &tokio::runtime::Handle) -> Result<()> {
