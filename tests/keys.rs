@@ -248,3 +248,67 @@ fn a_key_added_on_another_machine_is_no_problem_here() {
     let v = env.json(&["verify"]);
     assert_eq!(v["whole"], true, "{v:#}");
 }
+
+/// `cairn ARGS` run on a terminal (a pty from util-linux `script`), typing `input`; returns
+/// whether it succeeded and what the terminal showed.
+fn on_a_terminal(env: &Env, args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    assert!(
+        std::process::Command::new("script").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "this test needs `script` (util-linux) for a terminal"
+    );
+    let inner = env.cmd(args);
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_str().unwrap().replace('\'', "'\\''"));
+    let line: Vec<String> =
+        std::iter::once(quote(inner.get_program())).chain(inner.get_args().map(quote)).collect();
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &line.join(" "), "/dev/null"]);
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    let mut shown = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut shown).unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    (status.success(), shown)
+}
+
+#[test]
+fn key_add_asks_for_the_new_password_twice_on_the_terminal() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let (ok, shown) = on_a_terminal(&env, &["key", "add"], "typed one\ntyped two\n");
+    assert!(!ok && shown.contains("the two passwords differ"), "{shown}");
+    assert_eq!(key_files(&env).len(), 1);
+
+    let (ok, shown) = on_a_terminal(&env, &["key", "add"], "typed twice\ntyped twice\n");
+    assert!(ok, "{shown}");
+    assert!(shown.contains("New password:") && shown.contains("Repeat the new password:"), "{shown}");
+    assert_eq!(key_files(&env).len(), 2);
+    with_password(&env, "typed twice").ok(&["snapshots"]);
+
+    // Without a terminal (a new session has none) and without a source, it says how to give one.
+    let inner = env.cmd(&["key", "add"]);
+    let mut cmd = std::process::Command::new("setsid");
+    cmd.arg("-w").arg(inner.get_program()).args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("this test needs `setsid` (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("no terminal to ask for the new password on; give it with --new-password-env"),
+        "{err}"
+    );
+    assert_eq!(key_files(&env).len(), 2);
+}
