@@ -155,6 +155,21 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (e.g. `cairn man > cairn.1; man ./cairn.1`)
     Man,
+    /// Copy snapshots into another repository (for example a local folder and an S3 bucket),
+    /// sending only the chunks it lacks, re-encrypted with its key; snapshots it already holds
+    /// are skipped, and an interrupted copy is finished by running it again
+    Copy {
+        /// Config of the target repository (its backend, password and state folder)
+        #[arg(long, value_name = "FILE")]
+        to_config: PathBuf,
+        /// Snapshot ids (unique prefixes) or `latest`; default: every complete snapshot
+        snapshots: Vec<String>,
+    },
+    /// List, add or remove the passwords (key files) that open the repository
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,6 +179,42 @@ pub enum ConfigAction {
     Check,
     /// Print the effective config: defaults filled in, secrets masked
     Show,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// List the key files: id, host, user, creation time; `*` marks the one in use
+    List,
+    /// Add a key file for a new password (asked for on the terminal unless given otherwise)
+    Add {
+        #[command(flatten)]
+        password: NewPassword,
+    },
+    /// Remove a key file (never the one in use, never the last one)
+    Remove {
+        /// Key id (a unique prefix, as `cairn key list` shows it)
+        id: String,
+    },
+    /// Change the password: add a key for the new password, then remove the key in use
+    Passwd {
+        #[command(flatten)]
+        password: NewPassword,
+    },
+}
+
+/// Where a new password comes from (at most one; none: asked for on the terminal).
+#[derive(clap::Args, Debug, Default)]
+#[group(multiple = false)]
+pub struct NewPassword {
+    /// Environment variable holding the new password
+    #[arg(long, value_name = "VAR")]
+    pub new_password_env: Option<String>,
+    /// Shell command whose standard output (first line) is the new password
+    #[arg(long, value_name = "CMD")]
+    pub new_password_command: Option<String>,
+    /// File whose first line is the new password
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
 }
 
 /// The `--keep-*` flags of `forget` (counts are numbers or `unlimited`).

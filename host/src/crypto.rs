@@ -148,10 +148,14 @@ pub struct KeyFile {
     pub wrapped: String,
     pub created: String,
     pub hostname: String,
+    /// Who made the key (the login name), shown by `cairn key list`. Key files written before
+    /// it existed have none.
+    #[serde(default)]
+    pub username: String,
 }
 
 impl KeyFile {
-    pub fn create(master: &MasterKey, password: &str, hostname: &str) -> Result<KeyFile> {
+    pub fn create(master: &MasterKey, password: &str, hostname: &str, username: &str) -> Result<KeyFile> {
         let mut salt = [0u8; 32];
         getrandom::fill(&mut salt)?;
         let wrap = derive(password, &salt, KDF_MEMORY_KIB, KDF_ITERATIONS, KDF_PARALLELISM)?;
@@ -165,6 +169,7 @@ impl KeyFile {
             wrapped: hex::encode(wrap.seal(KEY_AAD, &master.raw)),
             created: jiff::Timestamp::now().to_string(),
             hostname: hostname.to_string(),
+            username: username.to_string(),
         })
     }
 
@@ -230,7 +235,7 @@ mod tests {
     #[test]
     fn key_file_unlocks_only_with_its_password() {
         let k = MasterKey::generate();
-        let f = KeyFile::create(&k, "secret", "host").unwrap();
+        let f = KeyFile::create(&k, "secret", "host", "user").unwrap();
         let json = serde_json::to_string(&f).unwrap();
         let f: KeyFile = serde_json::from_str(&json).unwrap();
         assert!(f.unlock("wrong").unwrap().is_none());
@@ -241,7 +246,7 @@ mod tests {
     #[test]
     fn key_file_beyond_the_kdf_maxima_is_refused_before_deriving() {
         let k = MasterKey::generate();
-        let good = KeyFile::create(&k, "secret", "host").unwrap();
+        let good = KeyFile::create(&k, "secret", "host", "user").unwrap();
         let costly = |m: u32, t: u32, p: u32| KeyFile {
             memory_kib: m,
             iterations: t,
@@ -252,6 +257,7 @@ mod tests {
             kdf: "argon2id".into(),
             created: String::new(),
             hostname: String::new(),
+            username: String::new(),
         };
         for f in [
             costly(KDF_MAX_MEMORY_KIB + 1, 2, 1),

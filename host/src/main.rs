@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cairn::cli::{Cli, Command, ConfigAction, PluginAction};
+use cairn::cli::{Cli, Command, ConfigAction, KeyAction, PluginAction};
 use cairn::commands::{self, Ctx};
 use cairn::error::{exit_code, one_line};
 
@@ -92,6 +92,13 @@ fn main() -> ExitCode {
         Command::Config { action: ConfigAction::Show } => commands::config_cmd::show(&ctx),
         Command::Completions { shell } => commands::completions::completions(shell),
         Command::Man => commands::completions::man(),
+        Command::Copy { to_config, snapshots } => commands::copy::run(&ctx, &to_config, &snapshots),
+        Command::Key { action } => match action {
+            KeyAction::List => commands::key::list(&ctx),
+            KeyAction::Add { password } => commands::key::add(&ctx, &password),
+            KeyAction::Remove { id } => commands::key::remove(&ctx, &id),
+            KeyAction::Passwd { password } => commands::key::passwd(&ctx, &password),
+        },
     };
     let code = match result {
         Ok(()) => 0,

@@ -191,7 +191,7 @@ pub fn repo_folder(server: &Server) -> String {
 
 /// Every object the server shows under the repository's prefix, with its bytes. Hidden
 /// names (a segment starting with '.', the WebDAV plugin's temporary files) are left out.
-fn visible_objects(flavour: Flavour, server: &Server) -> Vec<(String, Vec<u8>)> {
+pub fn visible_objects(flavour: Flavour, server: &Server) -> Vec<(String, Vec<u8>)> {
     let prefix = format!("{}/", repo_folder(server));
     let mut out = Vec::new();
     match flavour {

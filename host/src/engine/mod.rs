@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod chunker;
+pub mod copy;
 pub mod forget;
 pub mod packer;
 pub mod repair;

@@ -5,6 +5,7 @@
 //! `<state dir>/<repository id>/`.
 
 pub mod format;
+pub mod keys;
 pub mod rebuild;
 pub mod reconcile;
 pub mod sync;
@@ -31,6 +32,8 @@ pub struct Repository {
     pub backend: Arc<Backend>,
     pub key: Arc<MasterKey>,
     pub params: RepoConfig,
+    /// The key file (`keys/<id>`) the password opened: the one `key remove` refuses.
+    pub key_name: String,
     pub journal: Arc<Journal>,
     /// `<state dir>/<repository id>`: journal, lock, temporary packs.
     pub dir: PathBuf,
@@ -157,13 +160,15 @@ impl Repository {
             chunker,
             created: jiff::Timestamp::now().to_string(),
         };
-        let keyfile = serde_json::to_vec_pretty(&KeyFile::create(&key, &password, &hostname())?)?;
+        let keyfile =
+            serde_json::to_vec_pretty(&KeyFile::create(&key, &password, &hostname(), &keys::username())?)?;
         let key_name = format::key_name(&Id::of_bytes(&keyfile));
         let sealed = format::seal_object(&key, format::AAD_CONFIG, &params, true)?;
         // The key first: a `config` without a key would be an unopenable repository.
         backend.upload_bytes(&key_name, &keyfile, true).await?;
         backend.upload_bytes(CONFIG_NAME, &sealed, true).await?;
-        let repo = Repository::attach(config, backend, key, params, Access::Write)?;
+        let unlocked = Unlocked { backend, key, params, key_name: key_name.clone() };
+        let repo = Repository::attach(config, unlocked, Access::Write)?;
         repo.journal.record_present(
             &key_name,
             ObjectKind::Key,
@@ -176,7 +181,7 @@ impl Repository {
     }
 
     /// Starts the backend and unlocks the repository: its key and parameters.
-    async fn unlock(config: &Config) -> Result<(Backend, MasterKey, RepoConfig)> {
+    async fn unlock(config: &Config) -> Result<Unlocked> {
         let backend = open_backend(config, false).await?;
         let (keys, foreign): (Vec<_>, Vec<_>) =
             backend.list("keys/").await?.into_iter().partition(|k| {
@@ -199,7 +204,7 @@ impl Repository {
         for k in &keys {
             match try_key(&backend, &k.name, &password).await {
                 Ok(Some(found)) => {
-                    key = Some(found);
+                    key = Some((found, k.name.clone()));
                     break;
                 }
                 Ok(None) => {}
@@ -217,7 +222,7 @@ impl Repository {
                 skipped.join(", ")
             );
         }
-        let key = key.ok_or_else(|| {
+        let (key, key_name) = key.ok_or_else(|| {
             anyhow!(
                 "wrong password: none of the {} key(s) in the repository opens with it; nothing was changed",
                 keys.len() - skipped.len()
@@ -231,13 +236,13 @@ impl Repository {
         if params.version != 1 {
             bail!("repository format version {} is not supported by this cairn", params.version);
         }
-        Ok((backend, key, params))
+        Ok(Unlocked { backend, key, params, key_name })
     }
 
     /// Opens an existing repository.
     pub async fn open(config: &Config, access: Access) -> Result<Repository> {
-        let (backend, key, params) = Repository::unlock(config).await?;
-        let repo = Repository::attach_or_join(config, backend, key, params, access).await?;
+        let unlocked = Repository::unlock(config).await?;
+        let repo = Repository::attach_or_join(config, unlocked, access).await?;
         let report = match access {
             Access::Write => Some(reconcile::reconcile(&repo, true).await?),
             Access::Inspect => Some(reconcile::reconcile(&repo, false).await?),
@@ -256,18 +261,13 @@ impl Repository {
     /// repository first (index objects and pack headers, never whole packs), with progress on
     /// stderr, and the command carries on. The lock is held while building, even for reading
     /// commands, so two first commands do not build the same journal at once.
-    async fn attach_or_join(
-        config: &Config,
-        backend: Backend,
-        key: MasterKey,
-        params: RepoConfig,
-        access: Access,
-    ) -> Result<Repository> {
-        let dir = config.state_dir()?.join(&params.id);
+    async fn attach_or_join(config: &Config, unlocked: Unlocked, access: Access) -> Result<Repository> {
+        let dir = config.state_dir()?.join(&unlocked.params.id);
         let path = dir.join("journal.sqlite");
         if !needs_join(&path) {
-            return Repository::attach(config, backend, key, params, access);
+            return Repository::attach(config, unlocked, access);
         }
+        let Unlocked { backend, key, params, key_name } = unlocked;
         std::fs::create_dir_all(&dir).at(Role::StateFolder, &dir)?;
         let lock = Lock::acquire(&dir.join("lock"))?;
         let journal = Journal::open(&path)?;
@@ -275,6 +275,7 @@ impl Repository {
             backend: Arc::new(backend),
             key: Arc::new(key),
             params,
+            key_name,
             journal: Arc::new(journal),
             dir,
             lock: Some(lock),
@@ -301,13 +302,8 @@ impl Repository {
         Ok(repo)
     }
 
-    fn attach(
-        config: &Config,
-        backend: Backend,
-        key: MasterKey,
-        params: RepoConfig,
-        access: Access,
-    ) -> Result<Repository> {
+    fn attach(config: &Config, unlocked: Unlocked, access: Access) -> Result<Repository> {
+        let Unlocked { backend, key, params, key_name } = unlocked;
         let dir = config.state_dir()?.join(&params.id);
         let journal_path = dir.join("journal.sqlite");
         std::fs::create_dir_all(&dir).at(Role::StateFolder, &dir)?;
@@ -325,6 +321,7 @@ impl Repository {
             backend: Arc::new(backend),
             key: Arc::new(key),
             params,
+            key_name,
             journal: Arc::new(journal),
             dir,
             lock,
@@ -335,8 +332,8 @@ impl Repository {
     /// the snapshots the journal did not know yet that are newer than any it knew (another
     /// client's, or this journal is an old copy): destructive repairs are refused then.
     pub async fn open_for_repair(config: &Config) -> Result<(Repository, Vec<(Id, format::Snapshot)>)> {
-        let (backend, key, params) = Repository::unlock(config).await?;
-        let repo = Repository::attach_or_join(config, backend, key, params, Access::Inspect).await?;
+        let unlocked = Repository::unlock(config).await?;
+        let repo = Repository::attach_or_join(config, unlocked, Access::Inspect).await?;
         reconcile::reconcile(&repo, false).await?;
         let before = repo.journal.snapshots()?;
         let newest = before.iter().map(|(_, s)| s.time_ns).max().unwrap_or(i64::MIN);
@@ -355,7 +352,7 @@ impl Repository {
     /// that was interrupted continues; any other journal there (corrupt, or healthy but
     /// unwanted) is moved aside, never deleted.
     pub async fn open_rebuilding(config: &Config) -> Result<(Repository, rebuild::Report, Option<PathBuf>)> {
-        let (backend, key, params) = Repository::unlock(config).await?;
+        let Unlocked { backend, key, params, key_name } = Repository::unlock(config).await?;
         let dir = config.state_dir()?.join(&params.id);
         std::fs::create_dir_all(&dir).at(Role::StateFolder, &dir)?;
         let lock = Lock::acquire(&dir.join("lock"))?;
@@ -381,6 +378,7 @@ impl Repository {
             backend: Arc::new(backend),
             key: Arc::new(key),
             params,
+            key_name,
             journal: Arc::new(journal),
             dir,
             lock: Some(lock),
@@ -433,9 +431,18 @@ fn needs_join(journal: &Path) -> bool {
         == Some("in progress")
 }
 
+/// What unlocking gives: the started backend, the master key, the key file that opened it,
+/// and the repository parameters.
+struct Unlocked {
+    backend: Backend,
+    key: MasterKey,
+    params: RepoConfig,
+    key_name: String,
+}
+
 /// Why a key file was skipped.
 #[derive(Debug, thiserror::Error)]
-enum KeySkipped {
+pub(crate) enum KeySkipped {
     #[error("{0}")]
     Read(#[from] format::ReadObjectError),
     #[error("it is not a key file: {0}")]
@@ -446,7 +453,11 @@ enum KeySkipped {
 
 /// Reads one key file (capped at a key file's maximum size) and tries the password on it:
 /// `Ok(None)` when the password does not open it, `Err` when it cannot be used at all.
-async fn try_key(backend: &Backend, name: &str, password: &str) -> Result<Option<MasterKey>, KeySkipped> {
+pub(crate) async fn try_key(
+    backend: &Backend,
+    name: &str,
+    password: &str,
+) -> Result<Option<MasterKey>, KeySkipped> {
     let bytes = format::read_object(backend, WholeObject::Key, name).await?;
     let file: KeyFile = serde_json::from_slice(&bytes)?;
     Ok(file.unlock(password)?)

@@ -1,6 +1,7 @@
 //! Bringing the journal up to date with objects other clients (or a lost journal) wrote:
-//! index objects (which blobs live in which packs) and snapshots. Both are small, so this
-//! runs at every open and costs two listings when nothing is new.
+//! index objects (which blobs live in which packs), snapshots, and key files
+//! (`keys::sync_keys`). All are small, so this runs at every open and costs three listings
+//! when nothing is new.
 
 use anyhow::Result;
 
@@ -51,7 +52,7 @@ pub async fn sync_remote(repo: &Repository) -> Result<()> {
             }
         }
     }
-    Ok(())
+    crate::repo::keys::sync_keys(repo).await
 }
 
 pub fn sync_remote_blocking(repo: &Repository, rt: &tokio::runtime::Handle) -> Result<()> {
