@@ -83,6 +83,9 @@ fn main() -> ExitCode {
         Command::Verify { read_data, read_data_subset } => {
             commands::verify::run(&ctx, read_data, read_data_subset)
         }
+        Command::Run { jobs, parallel } => commands::run::run(&ctx, &jobs, parallel, cli.verbose > 0),
+        Command::Schedule { action } => commands::schedule::run(&ctx, action),
+        Command::Status { max_age } => commands::status::run(&ctx, max_age.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

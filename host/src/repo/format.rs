@@ -559,7 +559,15 @@ pub struct IndexPack {
     pub entries: Vec<PackEntry>,
 }
 
-/// A snapshot object.
+/// The snapshot version cairn writes. Version 1 had no `job` (see [`Snapshot::decode`]).
+pub const SNAPSHOT_VERSION: u8 = 2;
+
+/// The job of a snapshot written before snapshots named their job (version 1), and of
+/// `cairn backup` from the config's `[backup]`.
+pub const DEFAULT_JOB: &str = "default";
+
+/// A snapshot object. Postcard has no field names: the bytes follow the field order, and
+/// `version` (first) says which fields follow.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Snapshot {
     pub version: u8,
@@ -576,6 +584,77 @@ pub struct Snapshot {
     pub partial: bool,
     pub summary: Summary,
     pub program: String,
+    /// The job that wrote it (version 2): parents, partial snapshots and `latest` are per
+    /// job, so jobs over overlapping folders never supersede each other's snapshots.
+    pub job: String,
+}
+
+/// A version 1 snapshot: [`Snapshot`] without `job`.
+#[derive(Deserialize)]
+struct SnapshotV1 {
+    version: u8,
+    time_ns: i64,
+    hostname: String,
+    username: String,
+    sources: Vec<ByteBuf>,
+    tags: Vec<String>,
+    parent: Option<Id>,
+    tree: Id,
+    partial: bool,
+    summary: Summary,
+    program: String,
+}
+
+impl Snapshot {
+    /// Decodes the postcard bytes of any snapshot version cairn has written; a version 1
+    /// snapshot belongs to the job [`DEFAULT_JOB`].
+    pub fn decode(plain: &[u8]) -> Result<Snapshot> {
+        let (version, _) = postcard::take_from_bytes::<u8>(plain).context("empty snapshot")?;
+        match version {
+            1 => {
+                let v1: SnapshotV1 = postcard::from_bytes(plain)?;
+                Ok(Snapshot {
+                    version: v1.version,
+                    time_ns: v1.time_ns,
+                    hostname: v1.hostname,
+                    username: v1.username,
+                    sources: v1.sources,
+                    tags: v1.tags,
+                    parent: v1.parent,
+                    tree: v1.tree,
+                    partial: v1.partial,
+                    summary: v1.summary,
+                    program: v1.program,
+                    job: DEFAULT_JOB.to_string(),
+                })
+            }
+            SNAPSHOT_VERSION => Ok(postcard::from_bytes(plain)?),
+            v => bail!("snapshot version {v} is newer than this cairn understands ({SNAPSHOT_VERSION}); upgrade cairn"),
+        }
+    }
+
+    /// The postcard bytes of this snapshot as its version lays them out: a version 1
+    /// snapshot (read from an older repository, kept or re-uploaded by `repair`) without
+    /// `job`, which is the last field.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut bytes = postcard::to_stdvec(self)?;
+        if self.version == 1 {
+            let job = postcard::to_stdvec(&self.job)?.len();
+            bytes.truncate(bytes.len() - job);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Seals a snapshot object in the layout of its version.
+pub fn seal_snapshot(key: &MasterKey, snap: &Snapshot) -> Result<Vec<u8>> {
+    Ok(key.seal(AAD_SNAPSHOT, &compress_payload(&snap.encode()?, 3)))
+}
+
+/// Opens a sealed snapshot object of any version.
+pub fn open_snapshot(key: &MasterKey, stored: &[u8]) -> Result<Snapshot> {
+    let payload = key.open(AAD_SNAPSHOT, stored)?;
+    Snapshot::decode(&decompress_payload(&payload, None)?)
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
