@@ -197,7 +197,7 @@ fn run_job(ctx: &Ctx, config: &Config, job: &Job, now: jiff::Timestamp, verbose:
         (outcome, error) => format!("{}: {}", outcome.as_str(), error.as_deref().unwrap_or("")),
     };
     log.line(&format!("run ended: {summary}"));
-    if let Err(e) = save_record(config, &progress, &record) {
+    if let Err(e) = save_record(ctx, config, &progress, &record) {
         log.line(&format!("cannot record the run in the journal: {}", one_line(&e)));
         eprintln!("cairn: job {}: cannot record the run in the journal: {}", job.name, one_line(&e));
     }
@@ -285,11 +285,17 @@ fn prune(_repo: &crate::repo::Repository, log: &RunLog) -> Result<bool> {
     Ok(false)
 }
 
-/// Records the run in the journal of the job's repository: the open one, else (the
-/// repository could not be opened) the journal where the job's earlier runs are.
-fn save_record(config: &Config, progress: &Progress, record: &RunRecord) -> Result<()> {
+/// Records the run in the journal of the job's repository: the one the run opened; else
+/// (a `before` hook failed, or the open failed) the repository opened for reading just to
+/// find its journal; else the journal where the job's earlier runs are.
+fn save_record(ctx: &Ctx, config: &Config, progress: &Progress, record: &RunRecord) -> Result<()> {
     if let Some(journal) = &progress.journal {
         return journal.add_run(record);
+    }
+    if let Ok(view) = config.job_view(&record.job)
+        && let Ok(repo) = ctx.rt.block_on(crate::repo::Repository::open(&view, crate::repo::Access::Read))
+    {
+        return repo.journal.add_run(record);
     }
     let history = status::History::load(config)?;
     let path: Option<PathBuf> = history.journal_of(&record.job);
