@@ -439,3 +439,90 @@ fn bad_job_configs_are_refused_with_the_job_named() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn the_readme_example_config_loads_and_its_units_print() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = &readme[readme.find("## Jobs, schedules and monitoring").expect("the README's runner section")..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let env = Env::new();
+    env.write_config(example);
+    let mut show = env.cmd(&["--json", "schedule", "show"]);
+    show.env("TZ", "UTC").env("CAIRN_NOW", "2026-01-01T00:00:00Z");
+    let out = show.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = jobs.as_array().unwrap().iter().map(|j| j["job"].as_str().unwrap()).collect();
+    assert_eq!(names, ["home", "photos", "postgres"]);
+    assert_eq!(jobs[0]["next"][0], "2026-01-01T02:30:00Z");
+    let units = env.ok(&["schedule", "install", "--print"]);
+    for unit in ["cairn-home.timer", "cairn-postgres.timer", "cairn-photos.timer"] {
+        assert!(units.contains(&format!("# {unit}\n")), "{units}");
+    }
+    assert!(units.contains("OnCalendar=Sun *-*-* 04:00:00"), "{units}");
+}
+
+#[test]
+fn retention_is_per_job_and_verify_runs_after_the_backup() {
+    let env = runner_env("");
+    write_file(&env.src.join("f"), b"x", 0o644, 1_600_000_000);
+    env.write_config(&format!(
+        "{}\n[jobs.kept]\nsources = [{:?}]\n\n\
+         [jobs.trimmed]\nsources = [{:?}]\nretention = {{ keep_last = 1 }}\nverify = {{ read_data = true }}\n",
+        std::fs::read_to_string(&env.config).unwrap(),
+        env.src,
+        env.src
+    ));
+    for _ in 0..3 {
+        env.ok(&["run", "kept", "trimmed"]);
+    }
+    let by_job = snapshots_by_job(&env);
+    assert_eq!(by_job["kept"].len(), 3, "another job's retention never touches this one: {by_job:?}");
+    assert_eq!(by_job["trimmed"].len(), 1, "keep_last = 1: {by_job:?}");
+    let log = std::fs::read_to_string(env.state.join("logs/trimmed.log")).unwrap();
+    assert!(log.contains("forget: removed 1 snapshot(s) of this job"), "{log}");
+    assert!(log.contains("verify: whole ("), "{log}");
+}
+
+#[test]
+fn jobs_on_two_repositories_run_in_parallel() {
+    let env = runner_env("");
+    write_file(&env.src.join("f"), b"x", 0o644, 1_600_000_000);
+    let second = env.path("second-repo");
+    let base = std::fs::read_to_string(&env.config).unwrap();
+    env.write_config(&format!(
+        "{base}\n[repositories.second]\nbackend = \"fs\"\noptions = {{ path = {second:?} }}\n\
+         password_env = \"CAIRN_TEST_PASSWORD\"\n\n\
+         [jobs.one]\nsources = [{:?}]\n\n[jobs.two]\nsources = [{:?}]\nrepository = \"second\"\n",
+        env.src, env.src
+    ));
+    // The second repository is initialised through a config whose [repository] is it.
+    let init = env.path("second.toml");
+    std::fs::write(
+        &init,
+        format!(
+            "[repository]\nbackend = \"fs\"\noptions = {{ path = {second:?} }}\npassword_env = \"CAIRN_TEST_PASSWORD\"\n\n\
+             [state]\ndir = {:?}\n",
+            env.state
+        ),
+    )
+    .unwrap();
+    let out = env.cmd(&["init"]).arg("--config").arg(&init).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env.json(&["run", "--parallel", "2", "one", "two"]);
+    let outcomes: BTreeMap<&str, &str> = out["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["job"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(outcomes, BTreeMap::from([("one", "success"), ("two", "success")]), "{out}");
+    assert_eq!(std::fs::read_dir(env.repo.join("snapshots")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(second.join("snapshots")).unwrap().count(), 1);
+    // Each repository's journal holds its own job's run; status sees both.
+    let status = env.json(&["status"]);
+    for job in status["jobs"].as_array().unwrap() {
+        assert_eq!(job["last_success"]["outcome"], "success", "{status}");
+    }
+}
