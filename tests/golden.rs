@@ -270,7 +270,11 @@ fn doc_matches_bytes(fixture: &str, job: &str) {
     if snap.version >= 2 {
         by_doc.extend(postcard::to_stdvec(&snap.job).unwrap());
     }
-    assert_eq!(stored_plaintext(&key, &sealed), by_doc, "{fixture}: the snapshot's bytes follow the documented order");
+    assert_eq!(
+        stored_plaintext(&key, &sealed),
+        by_doc,
+        "{fixture}: the snapshot's bytes follow the documented order"
+    );
     assert_eq!(snap.encode().unwrap(), by_doc, "{fixture}: today's encoder writes the version's layout");
     assert_eq!(format::Snapshot::decode(&by_doc).unwrap().job, job);
     assert_eq!(

@@ -79,8 +79,15 @@ fn two_jobs_over_overlapping_sources_keep_separate_parents_and_partials() {
     assert_eq!(by_job.len(), 2, "{by_job:?}");
     for (job, snaps) in &by_job {
         assert_eq!(snaps.len(), 2, "{job}: {snaps:?}");
-        assert_eq!(snaps[0].1, None, "{job}: the first snapshot of a job has no parent, whatever the other job did");
-        assert_eq!(snaps[1].1.as_deref(), Some(snaps[0].0.as_str()), "{job}: parent is the job's own last snapshot");
+        assert_eq!(
+            snaps[0].1, None,
+            "{job}: the first snapshot of a job has no parent, whatever the other job did"
+        );
+        assert_eq!(
+            snaps[1].1.as_deref(),
+            Some(snaps[0].0.as_str()),
+            "{job}: parent is the job's own last snapshot"
+        );
     }
 
     // A partial snapshot an interrupted run of `whole` left (same host, sources and job).
@@ -146,7 +153,11 @@ fn run_with_no_names_runs_only_due_jobs() {
     let show = run_at(&env, "2026-01-04T04:02:00Z", &["--json", "schedule", "show", "--count", "2"]);
     let show: serde_json::Value = serde_json::from_str(&show.1).unwrap();
     let nightly = show.as_array().unwrap().iter().find(|j| j["job"] == "nightly").unwrap();
-    assert_eq!(nightly["next"], serde_json::json!(["2026-01-05T02:30:00Z", "2026-01-06T02:30:00Z"]), "{show}");
+    assert_eq!(
+        nightly["next"],
+        serde_json::json!(["2026-01-05T02:30:00Z", "2026-01-06T02:30:00Z"]),
+        "{show}"
+    );
     let manual = show.as_array().unwrap().iter().find(|j| j["job"] == "manual").unwrap();
     assert_eq!(manual["schedule"], serde_json::Value::Null);
 }
@@ -367,8 +378,10 @@ fn generated_systemd_units_verify() {
     ));
     let units = env.path("units");
     env.ok(&["schedule", "install", "--dir", units.to_str().unwrap()]);
-    let mut names: Vec<String> =
-        std::fs::read_dir(&units).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(&units)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     assert_eq!(names, ["cairn-home.service", "cairn-home.timer", "cairn-work.service", "cairn-work.timer"]);
     let timer = std::fs::read_to_string(units.join("cairn-home.timer")).unwrap();
@@ -378,7 +391,11 @@ fn generated_systemd_units_verify() {
     assert!(work.contains("\nOnCalendar=Mon..Fri *-*-* 08..18:00/15:00\n"), "{work}");
     let service = std::fs::read_to_string(units.join("cairn-home.service")).unwrap();
     assert!(
-        service.contains(&format!("\nExecStart={} --config {} run home\n", env!("CARGO_BIN_EXE_cairn"), env.config.display())),
+        service.contains(&format!(
+            "\nExecStart={} --config {} run home\n",
+            env!("CARGO_BIN_EXE_cairn"),
+            env.config.display()
+        )),
         "{service}"
     );
 
@@ -403,7 +420,11 @@ fn generated_systemd_units_verify() {
     assert!(printed.contains("# cairn-home.timer\n") && printed.contains("Persistent=true"), "{printed}");
     let cron = env.ok(&["schedule", "install", "--crontab"]);
     assert!(
-        cron.contains(&format!("30 2 * * * {} --config {} run home\n", env!("CARGO_BIN_EXE_cairn"), env.config.display())),
+        cron.contains(&format!(
+            "30 2 * * * {} --config {} run home\n",
+            env!("CARGO_BIN_EXE_cairn"),
+            env.config.display()
+        )),
         "{cron}"
     );
     assert!(cron.contains("*/15 8-18 * * mon-fri "), "{cron}");
@@ -425,12 +446,24 @@ fn bad_job_configs_are_refused_with_the_job_named() {
     let env = runner_env("");
     let base = std::fs::read_to_string(&env.config).unwrap();
     for (jobs, expected) in [
-        ("[jobs.x]\nsources = [\"/tmp\"]\nschedule = \"daily 25:00\"\n", "[jobs.x] schedule: \"daily 25:00\": \"25:00\" is not a time like 02:30"),
-        ("[jobs.x]\nsources = [\"/tmp\"]\nrepository = \"nas\"\n", "[jobs.x] repository \"nas\" is not a [repositories.nas] table"),
-        ("[jobs.x]\nsources = [\"/tmp\"]\nhooks.before = [{ command = \"pg_dump x\" }]\n", "give a list [\"program\", \"arg\", ...], or set shell = true"),
+        (
+            "[jobs.x]\nsources = [\"/tmp\"]\nschedule = \"daily 25:00\"\n",
+            "[jobs.x] schedule: \"daily 25:00\": \"25:00\" is not a time like 02:30",
+        ),
+        (
+            "[jobs.x]\nsources = [\"/tmp\"]\nrepository = \"nas\"\n",
+            "[jobs.x] repository \"nas\" is not a [repositories.nas] table",
+        ),
+        (
+            "[jobs.x]\nsources = [\"/tmp\"]\nhooks.before = [{ command = \"pg_dump x\" }]\n",
+            "give a list [\"program\", \"arg\", ...], or set shell = true",
+        ),
         ("[jobs.\"a b\"]\nsources = [\"/tmp\"]\n", "job name \"a b\" must be 1 to 64 letters"),
         ("[jobs.x]\nsources = []\n", "[jobs.x] has no sources"),
-        ("[jobs.x]\nsources = [\"/tmp\"]\nverify = { read_data_subset = \"200%\" }\n", "[jobs.x] verify.read_data_subset: 200%"),
+        (
+            "[jobs.x]\nsources = [\"/tmp\"]\nverify = { read_data_subset = \"200%\" }\n",
+            "[jobs.x] verify.read_data_subset: 200%",
+        ),
     ] {
         env.write_config(&format!("{base}\n{jobs}"));
         let (code, err) = env.fails(&["run"]);
@@ -443,7 +476,8 @@ fn bad_job_configs_are_refused_with_the_job_named() {
 #[test]
 fn the_readme_example_config_loads_and_its_units_print() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let section = &readme[readme.find("## Jobs, schedules and monitoring").expect("the README's runner section")..];
+    let section =
+        &readme[readme.find("## Jobs, schedules and monitoring").expect("the README's runner section")..];
     let start = section.find("```toml\n").unwrap() + "```toml\n".len();
     let example = &section[start..start + section[start..].find("```").unwrap()];
     let env = Env::new();

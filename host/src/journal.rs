@@ -918,7 +918,6 @@ fn query_runs(conn: &Connection) -> Result<Vec<RunRecord>> {
 }
 
 impl Journal {
-
     // ---- file cache -----------------------------------------------------------------------
 
     pub fn cached_file(&self, path: &[u8]) -> Result<Option<CachedFile>> {
@@ -1265,7 +1264,10 @@ mod tests {
         j.add_run(&RunRecord { started_ns: 30, outcome: RunOutcome::Warning, ..run.clone() }).unwrap();
         let runs = j.runs().unwrap();
         assert_eq!(runs.len(), 2);
-        assert_eq!((runs[0].outcome, runs[0].error.as_deref()), (RunOutcome::Failure, Some("plugin s3 timed out")));
+        assert_eq!(
+            (runs[0].outcome, runs[0].error.as_deref()),
+            (RunOutcome::Failure, Some("plugin s3 timed out"))
+        );
         assert_eq!((runs[1].started_ns, runs[1].outcome), (30, RunOutcome::Warning));
     }
 

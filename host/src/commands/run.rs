@@ -49,7 +49,12 @@ pub fn run(ctx: &Ctx, names: &[String], parallel: usize, verbose: bool) -> Resul
                 (RunOutcome::Skipped, e) => {
                     println!("job {}: skipped: {}", r.job, e.as_deref().unwrap_or(""))
                 }
-                (o, e) => println!("job {}: {}, snapshot {snapshot}: {}", r.job, o.as_str(), e.as_deref().unwrap_or("")),
+                (o, e) => println!(
+                    "job {}: {}, snapshot {snapshot}: {}",
+                    r.job,
+                    o.as_str(),
+                    e.as_deref().unwrap_or("")
+                ),
             }
         }
     }

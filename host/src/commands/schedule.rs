@@ -30,17 +30,25 @@ pub fn run(ctx: &Ctx, action: ScheduleAction) -> Result<()> {
             for u in &list {
                 println!("wrote {}", dir.join(&u.name).display());
             }
-            let timers: Vec<&str> = list.iter().map(|u| u.name.as_str()).filter(|n| n.ends_with(".timer")).collect();
+            let timers: Vec<&str> =
+                list.iter().map(|u| u.name.as_str()).filter(|n| n.ends_with(".timer")).collect();
             if place.dir.is_some() {
-                println!("units written; to start them: {} daemon-reload && {} enable --now {}",
-                    scope.systemctl().join(" "), scope.systemctl().join(" "), timers.join(" "));
+                println!(
+                    "units written; to start them: {} daemon-reload && {} enable --now {}",
+                    scope.systemctl().join(" "),
+                    scope.systemctl().join(" "),
+                    timers.join(" ")
+                );
                 return Ok(());
             }
             systemctl(&scope.systemctl(), &["daemon-reload"])?;
             let mut args = vec!["enable", "--now"];
             args.extend(timers.iter().copied());
             systemctl(&scope.systemctl(), &args)?;
-            println!("timers enabled; check them with `{} list-timers 'cairn-*'` and `cairn status`", scope.systemctl().join(" "));
+            println!(
+                "timers enabled; check them with `{} list-timers 'cairn-*'` and `cairn status`",
+                scope.systemctl().join(" ")
+            );
             Ok(())
         }
         ScheduleAction::Remove { place } => {
@@ -88,7 +96,11 @@ fn systemctl(base: &[&str], args: &[&str]) -> Result<()> {
         .status()
         .with_context(|| format!("cannot run {}", base.join(" ")))?;
     if !status.success() {
-        bail!("`{} {}` failed ({status}); the unit files are written, fix that and run it again", base.join(" "), args.join(" "));
+        bail!(
+            "`{} {}` failed ({status}); the unit files are written, fix that and run it again",
+            base.join(" "),
+            args.join(" ")
+        );
     }
     Ok(())
 }
@@ -129,7 +141,8 @@ fn show(ctx: &Ctx, config: &crate::config::Config, count: usize) -> Result<()> {
         return Ok(());
     }
     let zone = jiff::tz::TimeZone::system();
-    let local = |t: &jiff::Timestamp| t.to_zoned_datetime(zone.clone()).strftime("%Y-%m-%d %H:%M %Z").to_string();
+    let local =
+        |t: &jiff::Timestamp| t.to_zoned_datetime(zone.clone()).strftime("%Y-%m-%d %H:%M %Z").to_string();
     for (name, schedule, due, next) in &out {
         match schedule {
             None => println!("{name}: no schedule (runs only when named: cairn run {name})"),

@@ -16,7 +16,9 @@ pub fn run(ctx: &Ctx, max_age: Option<&str>) -> Result<()> {
     let jobs = status::of_jobs(&config, &history, now)?;
     let stale: Vec<&str> = match max_age {
         None => Vec::new(),
-        Some(max) => jobs.iter().filter(|j| j.age(now).is_none_or(|a| a > max)).map(|j| j.job.as_str()).collect(),
+        Some(max) => {
+            jobs.iter().filter(|j| j.age(now).is_none_or(|a| a > max)).map(|j| j.job.as_str()).collect()
+        }
     };
     if ctx.json {
         let run_json = |r: &Option<RunRecord>| {
@@ -73,7 +75,10 @@ pub fn run(ctx: &Ctx, max_age: Option<&str>) -> Result<()> {
             }
             match j.next_due {
                 Some(t) if t <= now => println!("  next due: now"),
-                Some(t) => println!("  next due: {}", t.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M %Z")),
+                Some(t) => println!(
+                    "  next due: {}",
+                    t.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M %Z")
+                ),
                 None => println!("  next due: when named (no schedule)"),
             }
         }
@@ -90,7 +95,10 @@ pub fn run(ctx: &Ctx, max_age: Option<&str>) -> Result<()> {
 }
 
 fn when(ns: i64) -> String {
-    status::timestamp(ns).to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S %Z").to_string()
+    status::timestamp(ns)
+        .to_zoned_datetime(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S %Z")
+        .to_string()
 }
 
 /// A duration for people: 3d 4h, 2h 5m, 40s.

@@ -629,7 +629,9 @@ impl Snapshot {
                 })
             }
             SNAPSHOT_VERSION => Ok(postcard::from_bytes(plain)?),
-            v => bail!("snapshot version {v} is newer than this cairn understands ({SNAPSHOT_VERSION}); upgrade cairn"),
+            v => bail!(
+                "snapshot version {v} is newer than this cairn understands ({SNAPSHOT_VERSION}); upgrade cairn"
+            ),
         }
     }
 

@@ -28,7 +28,8 @@ impl RunLog {
     pub fn open(state_dir: &Path, job: &str, echo: bool) -> anyhow::Result<RunLog> {
         use anyhow::Context;
         let dir = state_dir.join("logs");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the run log folder {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the run log folder {}", dir.display()))?;
         let path = dir.join(format!("{job}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)

@@ -86,7 +86,9 @@ impl VerifyConfig {
     pub fn subset(&self) -> Result<Option<Subset>> {
         match (&self.read_data_subset, self.read_data) {
             (Some(_), true) => bail!("verify: give read_data or read_data_subset, not both"),
-            (Some(s), false) => Ok(Some(s.parse::<Subset>().map_err(|e| anyhow!("verify.read_data_subset: {e}"))?)),
+            (Some(s), false) => {
+                Ok(Some(s.parse::<Subset>().map_err(|e| anyhow!("verify.read_data_subset: {e}"))?))
+            }
             (None, true) => Ok(Some(Subset::All)),
             (None, false) => Ok(None),
         }
@@ -181,10 +183,16 @@ pub fn job(config: &Config, name: &str) -> Result<Job> {
             repository: None,
         });
     };
-    let hooks = |list: &[HookConfig]| list.iter().map(HookConfig::hook).collect::<Result<Vec<_>>>().map_err(ctx);
+    let hooks =
+        |list: &[HookConfig]| list.iter().map(HookConfig::hook).collect::<Result<Vec<_>>>().map_err(ctx);
     Ok(Job {
         name: name.to_string(),
-        schedule: c.schedule.as_deref().map(Schedule::parse).transpose().map_err(|e| ctx(anyhow!("schedule: {e}")))?,
+        schedule: c
+            .schedule
+            .as_deref()
+            .map(Schedule::parse)
+            .transpose()
+            .map_err(|e| ctx(anyhow!("schedule: {e}")))?,
         prune_every: c
             .prune_every
             .as_deref()

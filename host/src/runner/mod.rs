@@ -152,7 +152,8 @@ fn run_job(ctx: &Ctx, config: &Config, job: &Job, now: jiff::Timestamp, verbose:
         ]
     };
     let mut progress = Progress::default();
-    let before = job.before.iter().try_for_each(|h| log.run_hook("before", h, &env("starting", &None, &None)));
+    let before =
+        job.before.iter().try_for_each(|h| log.run_hook("before", h, &env("starting", &None, &None)));
     let result = match before {
         Err(e) => {
             record.outcome = RunOutcome::Skipped;
@@ -187,7 +188,8 @@ fn run_job(ctx: &Ctx, config: &Config, job: &Job, now: jiff::Timestamp, verbose:
             record.error = Some(e.clone());
             let error = Some(e);
             for hook in &job.on_failure {
-                let _ = log.run_hook("on_failure", hook, &env(record.outcome.as_str(), &record.snapshot, &error));
+                let _ =
+                    log.run_hook("on_failure", hook, &env(record.outcome.as_str(), &record.snapshot, &error));
             }
         }
     }
@@ -253,7 +255,8 @@ fn steps(ctx: &Ctx, config: &Config, job: &Job, log: &RunLog, progress: &mut Pro
 
     if let Some(every) = job.prune_every {
         let last = status::History::load(config)?.last_prune(&job.name);
-        let due = last.is_none_or(|t| now().map(|n| n.duration_since(t).unsigned_abs() >= every).unwrap_or(true));
+        let due =
+            last.is_none_or(|t| now().map(|n| n.duration_since(t).unsigned_abs() >= every).unwrap_or(true));
         if due {
             progress.pruned = prune(repo, log)?;
         }
@@ -266,7 +269,12 @@ fn steps(ctx: &Ctx, config: &Config, job: &Job, log: &RunLog, progress: &mut Pro
             log.line(&format!("verify: whole ({} packs read)", report.packs_read));
         } else {
             for p in &report.problems {
-                log.line(&format!("verify: {} {}: {}", p.kind, crate::untrusted::escape(&p.object), p.detail));
+                log.line(&format!(
+                    "verify: {} {}: {}",
+                    p.kind,
+                    crate::untrusted::escape(&p.object),
+                    p.detail
+                ));
             }
             progress.warnings.push(format!(
                 "verify found {} problem(s); run `cairn verify` and `cairn repair`",

@@ -18,7 +18,8 @@ pub struct Schedule {
 }
 
 const WEEKDAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const MONTHS: [&str; 12] =
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
 
 impl Schedule {
     pub fn parse(text: &str) -> Result<Schedule> {
@@ -29,7 +30,8 @@ impl Schedule {
                  expression of five fields (minute hour day-of-month month day-of-week)"
             );
         }
-        let parsed = croner::Cron::from_str(&cron).map_err(|e| anyhow!("{text:?} is not a valid cron expression: {e}"))?;
+        let parsed = croner::Cron::from_str(&cron)
+            .map_err(|e| anyhow!("{text:?} is not a valid cron expression: {e}"))?;
         Ok(Schedule { text: text.to_string(), cron, parsed })
     }
 
@@ -90,7 +92,9 @@ fn sugar(text: &str) -> Result<Option<String>> {
     let day = |d: &str| -> Result<&'static str> {
         WEEKDAYS
             .iter()
-            .find(|w| d.starts_with(*w) && "sunday monday tuesday wednesday thursday friday saturday".contains(d))
+            .find(|w| {
+                d.starts_with(*w) && "sunday monday tuesday wednesday thursday friday saturday".contains(d)
+            })
             .copied()
             .ok_or_else(|| anyhow!("{text:?}: {d:?} is not a day of the week (sun, mon, ...)"))
     };
@@ -107,9 +111,9 @@ fn sugar(text: &str) -> Result<Option<String>> {
             let (h, m) = at(hm)?;
             format!("{m} {h} * * {}", day(d)?)
         }
-        [first, ..] if ["hourly", "daily", "weekly"].contains(first) => bail!(
-            "{text:?} is not a schedule: write \"hourly\", \"daily HH:MM\" or \"weekly DAY HH:MM\""
-        ),
+        [first, ..] if ["hourly", "daily", "weekly"].contains(first) => {
+            bail!("{text:?} is not a schedule: write \"hourly\", \"daily HH:MM\" or \"weekly DAY HH:MM\"")
+        }
         _ => return Ok(None),
     }))
 }
@@ -182,7 +186,9 @@ mod tests {
         assert_eq!(Schedule::parse("daily 02:30").unwrap().cron, "30 2 * * *");
         assert_eq!(Schedule::parse("Weekly Sun 04:00").unwrap().cron, "0 4 * * sun");
         assert_eq!(Schedule::parse("*/15 * * * mon-fri").unwrap().cron, "*/15 * * * mon-fri");
-        for bad in ["daily 25:00", "weekly someday 04:00", "every day", "* * * *", "0 0 * * * *", "61 * * * *"] {
+        for bad in
+            ["daily 25:00", "weekly someday 04:00", "every day", "* * * *", "0 0 * * * *", "61 * * * *"]
+        {
             assert!(Schedule::parse(bad).is_err(), "{bad} parsed");
         }
     }

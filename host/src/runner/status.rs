@@ -25,7 +25,9 @@ impl History {
         let entries = match std::fs::read_dir(&state) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(History { runs }),
-            Err(e) => return Err(e).with_context(|| format!("cannot list the state folder {}", state.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot list the state folder {}", state.display()));
+            }
         };
         for entry in entries {
             let journal = entry?.path().join("journal.sqlite");
@@ -95,7 +97,9 @@ pub struct JobStatus {
 impl JobStatus {
     /// Time since the last success, at `now`.
     pub fn age(&self, now: jiff::Timestamp) -> Option<Duration> {
-        self.last_success.as_ref().map(|r| Duration::from_nanos((now.as_nanosecond() as i64 - r.ended_ns).max(0) as u64))
+        self.last_success
+            .as_ref()
+            .map(|r| Duration::from_nanos((now.as_nanosecond() as i64 - r.ended_ns).max(0) as u64))
     }
 }
 
@@ -154,16 +158,12 @@ pub fn textfile(config: &Config, history: &History) -> Result<String> {
         "When the last run of the job ended (Unix time).",
         &|job| one(history.last_run(job).map(|r| secs(r.ended_ns))),
     );
-    family(
-        "cairn_job_last_run_duration_seconds",
-        "How long the last run of the job took.",
-        &|job| one(history.last_run(job).map(|r| secs(r.ended_ns - r.started_ns))),
-    );
-    family(
-        "cairn_job_last_run_bytes_read",
-        "Source bytes the last run of the job read.",
-        &|job| one(history.last_run(job).map(|r| r.bytes_read as f64)),
-    );
+    family("cairn_job_last_run_duration_seconds", "How long the last run of the job took.", &|job| {
+        one(history.last_run(job).map(|r| secs(r.ended_ns - r.started_ns)))
+    });
+    family("cairn_job_last_run_bytes_read", "Source bytes the last run of the job read.", &|job| {
+        one(history.last_run(job).map(|r| r.bytes_read as f64))
+    });
     family(
         "cairn_job_last_run_bytes_added",
         "Bytes of new data the last run of the job added to the repository.",

@@ -62,7 +62,10 @@ pub fn scheduled(config: &Config) -> Result<Vec<Job>> {
         }
     }
     if out.is_empty() {
-        bail!("no job in {} has a schedule: add schedule = \"daily 02:30\" to a [jobs.NAME]", config.path.display());
+        bail!(
+            "no job in {} has a schedule: add schedule = \"daily 02:30\" to a [jobs.NAME]",
+            config.path.display()
+        );
     }
     Ok(out)
 }
@@ -73,11 +76,15 @@ pub fn systemd_units(config: &Config, cairn: &Path) -> Result<Vec<Unit>> {
     for job in scheduled(config)? {
         let schedule = job.schedule.as_ref().expect("scheduled jobs have a schedule");
         let calendar = schedule.on_calendar()?;
-        let exec = [cairn.to_string_lossy().into_owned(), "--config".into(), config.path.to_string_lossy().into_owned()]
-            .iter()
-            .map(|a| systemd_quote(a))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let exec = [
+            cairn.to_string_lossy().into_owned(),
+            "--config".into(),
+            config.path.to_string_lossy().into_owned(),
+        ]
+        .iter()
+        .map(|a| systemd_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
         let name = &job.name;
         units.push(Unit {
             name: format!("cairn-{name}.service"),
@@ -101,7 +108,8 @@ pub fn systemd_units(config: &Config, cairn: &Path) -> Result<Vec<Unit>> {
 
 /// Crontab lines, one per scheduled job.
 pub fn crontab_lines(config: &Config, cairn: &Path) -> Result<String> {
-    let mut out = String::from("# cairn backup jobs (install with: crontab -e, or append to `crontab -l` output)\n");
+    let mut out =
+        String::from("# cairn backup jobs (install with: crontab -e, or append to `crontab -l` output)\n");
     for job in scheduled(config)? {
         let schedule = job.schedule.as_ref().expect("scheduled jobs have a schedule");
         out.push_str(&format!(
@@ -129,7 +137,9 @@ pub fn write_units(dir: &Path, units: &[Unit]) -> Result<()> {
         let mut tmp = tempfile::Builder::new().prefix(".cairn-unit").tempfile_in(dir)?;
         std::io::Write::write_all(&mut tmp, u.text.as_bytes())?;
         std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        tmp.persist(&path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
+        tmp.persist(&path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
