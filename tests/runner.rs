@@ -243,6 +243,15 @@ fn hooks_see_their_variables_and_a_failing_before_hook_skips_its_job() {
     assert_eq!(job("good")["last_success"]["snapshot"], good_snapshot.as_str());
     assert_eq!(job("bad")["last_failure"]["outcome"], "skipped");
     assert_eq!(job("bad")["last_success"], serde_json::Value::Null);
+
+    // With -v the run log, hook output included, is on stderr too.
+    let (code, _, stderr) = run_at(&env, "2026-01-01T10:06:00Z", &["-v", "run", "good"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("[good] hook output for the log"), "{stderr}");
+    // `cairn backup` of a config with only jobs says how to run them.
+    let (code, err) = env.fails(&["backup"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("the jobs of this config run with `cairn run JOB` (jobs: bad, good)"), "{err}");
 }
 
 #[test]
@@ -358,6 +367,21 @@ fn the_textfile_is_written_atomically_and_parses_back() {
     // Only the file itself: the temporary file it was written as was renamed over it.
     let names: Vec<_> = std::fs::read_dir(&metrics_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, [std::ffi::OsString::from("cairn.prom")]);
+
+    // A textfile that cannot be written does not undo the jobs' success: exit 3, said.
+    let missing = env.path("no-such-folder/cairn.prom");
+    env.write_config(
+        &std::fs::read_to_string(&env.config)
+            .unwrap()
+            .replace(&format!("textfile = {textfile:?}"), &format!("textfile = {missing:?}")),
+    );
+    let (code, stdout, stderr) = run_at(&env, "2026-01-01T11:00:00Z", &["run", "ok"]);
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    assert!(stdout.contains("job ok: success"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("cairn: cannot write the monitoring textfile {}", missing.display())),
+        "{stderr}"
+    );
 }
 
 #[test]

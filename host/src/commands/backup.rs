@@ -18,6 +18,12 @@ use crate::repo::{Access, Repository};
 
 pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
     let config = ctx.config()?;
+    if config.backup.sources.is_empty() && !config.jobs.is_empty() {
+        bail!(
+            "[backup] has no sources; the jobs of this config run with `cairn run JOB` (jobs: {})",
+            crate::runner::jobs::names(&config).join(", ")
+        );
+    }
     let done = back_up(ctx, &config, crate::repo::format::DEFAULT_JOB, tags, &mut |_| {})?;
     report(ctx, &done)
 }

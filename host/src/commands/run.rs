@@ -58,6 +58,9 @@ pub fn run(ctx: &Ctx, names: &[String], parallel: usize, verbose: bool) -> Resul
             }
         }
     }
+    for p in &report.problems {
+        eprintln!("cairn: {p}");
+    }
     let named = |pred: fn(RunOutcome) -> bool| -> Vec<String> {
         report.runs.iter().filter(|r| pred(r.outcome)).map(|r| r.job.clone()).collect()
     };
@@ -71,11 +74,20 @@ pub fn run(ctx: &Ctx, names: &[String], parallel: usize, verbose: bool) -> Resul
                 failed.join(", ")
             )
         }
-        EXIT_PROBLEMS => Err(Exit::problems(format!(
-            "job(s) finished with warnings: {}; see `cairn status` and the run logs",
-            named(|o| o == RunOutcome::Warning).join(", ")
-        ))
-        .into()),
+        EXIT_PROBLEMS => {
+            let warned = named(|o| o == RunOutcome::Warning);
+            if warned.is_empty() {
+                return Err(Exit::problems(
+                    "every job succeeded, but the monitoring textfile was not written",
+                )
+                .into());
+            }
+            Err(Exit::problems(format!(
+                "job(s) finished with warnings: {}; see `cairn status` and the run logs",
+                warned.join(", ")
+            ))
+            .into())
+        }
         _ => Ok(()),
     }
 }

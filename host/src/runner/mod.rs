@@ -40,6 +40,8 @@ pub fn now() -> Result<jiff::Timestamp> {
 /// What `cairn run` did: one record per job it ran or skipped.
 pub struct Report {
     pub runs: Vec<RunRecord>,
+    /// What went wrong around the jobs (the monitoring textfile could not be written).
+    pub problems: Vec<String>,
 }
 
 impl Report {
@@ -47,7 +49,7 @@ impl Report {
     pub fn exit_code(&self) -> u8 {
         if self.runs.iter().any(|r| matches!(r.outcome, RunOutcome::Failure | RunOutcome::Skipped)) {
             crate::error::EXIT_ERROR
-        } else if self.runs.iter().any(|r| r.outcome == RunOutcome::Warning) {
+        } else if self.runs.iter().any(|r| r.outcome == RunOutcome::Warning) || !self.problems.is_empty() {
             crate::error::EXIT_PROBLEMS
         } else {
             crate::error::EXIT_OK
@@ -99,12 +101,19 @@ pub fn run(ctx: &Ctx, config: &Config, jobs: Vec<Job>, parallel: usize, verbose:
         }
     });
     let runs = results.into_inner().unwrap();
+    let mut problems = Vec::new();
     if let Some(path) = &config.monitoring.textfile {
-        let history = status::History::load(config)?;
-        status::write_textfile(path, config, &history)
-            .map_err(|e| anyhow!("cannot write the monitoring textfile {}: {e:#}", path.display()))?;
+        // The jobs' outcome stands; a textfile that cannot be written is a warning (exit 3).
+        let written = status::History::load(config).and_then(|h| status::write_textfile(path, config, &h));
+        if let Err(e) = written {
+            problems.push(format!(
+                "cannot write the monitoring textfile {}: {}",
+                path.display(),
+                one_line(&e)
+            ));
+        }
     }
-    Ok(Report { runs })
+    Ok(Report { runs, problems })
 }
 
 /// What one step of a job left behind for the next ones.
