@@ -584,3 +584,46 @@ fn jobs_on_two_repositories_run_in_parallel() {
         assert_eq!(job["last_success"]["outcome"], "success", "{status}");
     }
 }
+
+#[test]
+fn a_second_run_on_the_same_repository_waits_its_turn() {
+    use std::os::fd::AsRawFd;
+    let env = runner_env("");
+    write_file(&env.src.join("f"), b"x", 0o644, 1_600_000_000);
+    env.write_config(&format!(
+        "{}\n[jobs.home]\nsources = [{:?}]\n",
+        std::fs::read_to_string(&env.config).unwrap(),
+        env.src
+    ));
+    // Another `cairn run` on this repository holds its turn.
+    std::fs::create_dir_all(env.state.join("runner")).unwrap();
+    let turn = std::fs::File::create(env.state.join("runner/repository.lock")).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(turn.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let stderr_path = env.path("run.stderr");
+    let mut child = env
+        .cmd(&["-v", "run", "home"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    // It says it waits (and has saved nothing yet)...
+    let mut waited = 0;
+    while !std::fs::read_to_string(&stderr_path)
+        .unwrap()
+        .contains("waiting for another `cairn run` on the same repository")
+    {
+        assert!(child.try_wait().unwrap().is_none(), "{}", std::fs::read_to_string(&stderr_path).unwrap());
+        assert!(waited < 6000, "no waiting note: {}", std::fs::read_to_string(&stderr_path).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 1;
+    }
+    assert!(
+        !env.repo.join("snapshots").exists()
+            || std::fs::read_dir(env.repo.join("snapshots")).unwrap().count() == 0
+    );
+    // ...and runs once the other one is done.
+    drop(turn);
+    assert!(child.wait().unwrap().success(), "{}", std::fs::read_to_string(&stderr_path).unwrap());
+    assert_eq!(snapshots_by_job(&env)["home"].len(), 1);
+}

@@ -92,6 +92,10 @@ pub fn run(ctx: &Ctx, config: &Config, jobs: Vec<Job>, parallel: usize, verbose:
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(group) = groups.get(i) else { break };
+                    // Held while this group's jobs run: another `cairn run` (a timer firing
+                    // at the same time) on this repository waits instead of failing on the
+                    // journal lock.
+                    let _turn = RepositoryTurn::take(config, group[0].repository.as_deref(), verbose);
                     for job in group {
                         let record = run_job(ctx, config, job, started, verbose);
                         results.lock().unwrap().push(record);
@@ -114,6 +118,45 @@ pub fn run(ctx: &Ctx, config: &Config, jobs: Vec<Job>, parallel: usize, verbose:
         }
     }
     Ok(Report { runs, problems })
+}
+
+/// A blocking `flock` on `<state>/runner/<repository>.lock`, one per configured repository
+/// (`[repository]` or `[repositories.NAME]`): `cairn run` processes take turns on one
+/// repository, while those on different repositories run side by side. Released when the
+/// process ends, however it ends. Not taken (and jobs then meet the journal lock as usual)
+/// when the file cannot be opened.
+struct RepositoryTurn {
+    _held: Option<std::fs::File>,
+}
+
+impl RepositoryTurn {
+    fn take(config: &Config, repository: Option<&str>, verbose: bool) -> RepositoryTurn {
+        use std::os::fd::AsRawFd;
+        let name = match repository {
+            None => "repository".to_string(),
+            Some(r) => format!("repositories.{r}"),
+        };
+        let Ok(dir) = config.state_dir().map(|d| d.join("runner")) else {
+            return RepositoryTurn { _held: None };
+        };
+        let path = dir.join(format!("{name}.lock"));
+        let file = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path));
+        let Ok(file) = file else { return RepositoryTurn { _held: None } };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let note = format!("waiting for another `cairn run` on the same repository ({})", path.display());
+            if verbose {
+                eprintln!("cairn: {note}");
+            }
+            tracing::info!("{note}");
+            // SAFETY: as above; blocks until the other run ends.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return RepositoryTurn { _held: None };
+            }
+        }
+        RepositoryTurn { _held: Some(file) }
+    }
 }
 
 /// What one step of a job left behind for the next ones.
@@ -168,7 +211,7 @@ fn run_job(ctx: &Ctx, config: &Config, job: &Job, now: jiff::Timestamp, verbose:
             record.outcome = RunOutcome::Skipped;
             Err(format!("{e}; the job was skipped"))
         }
-        Ok(()) => steps(ctx, config, job, &log, &mut progress).map_err(|e| one_line(&e)),
+        Ok(()) => steps(ctx, config, job, now, &log, &mut progress).map_err(|e| one_line(&e)),
     };
     record.snapshot = progress.snapshot.clone();
     record.bytes_read = progress.bytes_read;
@@ -220,7 +263,14 @@ fn short(id: &Option<String>) -> String {
 }
 
 /// Backup, forget, prune, verify: the first error ends the job.
-fn steps(ctx: &Ctx, config: &Config, job: &Job, log: &RunLog, progress: &mut Progress) -> Result<()> {
+fn steps(
+    ctx: &Ctx,
+    config: &Config,
+    job: &Job,
+    now: jiff::Timestamp,
+    log: &RunLog,
+    progress: &mut Progress,
+) -> Result<()> {
     let view = config.job_view(&job.name)?;
     log.line("backup: starting");
     let done = crate::commands::backup::back_up(ctx, &view, &job.name, &[], &mut |repo| {
@@ -264,8 +314,7 @@ fn steps(ctx: &Ctx, config: &Config, job: &Job, log: &RunLog, progress: &mut Pro
 
     if let Some(every) = job.prune_every {
         let last = status::History::load(config)?.last_prune(&job.name);
-        let due =
-            last.is_none_or(|t| now().map(|n| n.duration_since(t).unsigned_abs() >= every).unwrap_or(true));
+        let due = last.is_none_or(|t| now.duration_since(t).unsigned_abs() >= every);
         if due {
             progress.pruned = prune(repo, log)?;
         }
