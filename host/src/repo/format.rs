@@ -589,6 +589,23 @@ pub struct Snapshot {
     pub job: String,
 }
 
+/// A snapshot that authenticates but was written by a newer cairn: not damage (nothing may
+/// treat it as garbage), only unreadable here.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot version {0} is newer than this cairn understands ({SNAPSHOT_VERSION}); upgrade cairn")]
+pub struct NewerSnapshot(pub u8);
+
+impl NewerSnapshot {
+    /// Whether `result` is a snapshot that decodes, or one of a newer version: either way an
+    /// authentic snapshot object.
+    pub fn is_authentic(result: &Result<Snapshot>) -> bool {
+        match result {
+            Ok(_) => true,
+            Err(e) => e.downcast_ref::<NewerSnapshot>().is_some(),
+        }
+    }
+}
+
 /// A version 1 snapshot: [`Snapshot`] without `job`.
 #[derive(Deserialize)]
 struct SnapshotV1 {
@@ -629,9 +646,8 @@ impl Snapshot {
                 })
             }
             SNAPSHOT_VERSION => Ok(postcard::from_bytes(plain)?),
-            v => bail!(
-                "snapshot version {v} is newer than this cairn understands ({SNAPSHOT_VERSION}); upgrade cairn"
-            ),
+            v if v > SNAPSHOT_VERSION => Err(NewerSnapshot(v).into()),
+            v => bail!("snapshot version {v} does not exist"),
         }
     }
 
@@ -794,6 +810,42 @@ mod tests {
         ] {
             assert_eq!(ObjectName::parse(&name), None, "{name:?} parsed");
         }
+    }
+
+    #[test]
+    fn snapshot_versions_decode_and_a_newer_one_is_named() {
+        let snap = Snapshot {
+            version: SNAPSHOT_VERSION,
+            time_ns: 5,
+            hostname: "h".into(),
+            username: "u".into(),
+            sources: vec![ByteBuf::from(b"/src".to_vec())],
+            tags: vec!["t".into()],
+            parent: None,
+            tree: Id::of_bytes(b"tree"),
+            partial: false,
+            summary: Summary::default(),
+            program: "test".into(),
+            job: "home".into(),
+        };
+        let v2 = snap.encode().unwrap();
+        assert_eq!(Snapshot::decode(&v2).unwrap().job, "home");
+        // Version 1: the same bytes without the job.
+        let v1 = Snapshot { version: 1, ..snap.clone() }.encode().unwrap();
+        assert_eq!(v1.len(), v2.len() - 5, "the job (length byte + 4) is all that differs");
+        let old = Snapshot::decode(&v1).unwrap();
+        assert_eq!(
+            (old.version, old.job.as_str(), old.tags.as_slice()),
+            (1, DEFAULT_JOB, &["t".to_string()][..])
+        );
+        let mut v9 = v2.clone();
+        v9[0] = 9;
+        let err = Snapshot::decode(&v9);
+        assert!(NewerSnapshot::is_authentic(&err));
+        assert!(err.unwrap_err().to_string().contains("upgrade cairn"));
+        let mut v0 = v2;
+        v0[0] = 0;
+        assert!(!NewerSnapshot::is_authentic(&Snapshot::decode(&v0)));
     }
 
     #[test]

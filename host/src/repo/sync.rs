@@ -46,6 +46,9 @@ pub async fn sync_remote(repo: &Repository) -> Result<()> {
                 journal.add_snapshot(&id, &snap)?;
                 journal.record_present(&obj.name, ObjectKind::Snapshot, obj.size, Some(&id), &[])?;
             }
+            Err(e) if actual == id && e.downcast_ref::<format::NewerSnapshot>().is_some() => {
+                tracing::warn!("skipping snapshot object {}: {e}", obj.name)
+            }
             _ => {
                 tracing::warn!("skipping damaged snapshot object {}; `cairn repair` deals with it", obj.name)
             }
