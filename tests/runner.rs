@@ -627,3 +627,21 @@ fn a_second_run_on_the_same_repository_waits_its_turn() {
     assert!(child.wait().unwrap().success(), "{}", std::fs::read_to_string(&stderr_path).unwrap());
     assert_eq!(snapshots_by_job(&env)["home"].len(), 1);
 }
+
+#[test]
+fn cairn_backup_is_a_run_of_the_job_default() {
+    let env = Env::new();
+    write_file(&env.src.join("f"), b"x", 0o644, 1_600_000_000);
+    env.ok(&["init"]);
+    let mut backup = env.cmd(&["backup"]);
+    backup.env("CAIRN_NOW", "2026-01-01T10:00:00Z");
+    assert!(backup.output().unwrap().status.success());
+    let status = |now: &str| {
+        let out = env.cmd(&["status", "--max-age", "1h"]).env("CAIRN_NOW", now).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = status("2026-01-01T10:30:00Z");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("default\n  last success: 2026-01-01 10:00:0"), "{out}");
+    assert_eq!(status("2026-01-01T11:30:00Z").0, Some(3));
+}

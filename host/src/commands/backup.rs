@@ -12,6 +12,7 @@ use crate::engine::backup::{self, Settings};
 use crate::engine::upload;
 use crate::engine::walk::Excludes;
 use crate::error::{Exit, Role, local_io, one_line};
+use crate::journal::{RunOutcome, RunRecord};
 use crate::plugin::BackendError;
 use crate::progress::Progress;
 use crate::repo::{Access, Repository};
@@ -24,8 +25,54 @@ pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
             crate::runner::jobs::names(&config).join(", ")
         );
     }
-    let done = back_up(ctx, &config, crate::repo::format::DEFAULT_JOB, tags, &mut |_| {})?;
-    report(ctx, &done)
+    let started = crate::runner::now()?;
+    let clock = std::time::Instant::now();
+    let mut journal = None;
+    let result = back_up(ctx, &config, crate::repo::format::DEFAULT_JOB, tags, &mut |repo| {
+        journal = Some(repo.journal.clone())
+    });
+    // A run of the job `default`, for `cairn status` (a failure before the repository
+    // opened has no journal to go to).
+    if let Some(journal) = journal {
+        let record = run_record(&result, started, clock.elapsed());
+        if let Err(e) = journal.add_run(&record) {
+            tracing::warn!("cannot record the run in the journal: {}", one_line(&e));
+        }
+    }
+    report(ctx, &result?)
+}
+
+/// What `cairn backup` did, as a run of the job `default`.
+fn run_record(result: &Result<Done>, started: jiff::Timestamp, took: std::time::Duration) -> RunRecord {
+    let started_ns = started.as_nanosecond() as i64;
+    let mut record = RunRecord {
+        job: crate::repo::format::DEFAULT_JOB.to_string(),
+        started_ns,
+        ended_ns: started_ns + took.as_nanos() as i64,
+        outcome: RunOutcome::Success,
+        snapshot: None,
+        bytes_read: 0,
+        bytes_added: 0,
+        pruned: false,
+        error: None,
+    };
+    match result {
+        Ok(done) => {
+            let s = &done.out.snapshot.summary;
+            record.snapshot = Some(done.out.id.hex());
+            record.bytes_read = s.bytes_read;
+            record.bytes_added = s.data_added;
+            if s.errors > 0 {
+                record.outcome = RunOutcome::Warning;
+                record.error = Some(format!("{} item(s) could not be read", s.errors));
+            }
+        }
+        Err(e) => {
+            record.outcome = RunOutcome::Failure;
+            record.error = Some(one_line(e));
+        }
+    }
+    record
 }
 
 /// A finished backup: the repository it went to (still open and locked), what it saved,
