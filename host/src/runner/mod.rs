@@ -78,7 +78,14 @@ pub fn select(config: &Config, named: &[String], now: jiff::Timestamp) -> Result
 /// Runs `jobs`: those on one repository one after the other, up to `parallel` repositories
 /// at once. Then writes the monitoring textfile.
 pub fn run(ctx: &Ctx, config: &Config, jobs: Vec<Job>, parallel: usize, verbose: bool) -> Result<Report> {
+    // Each job's start is this invocation's start (the injected clock in tests) plus the
+    // time spent since on earlier jobs.
     let started = now()?;
+    let clock = Instant::now();
+    let job_start = || {
+        let since = jiff::SignedDuration::from_nanos(clock.elapsed().as_nanos() as i64);
+        started.checked_add(since).unwrap_or(started)
+    };
     let mut groups: BTreeMap<Option<String>, Vec<Job>> = BTreeMap::new();
     for job in jobs {
         groups.entry(job.repository.clone()).or_default().push(job);
@@ -97,7 +104,7 @@ pub fn run(ctx: &Ctx, config: &Config, jobs: Vec<Job>, parallel: usize, verbose:
                     // journal lock.
                     let _turn = RepositoryTurn::take(config, group[0].repository.as_deref(), verbose);
                     for job in group {
-                        let record = run_job(ctx, config, job, started, verbose);
+                        let record = run_job(ctx, config, job, job_start(), verbose);
                         results.lock().unwrap().push(record);
                     }
                 }
