@@ -158,6 +158,8 @@ pub struct Job {
     pub name: String,
     pub schedule: Option<Schedule>,
     pub prune_every: Option<Duration>,
+    /// `None`: no verify; `Some(None)`: structure only; `Some(Some(subset))`: also read
+    /// that part of the packs.
     pub verify: Option<Option<Subset>>,
     pub before: Vec<Hook>,
     pub after: Vec<Hook>,

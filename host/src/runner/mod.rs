@@ -62,7 +62,9 @@ impl Report {
 /// without a schedule run only when named.
 pub fn select(config: &Config, named: &[String], now: jiff::Timestamp) -> Result<Vec<Job>> {
     if !named.is_empty() {
-        return named.iter().map(|n| jobs::job(config, n)).collect();
+        // Each job once, in the order first named.
+        let mut seen = std::collections::BTreeSet::new();
+        return named.iter().filter(|n| seen.insert(n.as_str())).map(|n| jobs::job(config, n)).collect();
     }
     let history = status::History::load(config)?;
     let mut due = Vec::new();
