@@ -1,6 +1,8 @@
 //! The format doc must match the bytes. `tests/fixtures/golden-v1/` is a repository written
-//! by cairn when format version 1 was current (made by `make_golden_fixture` below, which is
-//! ignored: run it only to replace the fixture after a deliberate, documented format change).
+//! by cairn when snapshot version 1 was current, `tests/fixtures/golden-v2/` one written when
+//! snapshot version 2 (snapshots name their job) was: made once by
+//! `cargo test --test golden -- --ignored make_golden_v2_fixture`, then checked in and never
+//! rewritten (a later format gets a golden-v3 next to them).
 //!
 //! Every run reads it with today's code (a change that cannot read old repositories fails),
 //! checks its raw bytes against the layout `docs/format.md` gives (names, key file fields,
@@ -19,6 +21,9 @@ use cairn::repo::format;
 use common::*;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden-v1");
+const FIXTURE_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden-v2");
+/// Both golden repositories: (folder, the job their snapshot belongs to).
+const FIXTURES: [(&str, &str); 2] = [(FIXTURE, "default"), (FIXTURE_V2, "golden")];
 const PASSWORD: &str = "golden fixture password";
 /// Where the fixture's source tree was when it was backed up (recorded in the snapshot).
 const SOURCE: &str = "/tmp/cairn-golden-source";
@@ -52,18 +57,26 @@ fn golden_cmd_env(env: &mut Env) {
     env.extra_env.push(("CAIRN_GOLDEN".into(), PASSWORD.into()));
 }
 
+/// Writes `tests/fixtures/golden-v2` (snapshot version 2) with the job `golden`, as
+/// `cairn run` makes it. golden-v1 was written the same way by `cairn backup --tag golden`
+/// with cairn 0.1 (snapshot version 1) and must never be rewritten.
 #[test]
-#[ignore = "writes the fixture; run only after a deliberate format change"]
-fn make_golden_fixture() {
+#[ignore = "writes the fixture; run only once, when a new format version is introduced"]
+fn make_golden_v2_fixture() {
     let src = Path::new(SOURCE);
     let _ = std::fs::remove_dir_all(src);
     golden_source(src);
-    let repo = PathBuf::from(FIXTURE).join("repo");
+    let repo = PathBuf::from(FIXTURE_V2).join("repo");
     let _ = std::fs::remove_dir_all(&repo);
     let mut env = golden_env(&repo);
+    env.write_config(&format!(
+        "[repository]\nbackend = \"fs\"\noptions = {{ path = {repo:?} }}\npassword_env = \"CAIRN_GOLDEN\"\n\n\
+         [jobs.golden]\nsources = [{SOURCE:?}]\ntags = [\"golden\"]\n\n[state]\ndir = {:?}\n",
+        env.state
+    ));
     golden_cmd_env(&mut env);
     env.ok(&["init", "--chunk-size", "64KiB"]);
-    env.ok(&["backup", "--tag", "golden"]);
+    env.ok(&["run", "golden"]);
     std::fs::remove_dir_all(src).unwrap();
 }
 
@@ -73,10 +86,16 @@ fn files_below(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn the_golden_repository_restores_with_todays_code() {
+fn the_golden_repositories_restore_with_todays_code() {
+    for (fixture, job) in FIXTURES {
+        golden_restores(fixture, job);
+    }
+}
+
+fn golden_restores(fixture: &str, job: &str) {
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("repo");
-    copy_tree(&PathBuf::from(FIXTURE).join("repo"), &repo);
+    copy_tree(&PathBuf::from(fixture).join("repo"), &repo);
     let before = snapshot_dir(&repo);
     let mut env = golden_env(&repo);
     golden_cmd_env(&mut env);
@@ -85,11 +104,12 @@ fn the_golden_repository_restores_with_todays_code() {
     let snaps = env.json(&["snapshots"]);
     assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
     assert_eq!(snaps[0]["tags"], serde_json::json!(["golden"]), "{snaps}");
+    assert_eq!(snaps[0]["job"], job, "{snaps}");
     let out = env.run(&["verify", "--read-data"]);
     assert_eq!(out.status.code(), Some(0), "the golden repository verifies whole: {out:?}");
 
     let target = work.path().join("restore");
-    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    env.ok(&["restore", &format!("latest:{job}"), "--target", target.to_str().unwrap()]);
     let expected = work.path().join("expected");
     golden_source(&expected);
     let restored = target.join(SOURCE.trim_start_matches('/'));
@@ -101,8 +121,14 @@ fn the_golden_repository_restores_with_todays_code() {
 }
 
 #[test]
-fn the_golden_repository_has_the_documented_layout() {
-    let repo = PathBuf::from(FIXTURE).join("repo");
+fn the_golden_repositories_have_the_documented_layout() {
+    for (fixture, _) in FIXTURES {
+        golden_layout(fixture);
+    }
+}
+
+fn golden_layout(fixture: &str) {
+    let repo = PathBuf::from(fixture).join("repo");
     let names = files_below(&repo);
     assert!(names.iter().any(|n| n == "config"), "{names:?}");
     for name in &names {
@@ -187,7 +213,13 @@ fn sorted(v: Vec<String>) -> BTreeSet<String> {
 
 #[test]
 fn the_format_doc_lists_exactly_the_fields_in_the_bytes() {
-    let repo = PathBuf::from(FIXTURE).join("repo");
+    for (fixture, job) in FIXTURES {
+        doc_matches_bytes(fixture, job);
+    }
+}
+
+fn doc_matches_bytes(fixture: &str, job: &str) {
+    let repo = PathBuf::from(fixture).join("repo");
     let names = files_below(&repo);
     let name = |prefix: &str| names.iter().find(|n| n.starts_with(prefix)).unwrap().clone();
 
@@ -217,9 +249,36 @@ fn the_format_doc_lists_exactly_the_fields_in_the_bytes() {
 
     // Snapshot: sealed postcard; its fields, through serde, are the doc's.
     let sealed = std::fs::read(repo.join(name("snapshots/"))).unwrap();
-    let snap: format::Snapshot = format::open_object(&key, format::AAD_SNAPSHOT, &sealed, false).unwrap();
+    let snap = format::open_snapshot(&key, &sealed).unwrap();
+    assert_eq!(snap.job, job, "{fixture}: the snapshot's job");
     let snap_json = serde_json::to_value(&snap).unwrap();
     assert_eq!(sorted(doc_fields("Snapshot {")), sorted(json_fields(&snap_json)), "snapshot fields");
+    // The bytes follow the documented order; version 1 ends before `job` (the last field).
+    let mut by_doc = postcard::to_stdvec(&(
+        snap.version,
+        snap.time_ns,
+        &snap.hostname,
+        &snap.username,
+        &snap.sources,
+        &snap.tags,
+        snap.parent,
+        snap.tree,
+        snap.partial,
+        &snap.summary,
+        &snap.program,
+    ))
+    .unwrap();
+    assert_eq!(doc_fields("Snapshot {").last().map(String::as_str), Some("job"), "job is documented last");
+    if snap.version >= 2 {
+        by_doc.extend(postcard::to_stdvec(&snap.job).unwrap());
+    }
+    assert_eq!(
+        stored_plaintext(&key, &sealed),
+        by_doc,
+        "{fixture}: the snapshot's bytes follow the documented order"
+    );
+    assert_eq!(snap.encode().unwrap(), by_doc, "{fixture}: today's encoder writes the version's layout");
+    assert_eq!(format::Snapshot::decode(&by_doc).unwrap().job, job);
     assert_eq!(
         sorted(doc_fields("Summary {")),
         sorted(json_fields(&snap_json["summary"])),
@@ -273,6 +332,17 @@ fn the_format_doc_lists_exactly_the_fields_in_the_bytes() {
     );
     by_doc.extend(postcard::to_stdvec(&one).unwrap());
     assert!(plain.starts_with(&by_doc), "the first node's bytes follow the documented field order");
+}
+
+/// The plaintext of a sealed object: authenticated, then the payload's marker (0 stored,
+/// 1 zstd) undone.
+fn stored_plaintext(key: &cairn::crypto::MasterKey, sealed: &[u8]) -> Vec<u8> {
+    let payload = key.open(format::AAD_SNAPSHOT, sealed).unwrap();
+    match payload[0] {
+        0 => payload[1..].to_vec(),
+        1 => zstd::decode_all(&payload[1..]).unwrap(),
+        m => panic!("unknown payload marker {m}"),
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 rustup toolchain install
 
 # strace: tests/resume.rs and tests/restore_resume.rs count reads from outside the process.
-# chattr (e2fsprogs): tests/disk_errors.rs makes a file immutable. python3 and npm: the
+# chattr (e2fsprogs): tests/disk_errors.rs makes a file immutable. systemd-analyze: below. python3 and npm: the
 # servers below and the example backends' toolchains come from their registries.
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -26,6 +26,9 @@ command -v tar >/dev/null || missing+=(tar)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v npm >/dev/null || missing+=(npm)
+# systemd-analyze (package systemd): tests/runner.rs verifies the units `cairn schedule
+# install` writes, and fails when it is missing.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/setup.sh: installing ${missing[*]}" >&2
   $SUDO apt-get update -qq
@@ -33,6 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 strace -V >/dev/null
 command -v chattr >/dev/null
+systemd-analyze --version >/dev/null
 
 # The real storage servers the tests run against (on 127.0.0.1 only): SeaweedFS for S3,
 # rclone for WebDAV and a second S3 flavour.

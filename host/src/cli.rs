@@ -170,6 +170,27 @@ pub enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// Run jobs (`[jobs.NAME]`): those named, or every scheduled job that is due. Per job:
+    /// before hooks, backup, forget, prune when due, verify, after (or on_failure) hooks.
+    /// Exit code 1 when a job failed or was skipped, 3 when one finished with warnings
+    Run {
+        /// Jobs to run (default: every job whose schedule says it is due)
+        jobs: Vec<String>,
+        /// Run jobs of up to this many repositories at once (jobs sharing one run in turn)
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        parallel: usize,
+    },
+    /// Show the jobs' next runs, or install or remove systemd timers that run them
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
+    /// Per job: last success, last failure and its error, age, duration, data added, next due
+    Status {
+        /// Exit 3, naming them, when a job's last success is older than this (e.g. 26h)
+        #[arg(long, value_name = "SPAN")]
+        max_age: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -215,6 +236,47 @@ pub struct NewPassword {
     /// File whose first line is the new password
     #[arg(long, value_name = "FILE")]
     pub new_password_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleAction {
+    /// Print each scheduled job's next runs
+    Show {
+        /// How many runs per job
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+    },
+    /// Write a systemd service and timer per scheduled job (Persistent=true) and enable the
+    /// timers
+    Install {
+        #[command(flatten)]
+        place: UnitPlace,
+        /// Print the units instead of installing them
+        #[arg(long)]
+        print: bool,
+        /// Print crontab lines instead (for systems without systemd); installs nothing
+        #[arg(long)]
+        crontab: bool,
+    },
+    /// Disable and delete the units `schedule install` wrote
+    Remove {
+        #[command(flatten)]
+        place: UnitPlace,
+    },
+}
+
+/// Where `schedule install` and `remove` put units.
+#[derive(clap::Args, Debug)]
+pub struct UnitPlace {
+    /// Per-user units (~/.config/systemd/user; the default)
+    #[arg(long, conflicts_with = "system")]
+    pub user: bool,
+    /// System units (/etc/systemd/system; needs root)
+    #[arg(long)]
+    pub system: bool,
+    /// Write the units into this folder and leave systemctl alone
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// The `--keep-*` flags of `forget` (counts are numbers or `unlimited`).

@@ -27,6 +27,15 @@ pub struct Config {
     pub plugins: PluginsConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Further repositories jobs may name (`[repositories.NAME]`, same keys as `[repository]`).
+    #[serde(default)]
+    pub repositories: BTreeMap<String, RepositoryConfig>,
+    /// Named jobs (`[jobs.NAME]`): what `cairn run` runs, when, with what before and after.
+    #[serde(default)]
+    pub jobs: BTreeMap<String, crate::runner::jobs::JobConfig>,
+    /// `[monitoring]`: where `cairn run` reports for monitoring systems.
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
     /// Where the config was read from (not part of the file).
     #[serde(skip)]
     pub path: PathBuf,
@@ -38,7 +47,7 @@ pub struct Config {
 
 /// A fetched password (or the one-line reason it could not be fetched), never shown by
 /// `Debug`.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct PasswordMemo(std::sync::OnceLock<std::result::Result<String, String>>);
 
 impl std::fmt::Debug for PasswordMemo {
@@ -51,7 +60,7 @@ impl std::fmt::Debug for PasswordMemo {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
     /// `fs` (built in), or the name of an installed plugin, or a path to a `.wasm` component.
@@ -130,7 +139,7 @@ fn default_call_timeout() -> u64 {
     120
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupConfig {
     /// Files and folders to back up (absolute, or relative to the config file).
@@ -153,7 +162,7 @@ pub struct BackupConfig {
 
 /// How often a running backup makes its progress durable: uploads what it has packed, an
 /// index, and a partial snapshot that a later run resumes from.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
     /// Seconds between checkpoints (default 300).
@@ -211,7 +220,7 @@ pub enum KeepCount {
 }
 
 /// `[retention]`: the policy `cairn forget` applies when no `--keep-*` flag is given.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
     pub keep_last: Option<KeepCount>,
@@ -262,14 +271,22 @@ impl RetentionConfig {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Installed plugins. Default `$XDG_DATA_HOME/cairn/plugins`.
     pub dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `[monitoring]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// A Prometheus textfile-collector file (`*.prom`) rewritten atomically after each run.
+    pub textfile: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Journal, lock and temporary packs. Default `$XDG_STATE_HOME/cairn`.
@@ -341,9 +358,71 @@ impl Config {
         if let Some(d) = self.repository.password_file.as_mut() {
             fix(d);
         }
+        for repo in self.repositories.values_mut() {
+            repo.grants.dirs.iter_mut().for_each(fix);
+            if let Some(d) = repo.password_file.as_mut() {
+                fix(d);
+            }
+        }
+        for job in self.jobs.values_mut() {
+            job.sources.iter_mut().for_each(fix);
+        }
+        if let Some(d) = self.monitoring.textfile.as_mut() {
+            fix(d);
+        }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// The config as job `name` sees it: its repository as `[repository]`, its sources,
+    /// excludes and tags as `[backup]`, its retention (else `[retention]`) as `[retention]`,
+    /// and no jobs. What `cairn run` hands to the backup, forget and verify of that job.
+    pub fn job_view(&self, name: &str) -> Result<Config> {
+        let default_job = crate::repo::format::DEFAULT_JOB;
+        let (repository, backup, retention, same_repository) = match self.jobs.get(name) {
+            Some(job) => {
+                let (repository, same) = match &job.repository {
+                    None => (self.repository.clone(), true),
+                    Some(r) => (
+                        self.repositories.get(r).cloned().ok_or_else(|| {
+                            anyhow!("[jobs.{name}] repository {r:?} is not a [repositories.{r}] table")
+                        })?,
+                        false,
+                    ),
+                };
+                let backup = BackupConfig {
+                    sources: job.sources.clone(),
+                    exclude: job.exclude.clone(),
+                    tags: job.tags.clone(),
+                    ..self.backup.clone()
+                };
+                (repository, backup, job.retention.clone().unwrap_or_else(|| self.retention.clone()), same)
+            }
+            None if name == default_job && !self.backup.sources.is_empty() => {
+                (self.repository.clone(), self.backup.clone(), self.retention.clone(), true)
+            }
+            None => bail!(
+                "no job {} in {}; the jobs are: {}",
+                crate::untrusted::escape(name),
+                self.path.display(),
+                crate::runner::jobs::names(self).join(", ")
+            ),
+        };
+        Ok(Config {
+            repository,
+            backup,
+            state: self.state.clone(),
+            checkpoint: self.checkpoint.clone(),
+            plugins: self.plugins.clone(),
+            retention,
+            repositories: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            monitoring: self.monitoring.clone(),
+            path: self.path.clone(),
+            // The same repository's password is fetched once for all its jobs.
+            password: if same_repository { self.password.clone() } else { PasswordMemo::default() },
+        })
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
         let pw = [
             self.repository.password_env.is_some(),
             self.repository.password_command.is_some(),
@@ -356,6 +435,7 @@ impl Config {
         }
         self.pack_size()?;
         self.checkpoint_interval()?;
+        crate::runner::jobs::validate(self)?;
         if let Some(level) = self.backup.compression
             && !(0..=19).contains(&level)
         {

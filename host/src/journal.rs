@@ -23,7 +23,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::ids::Id;
 use crate::repo::format::{BlobKind, PackEntry, Snapshot};
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum State {
@@ -199,6 +199,58 @@ pub fn pack_id(name: &str) -> Result<Id> {
     crate::repo::format::id_of_name(name).ok_or_else(|| anyhow!("bad pack name {name:?} in the journal"))
 }
 
+/// How a run of a job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    Success,
+    /// Finished, but something was skipped or a later step (verify, a hook) complained.
+    Warning,
+    Failure,
+    /// A `before` hook failed: the job did not run.
+    Skipped,
+}
+
+impl RunOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Success => "success",
+            RunOutcome::Warning => "warning",
+            RunOutcome::Failure => "failure",
+            RunOutcome::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunOutcome> {
+        [RunOutcome::Success, RunOutcome::Warning, RunOutcome::Failure, RunOutcome::Skipped]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+
+    /// A run that produced its snapshot (possibly with warnings).
+    pub fn succeeded(self) -> bool {
+        matches!(self, RunOutcome::Success | RunOutcome::Warning)
+    }
+}
+
+/// One run of a job, as `cairn run` records it in the `runs` table.
+#[derive(Clone, Debug)]
+pub struct RunRecord {
+    pub job: String,
+    /// Nanoseconds since the Unix epoch (UTC).
+    pub started_ns: i64,
+    pub ended_ns: i64,
+    pub outcome: RunOutcome,
+    /// The new snapshot's id (hex), when one was saved.
+    pub snapshot: Option<String>,
+    pub bytes_read: u64,
+    /// Plaintext bytes new to the repository.
+    pub bytes_added: u64,
+    /// Whether this run pruned the repository (what `prune_every` counts from).
+    pub pruned: bool,
+    /// The one-line error of a failed or skipped run, or the warnings of one with warnings.
+    pub error: Option<String>,
+}
+
 impl Journal {
     /// Opens (creating if needed) the journal at `path`.
     pub fn open(path: &Path) -> Result<Journal> {
@@ -323,6 +375,27 @@ impl Journal {
                     content BLOB NOT NULL
                  ) WITHOUT ROWID;
                  PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
+        if version < 3 {
+            // Schema 3: `cairn run` records every run of a job. Older journals gain the table.
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE runs (
+                    id INTEGER PRIMARY KEY,
+                    job TEXT NOT NULL,
+                    started_ns INTEGER NOT NULL,
+                    ended_ns INTEGER NOT NULL,
+                    outcome TEXT NOT NULL,
+                    snapshot TEXT,
+                    bytes_read INTEGER NOT NULL,
+                    bytes_added INTEGER NOT NULL,
+                    pruned INTEGER NOT NULL,
+                    error TEXT
+                 );
+                 CREATE INDEX runs_job ON runs(job, started_ns);
+                 PRAGMA user_version = 3;
                  COMMIT;",
             )?;
         }
@@ -657,7 +730,7 @@ impl Journal {
         tx.execute("DELETE FROM snapshots WHERE id = ?1", [old.hex()])?;
         tx.execute(
             "INSERT OR REPLACE INTO snapshots (id, time_ns, partial, data) VALUES (?1, ?2, ?3, ?4)",
-            params![new.hex(), snap.time_ns, snap.partial, postcard::to_stdvec(snap)?],
+            params![new.hex(), snap.time_ns, snap.partial, snap.encode()?],
         )?;
         tx.commit()?;
         Ok(())
@@ -740,7 +813,7 @@ impl Journal {
         let conn = self.conn.lock().unwrap();
         conn.execute(
             "INSERT OR REPLACE INTO snapshots (id, time_ns, partial, data) VALUES (?1, ?2, ?3, ?4)",
-            params![id.hex(), snap.time_ns, snap.partial, postcard::to_stdvec(snap)?],
+            params![id.hex(), snap.time_ns, snap.partial, snap.encode()?],
         )?;
         Ok(())
     }
@@ -760,11 +833,91 @@ impl Journal {
         for row in rows {
             let (id, data) = row?;
             let id = Id::from_hex(&id).ok_or_else(|| anyhow!("bad snapshot id {id:?} in the journal"))?;
-            out.push((id, postcard::from_bytes(&data)?));
+            out.push((id, Snapshot::decode(&data)?));
         }
         Ok(out)
     }
 
+    // ---- runs -----------------------------------------------------------------------------
+
+    /// Records one run of a job (`cairn run`).
+    pub fn add_run(&self, run: &RunRecord) -> Result<()> {
+        let conn = self.conn.lock().unwrap();
+        conn.execute(
+            "INSERT INTO runs (job, started_ns, ended_ns, outcome, snapshot, bytes_read, bytes_added, pruned, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                run.job,
+                run.started_ns,
+                run.ended_ns,
+                run.outcome.as_str(),
+                run.snapshot,
+                run.bytes_read as i64,
+                run.bytes_added as i64,
+                run.pruned,
+                run.error
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every recorded run, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunRecord>> {
+        query_runs(&*self.reader()?)
+    }
+
+    /// The runs recorded in the journal at `path`, read without opening it for writing (no
+    /// migration, no lock: `cairn status` reads while a backup runs); none from a journal
+    /// older than schema 3.
+    pub fn read_runs(path: &Path) -> Result<Vec<RunRecord>> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let tables: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'runs'",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables == 0 {
+            return Ok(Vec::new());
+        }
+        query_runs(&conn)
+    }
+}
+
+fn query_runs(conn: &Connection) -> Result<Vec<RunRecord>> {
+    {
+        let mut stmt = conn.prepare(
+            "SELECT job, started_ns, ended_ns, outcome, snapshot, bytes_read, bytes_added, pruned, error
+             FROM runs ORDER BY started_ns, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                RunRecord {
+                    job: r.get(0)?,
+                    started_ns: r.get(1)?,
+                    ended_ns: r.get(2)?,
+                    outcome: RunOutcome::Success,
+                    snapshot: r.get(4)?,
+                    bytes_read: r.get::<_, i64>(5)? as u64,
+                    bytes_added: r.get::<_, i64>(6)? as u64,
+                    pruned: r.get(7)?,
+                    error: r.get(8)?,
+                },
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut run, outcome) = row?;
+            run.outcome = RunOutcome::parse(&outcome)
+                .ok_or_else(|| anyhow!("unknown run outcome {outcome:?} in the journal"))?;
+            out.push(run);
+        }
+        Ok(out)
+    }
+}
+
+impl Journal {
     // ---- file cache -----------------------------------------------------------------------
 
     pub fn cached_file(&self, path: &[u8]) -> Result<Option<CachedFile>> {
@@ -1127,6 +1280,33 @@ mod tests {
         assert!(j.partial_file(b"/a").unwrap().is_none());
         let version: i64 = j.conn.lock().unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+        assert!(j.runs().unwrap().is_empty(), "schema 3 adds an empty runs table");
+    }
+
+    #[test]
+    fn runs_are_recorded_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+        let run = RunRecord {
+            job: "home".into(),
+            started_ns: 10,
+            ended_ns: 20,
+            outcome: RunOutcome::Failure,
+            snapshot: None,
+            bytes_read: 5,
+            bytes_added: 3,
+            pruned: false,
+            error: Some("plugin s3 timed out".into()),
+        };
+        j.add_run(&run).unwrap();
+        j.add_run(&RunRecord { started_ns: 30, outcome: RunOutcome::Warning, ..run.clone() }).unwrap();
+        let runs = j.runs().unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            (runs[0].outcome, runs[0].error.as_deref()),
+            (RunOutcome::Failure, Some("plugin s3 timed out"))
+        );
+        assert_eq!((runs[1].started_ns, runs[1].outcome), (30, RunOutcome::Warning));
     }
 
     #[test]

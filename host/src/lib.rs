@@ -6,6 +6,7 @@
 //! - [`repo`]: the repository format and opening one; [`journal`]: the local SQLite journal;
 //!   [`lock`]: one writer per journal.
 //! - [`engine`]: backup and restore; [`crypto`]: keys and sealing.
+//! - [`runner`]: named jobs, schedules, hooks, run records and status (`cairn run`).
 //! - [`plugin`]: the WebAssembly runtime and sandbox; [`backend`]: retries over it.
 
 pub mod backend;
@@ -21,6 +22,7 @@ pub mod lock;
 pub mod plugin;
 pub mod progress;
 pub mod repo;
+pub mod runner;
 pub mod space;
 pub mod testing;
 pub mod untrusted;

@@ -99,6 +99,9 @@ fn main() -> ExitCode {
             KeyAction::Remove { id } => commands::key::remove(&ctx, &id),
             KeyAction::Passwd { password } => commands::key::passwd(&ctx, &password),
         },
+        Command::Run { jobs, parallel } => commands::run::run(&ctx, &jobs, parallel, cli.verbose > 0),
+        Command::Schedule { action } => commands::schedule::run(&ctx, action),
+        Command::Status { max_age } => commands::status::run(&ctx, max_age.as_deref()),
     };
     let code = match result {
         Ok(()) => 0,

@@ -99,7 +99,7 @@ impl Forge {
     pub fn snapshot_with(&mut self, root: Id, edit: impl FnOnce(&mut Snapshot)) -> String {
         self.write_pack();
         let mut snap = Snapshot {
-            version: 1,
+            version: format::SNAPSHOT_VERSION,
             time_ns: 1_700_000_000_000_000_000,
             hostname: "forged".into(),
             username: "forged".into(),
@@ -110,9 +110,10 @@ impl Forge {
             partial: false,
             summary: Default::default(),
             program: "forge".into(),
+            job: format::DEFAULT_JOB.into(),
         };
         edit(&mut snap);
-        let sealed = format::seal_object(&self.key, format::AAD_SNAPSHOT, &snap, false).unwrap();
+        let sealed = format::seal_snapshot(&self.key, &snap).unwrap();
         let id = Id::of_bytes(&sealed);
         self.write_object(&format::snapshot_name(&id), &sealed);
         id.hex()

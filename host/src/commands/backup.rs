@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
@@ -12,23 +12,109 @@ use crate::engine::backup::{self, Settings};
 use crate::engine::upload;
 use crate::engine::walk::Excludes;
 use crate::error::{Exit, Role, local_io, one_line};
+use crate::journal::{RunOutcome, RunRecord};
 use crate::plugin::BackendError;
 use crate::progress::Progress;
 use crate::repo::{Access, Repository};
 
 pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
     let config = ctx.config()?;
-    // The repository's own state folder once it is known, for the journal's path in errors.
-    let mut state_dir = config.state_dir()?;
-    backup_inner(ctx, &config, tags, &mut state_dir).map_err(|e| explain_failure(e, &state_dir))
+    if config.backup.sources.is_empty() && !config.jobs.is_empty() {
+        bail!(
+            "[backup] has no sources; the jobs of this config run with `cairn run JOB` (jobs: {})",
+            crate::runner::jobs::names(&config).join(", ")
+        );
+    }
+    let started = crate::runner::now()?;
+    let clock = std::time::Instant::now();
+    let mut journal = None;
+    let result = back_up(ctx, &config, crate::repo::format::DEFAULT_JOB, tags, &mut |repo| {
+        journal = Some(repo.journal.clone())
+    });
+    // A run of the job `default`, for `cairn status` (a failure before the repository
+    // opened has no journal to go to).
+    if let Some(journal) = journal {
+        let record = run_record(&result, started, clock.elapsed());
+        if let Err(e) = journal.add_run(&record) {
+            tracing::warn!("cannot record the run in the journal: {}", one_line(&e));
+        }
+    }
+    report(ctx, &result?)
 }
 
-fn backup_inner(ctx: &Ctx, config: &crate::config::Config, tags: &[String], dir: &mut PathBuf) -> Result<()> {
+/// What `cairn backup` did, as a run of the job `default`.
+fn run_record(result: &Result<Done>, started: jiff::Timestamp, took: std::time::Duration) -> RunRecord {
+    let started_ns = started.as_nanosecond() as i64;
+    let mut record = RunRecord {
+        job: crate::repo::format::DEFAULT_JOB.to_string(),
+        started_ns,
+        ended_ns: started_ns + took.as_nanos() as i64,
+        outcome: RunOutcome::Success,
+        snapshot: None,
+        bytes_read: 0,
+        bytes_added: 0,
+        pruned: false,
+        error: None,
+    };
+    match result {
+        Ok(done) => {
+            let s = &done.out.snapshot.summary;
+            record.snapshot = Some(done.out.id.hex());
+            record.bytes_read = s.bytes_read;
+            record.bytes_added = s.data_added;
+            if s.errors > 0 {
+                record.outcome = RunOutcome::Warning;
+                record.error = Some(format!("{} item(s) could not be read", s.errors));
+            }
+        }
+        Err(e) => {
+            record.outcome = RunOutcome::Failure;
+            record.error = Some(one_line(e));
+        }
+    }
+    record
+}
+
+/// A finished backup: the repository it went to (still open and locked), what it saved,
+/// and how long it took.
+pub struct Done {
+    pub repo: Repository,
+    pub out: backup::Outcome,
+    pub secs: f64,
+}
+
+/// Backs up `config`'s `[backup]` as a snapshot of `job` (`cairn run` passes the job's view
+/// of the config). `opened` sees the repository as soon as it is open. Errors are explained
+/// like `cairn backup`'s (full disks, the journal's folder).
+pub fn back_up(
+    ctx: &Ctx,
+    config: &crate::config::Config,
+    job: &str,
+    tags: &[String],
+    opened: &mut dyn FnMut(&Repository),
+) -> Result<Done> {
+    // The repository's own state folder once it is known, for the journal's path in errors.
+    let mut state_dir = config.state_dir()?;
+    let result = backup_inner(ctx, config, job, tags, &mut |repo| {
+        state_dir.clone_from(&repo.dir);
+        opened(repo)
+    });
+    result.map_err(|e| explain_failure(e, &state_dir))
+}
+
+fn backup_inner(
+    ctx: &Ctx,
+    config: &crate::config::Config,
+    job: &str,
+    tags: &[String],
+    opened: &mut dyn FnMut(&Repository),
+) -> Result<Done> {
     let repo = ctx.rt.block_on(Repository::open(config, Access::Write))?;
-    dir.clone_from(&repo.dir);
+    opened(&repo);
     let mut all_tags = config.backup.tags.clone();
     all_tags.extend(tags.iter().cloned());
     let settings = Settings {
+        job: job.to_string(),
         sources: config.backup.sources.clone(),
         excludes: config.backup.exclude.clone(),
         tags: all_tags,
@@ -47,8 +133,14 @@ fn backup_inner(ctx: &Ctx, config: &crate::config::Config, tags: &[String], dir:
     let result = backup::run(&repo, ctx.rt.handle(), &settings, &progress.counters);
     progress.finish();
     let out = result.map_err(|e| with_space_needed(e, settings.pack_size, repo.backend.concurrency()))?;
+    Ok(Done { repo, out, secs: started.elapsed().as_secs_f64() })
+}
+
+/// Prints what `cairn backup` saved; exit code 3 when items could not be read.
+fn report(ctx: &Ctx, done: &Done) -> Result<()> {
+    let Done { repo, out, secs } = done;
+    let secs = *secs;
     let s = &out.snapshot.summary;
-    let secs = started.elapsed().as_secs_f64();
     if ctx.json {
         ctx.print_json(&json!({
             "snapshot": out.id.hex(),

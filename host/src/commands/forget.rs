@@ -52,6 +52,7 @@ pub fn run(
             .iter()
             .map(|g| {
                 json!({
+                    "job": g.key.job,
                     "host": g.key.host,
                     "sources": g.key.paths,
                     "tags": g.key.tags,

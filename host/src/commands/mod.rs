@@ -16,7 +16,10 @@ pub mod ls;
 pub mod plugin;
 pub mod repair;
 pub mod restore;
+pub mod run;
+pub mod schedule;
 pub mod snapshots;
+pub mod status;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -19,6 +19,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
                     "id": id.hex(),
                     "short_id": id.short(),
                     "time": jiff::Timestamp::from_nanosecond(s.time_ns as i128).map(|t| t.to_string()).unwrap_or_default(),
+                    "job": s.job,
                     "hostname": s.hostname,
                     "username": s.username,
                     "sources": s.sources.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<Vec<_>>(),
@@ -54,6 +55,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         );
         if !s.tags.is_empty() {
             line.push_str(&format!("  [{}]", s.tags.iter().map(|t| esc(t)).collect::<Vec<_>>().join(",")));
+        }
+        if s.job != crate::repo::format::DEFAULT_JOB {
+            line.push_str(&format!("  job {}", esc(&s.job)));
         }
         if s.partial {
             line.push_str("  (partial: interrupted run)");

@@ -47,6 +47,8 @@ use crate::repo::Repository;
 use crate::repo::format::{self, BlobKind, IndexFile, IndexPack, Node, NodeKind, Snapshot, Summary, Tree};
 
 pub struct Settings {
+    /// The job the snapshot belongs to (`default` for `[backup]`).
+    pub job: String,
     pub sources: Vec<PathBuf>,
     pub excludes: Vec<String>,
     pub tags: Vec<String>,
@@ -295,7 +297,7 @@ pub fn run(
     excludes.push(repo.dir.to_string_lossy().into_owned());
     let excludes = Excludes::new(&excludes)?;
 
-    let parent = latest_for(&repo.journal, &sources)?;
+    let parent = latest_for(&repo.journal, &s.job, &sources)?;
     let started = jiff::Timestamp::now();
     let dedup = Arc::new(Dedup::new(repo.journal.clone()));
     let (up_tx, up_task) =
@@ -388,15 +390,17 @@ pub fn run(
     summary.packed_bytes = upload.bytes;
     let snapshot = new_snapshot(&sources, s, parent, root, started, summary, false);
     let id = write_snapshot(repo, rt, &snapshot)?;
-    remove_partials(repo, rt, &sources, &id)?;
+    remove_partials(repo, rt, &s.job, &sources, &id)?;
     Ok(Outcome { id, snapshot, warnings, upload, checkpoints })
 }
 
-/// Deletes the partial snapshots of these sources from this host: the complete snapshot
-/// `keep` supersedes them (those of this run, and those an interrupted run left).
+/// Deletes the partial snapshots of this job and these sources from this host: the complete
+/// snapshot `keep` supersedes them (those of this run, and those an interrupted run left).
+/// Another job's partial snapshots stay, whatever folders it covers.
 fn remove_partials(
     repo: &Repository,
     rt: &tokio::runtime::Handle,
+    job: &str,
     sources: &[PathBuf],
     keep: &Id,
 ) -> Result<()> {
@@ -406,7 +410,7 @@ fn remove_partials(
     }
     let host = hostname();
     for (id, s) in repo.journal.snapshots()? {
-        if id == *keep || !s.partial || s.hostname != host || !same_sources(&s, sources) {
+        if id == *keep || !s.partial || s.hostname != host || s.job != job || !same_sources(&s, sources) {
             continue;
         }
         rt.block_on(repo.delete_snapshots(&[id]))?;
@@ -418,14 +422,14 @@ fn same_sources(s: &Snapshot, sources: &[PathBuf]) -> bool {
     s.sources.iter().map(|b| b.as_slice()).eq(sources.iter().map(|p| p.as_os_str().as_bytes()))
 }
 
-/// The newest snapshot of the same sources from this host: the parent of the new one.
-/// Partial snapshots count: resuming an interrupted run starts from its last checkpoint.
-fn latest_for(journal: &Journal, sources: &[PathBuf]) -> Result<Option<Id>> {
+/// The newest snapshot of the same job and sources from this host: the parent of the new
+/// one. Partial snapshots count: resuming an interrupted run starts from its last checkpoint.
+fn latest_for(journal: &Journal, job: &str, sources: &[PathBuf]) -> Result<Option<Id>> {
     let host = hostname();
     Ok(journal
         .snapshots()?
         .into_iter()
-        .filter(|(_, s)| s.hostname == host && same_sources(s, sources))
+        .filter(|(_, s)| s.hostname == host && s.job == job && same_sources(s, sources))
         .max_by_key(|(_, s)| s.time_ns)
         .map(|(id, _)| id))
 }
@@ -925,7 +929,7 @@ fn new_snapshot(
     partial: bool,
 ) -> Snapshot {
     Snapshot {
-        version: 1,
+        version: format::SNAPSHOT_VERSION,
         time_ns: started.as_nanosecond() as i64,
         hostname: hostname(),
         username: std::env::var("USER").unwrap_or_default(),
@@ -939,6 +943,7 @@ fn new_snapshot(
         partial,
         summary,
         program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        job: s.job.clone(),
     }
 }
 
@@ -1003,7 +1008,7 @@ fn upload_index(
 
 /// Uploads a snapshot object and records it.
 pub fn write_snapshot(repo: &Repository, rt: &tokio::runtime::Handle, snap: &Snapshot) -> Result<Id> {
-    let bytes = format::seal_object(&repo.key, format::AAD_SNAPSHOT, snap, false)?;
+    let bytes = format::seal_snapshot(&repo.key, snap)?;
     let id = Id::of_bytes(&bytes);
     let name = format::snapshot_name(&id);
     repo.journal.record_uploading(&name, ObjectKind::Snapshot, bytes.len() as u64, &id, &[])?;

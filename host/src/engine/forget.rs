@@ -55,6 +55,8 @@ impl GroupBy {
 /// The key of a snapshot's group, shown to the user.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GroupKey {
+    /// Always part of the key: one job's retention never counts another job's snapshots.
+    pub job: String,
     pub host: Option<String>,
     pub paths: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
@@ -65,6 +67,7 @@ impl GroupKey {
         let mut tags = s.tags.clone();
         tags.sort();
         GroupKey {
+            job: s.job.clone(),
             host: by.host.then(|| s.hostname.clone()),
             paths: by
                 .paths
@@ -79,6 +82,9 @@ impl std::fmt::Display for GroupKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let esc = |t: &str| crate::untrusted::escape(t).into_owned();
         let mut parts = Vec::new();
+        if self.job != crate::repo::format::DEFAULT_JOB {
+            parts.push(format!("job {}", esc(&self.job)));
+        }
         if let Some(h) = &self.host {
             parts.push(format!("host {}", esc(h)));
         }
@@ -274,6 +280,7 @@ mod tests {
             partial,
             summary: Summary::default(),
             program: "test".into(),
+            job: "default".into(),
         };
         (Id::of_bytes(format!("{day}{host}{partial}").as_bytes()), s)
     }

@@ -530,7 +530,7 @@ fn classify(repo: &Repository, rt: &tokio::runtime::Handle, name: &str) -> Resul
         let ok = if name.starts_with("index/") {
             format::open_object::<IndexFile>(&repo.key, format::AAD_INDEX, &bytes, false).is_ok()
         } else {
-            format::open_object::<Snapshot>(&repo.key, format::AAD_SNAPSHOT, &bytes, false).is_ok()
+            format::NewerSnapshot::is_authentic(&format::open_snapshot(&repo.key, &bytes))
         };
         return Ok(ok.then(|| if name.starts_with("index/") { "an index" } else { "a snapshot" }.to_string()));
     }

@@ -8,20 +8,29 @@ use crate::ids::Id;
 use crate::journal::Journal;
 use crate::repo::format::Snapshot;
 
-/// `latest` is the newest complete snapshot of the config's own sources (several machines
-/// or configs may share a repository), a partial one only when there is no complete one;
-/// when the config's sources have none, the same over all snapshots.
+/// `latest` is the newest complete snapshot of the config's own sources and the job
+/// `default` (`[backup]`; several machines or configs may share a repository), a partial one
+/// only when there is no complete one; when those have none, the same over all snapshots.
+/// `latest:JOB` is the newest of the job named JOB only.
 pub fn find(journal: &Journal, spec: &str, sources: &[std::path::PathBuf]) -> Result<(Id, Snapshot)> {
     let all = journal.snapshots()?;
+    if let Some(job) = spec.strip_prefix("latest:") {
+        return match newest_of(all.into_iter().filter(|(_, s)| s.job == job).collect()) {
+            Some(s) => Ok(s),
+            None => bail!(
+                "job {} has no snapshots in this repository (see `cairn snapshots`)",
+                crate::untrusted::escape(job)
+            ),
+        };
+    }
     if spec == "latest" {
         let mine: Vec<&[u8]> = sources.iter().map(|p| p.as_os_str().as_bytes()).collect();
-        // Complete snapshots first: the partial snapshots of a run carry its start time like
-        // its complete one, and stay in an append-only repository.
-        let newest_of =
-            |v: Vec<(Id, Snapshot)>| v.into_iter().max_by_key(|(id, s)| (!s.partial, s.time_ns, *id));
         let own: Vec<(Id, Snapshot)> = all
             .iter()
-            .filter(|(_, s)| s.sources.iter().map(|b| b.as_slice()).eq(mine.iter().copied()))
+            .filter(|(_, s)| {
+                s.job == crate::repo::format::DEFAULT_JOB
+                    && s.sources.iter().map(|b| b.as_slice()).eq(mine.iter().copied())
+            })
             .cloned()
             .collect();
         return match newest_of(own).or_else(|| newest_of(all)) {
@@ -42,6 +51,12 @@ pub fn find(journal: &Journal, spec: &str, sources: &[std::path::PathBuf]) -> Re
         1 => Ok(matches.pop().unwrap()),
         n => bail!("{n} snapshots start with {spec}; give more digits"),
     }
+}
+
+/// The newest of `v`, complete snapshots first: the partial snapshots of a run carry its
+/// start time like its complete one, and stay in an append-only repository.
+fn newest_of(v: Vec<(Id, Snapshot)>) -> Option<(Id, Snapshot)> {
+    v.into_iter().max_by_key(|(id, s)| (!s.partial, s.time_ns, *id))
 }
 
 /// Time of a snapshot for display, in UTC.
@@ -71,6 +86,7 @@ mod tests {
             partial,
             summary: Default::default(),
             program: "test".into(),
+            job: "default".into(),
         }
     }
 

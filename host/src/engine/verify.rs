@@ -224,8 +224,7 @@ pub fn run(
             ObjectKind::Index => {
                 format::open_object::<format::IndexFile>(&repo.key, format::AAD_INDEX, &bytes, false).is_ok()
             }
-            _ => format::open_object::<format::Snapshot>(&repo.key, format::AAD_SNAPSHOT, &bytes, false)
-                .is_ok(),
+            _ => format::NewerSnapshot::is_authentic(&format::open_snapshot(&repo.key, &bytes)),
         };
         if format::id_of_name(&obj.name) != Some(Id::of_bytes(&bytes)) {
             report.problem("damaged", &obj.name, "its bytes do not match its name");

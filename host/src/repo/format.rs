@@ -559,7 +559,15 @@ pub struct IndexPack {
     pub entries: Vec<PackEntry>,
 }
 
-/// A snapshot object.
+/// The snapshot version cairn writes. Version 1 had no `job` (see [`Snapshot::decode`]).
+pub const SNAPSHOT_VERSION: u8 = 2;
+
+/// The job of a snapshot written before snapshots named their job (version 1), and of
+/// `cairn backup` from the config's `[backup]`.
+pub const DEFAULT_JOB: &str = "default";
+
+/// A snapshot object. Postcard has no field names: the bytes follow the field order, and
+/// `version` (first) says which fields follow.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Snapshot {
     pub version: u8,
@@ -576,6 +584,95 @@ pub struct Snapshot {
     pub partial: bool,
     pub summary: Summary,
     pub program: String,
+    /// The job that wrote it (version 2): parents, partial snapshots and `latest` are per
+    /// job, so jobs over overlapping folders never supersede each other's snapshots.
+    pub job: String,
+}
+
+/// A snapshot that authenticates but was written by a newer cairn: not damage (nothing may
+/// treat it as garbage), only unreadable here.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot version {0} is newer than this cairn understands ({SNAPSHOT_VERSION}); upgrade cairn")]
+pub struct NewerSnapshot(pub u8);
+
+impl NewerSnapshot {
+    /// Whether `result` is a snapshot that decodes, or one of a newer version: either way an
+    /// authentic snapshot object.
+    pub fn is_authentic(result: &Result<Snapshot>) -> bool {
+        match result {
+            Ok(_) => true,
+            Err(e) => e.downcast_ref::<NewerSnapshot>().is_some(),
+        }
+    }
+}
+
+/// A version 1 snapshot: [`Snapshot`] without `job`.
+#[derive(Deserialize)]
+struct SnapshotV1 {
+    version: u8,
+    time_ns: i64,
+    hostname: String,
+    username: String,
+    sources: Vec<ByteBuf>,
+    tags: Vec<String>,
+    parent: Option<Id>,
+    tree: Id,
+    partial: bool,
+    summary: Summary,
+    program: String,
+}
+
+impl Snapshot {
+    /// Decodes the postcard bytes of any snapshot version cairn has written; a version 1
+    /// snapshot belongs to the job [`DEFAULT_JOB`].
+    pub fn decode(plain: &[u8]) -> Result<Snapshot> {
+        let (version, _) = postcard::take_from_bytes::<u8>(plain).context("empty snapshot")?;
+        match version {
+            1 => {
+                let v1: SnapshotV1 = postcard::from_bytes(plain)?;
+                Ok(Snapshot {
+                    version: v1.version,
+                    time_ns: v1.time_ns,
+                    hostname: v1.hostname,
+                    username: v1.username,
+                    sources: v1.sources,
+                    tags: v1.tags,
+                    parent: v1.parent,
+                    tree: v1.tree,
+                    partial: v1.partial,
+                    summary: v1.summary,
+                    program: v1.program,
+                    job: DEFAULT_JOB.to_string(),
+                })
+            }
+            SNAPSHOT_VERSION => Ok(postcard::from_bytes(plain)?),
+            v if v > SNAPSHOT_VERSION => Err(NewerSnapshot(v).into()),
+            v => bail!("snapshot version {v} does not exist"),
+        }
+    }
+
+    /// The postcard bytes of this snapshot as its version lays them out: a version 1
+    /// snapshot (read from an older repository, kept or re-uploaded by `repair`) without
+    /// `job`, which is the last field.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut bytes = postcard::to_stdvec(self)?;
+        if self.version == 1 {
+            let job = postcard::to_stdvec(&self.job)?.len();
+            bytes.truncate(bytes.len() - job);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Seals a snapshot object in the layout of its version.
+pub fn seal_snapshot(key: &MasterKey, snap: &Snapshot) -> Result<Vec<u8>> {
+    Ok(key.seal(AAD_SNAPSHOT, &compress_payload(&snap.encode()?, 3)))
+}
+
+/// Opens a sealed snapshot object of any version.
+pub fn open_snapshot(key: &MasterKey, stored: &[u8]) -> Result<Snapshot> {
+    let payload = key.open(AAD_SNAPSHOT, stored)?;
+    Snapshot::decode(&decompress_payload(&payload, None)?)
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
@@ -713,6 +810,42 @@ mod tests {
         ] {
             assert_eq!(ObjectName::parse(&name), None, "{name:?} parsed");
         }
+    }
+
+    #[test]
+    fn snapshot_versions_decode_and_a_newer_one_is_named() {
+        let snap = Snapshot {
+            version: SNAPSHOT_VERSION,
+            time_ns: 5,
+            hostname: "h".into(),
+            username: "u".into(),
+            sources: vec![ByteBuf::from(b"/src".to_vec())],
+            tags: vec!["t".into()],
+            parent: None,
+            tree: Id::of_bytes(b"tree"),
+            partial: false,
+            summary: Summary::default(),
+            program: "test".into(),
+            job: "home".into(),
+        };
+        let v2 = snap.encode().unwrap();
+        assert_eq!(Snapshot::decode(&v2).unwrap().job, "home");
+        // Version 1: the same bytes without the job.
+        let v1 = Snapshot { version: 1, ..snap.clone() }.encode().unwrap();
+        assert_eq!(v1.len(), v2.len() - 5, "the job (length byte + 4) is all that differs");
+        let old = Snapshot::decode(&v1).unwrap();
+        assert_eq!(
+            (old.version, old.job.as_str(), old.tags.as_slice()),
+            (1, DEFAULT_JOB, &["t".to_string()][..])
+        );
+        let mut v9 = v2.clone();
+        v9[0] = 9;
+        let err = Snapshot::decode(&v9);
+        assert!(NewerSnapshot::is_authentic(&err));
+        assert!(err.unwrap_err().to_string().contains("upgrade cairn"));
+        let mut v0 = v2;
+        v0[0] = 0;
+        assert!(!NewerSnapshot::is_authentic(&Snapshot::decode(&v0)));
     }
 
     #[test]

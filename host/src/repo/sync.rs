@@ -8,7 +8,7 @@ use anyhow::Result;
 use crate::ids::Id;
 use crate::journal::ObjectKind;
 use crate::repo::Repository;
-use crate::repo::format::{self, IndexFile, ObjectName, ReadObjectError, Snapshot, WholeObject};
+use crate::repo::format::{self, IndexFile, ObjectName, ReadObjectError, WholeObject};
 
 pub async fn sync_remote(repo: &Repository) -> Result<()> {
     let journal = &repo.journal;
@@ -42,10 +42,13 @@ pub async fn sync_remote(repo: &Repository) -> Result<()> {
         let Some((actual, bytes)) = fetch_checked(repo, WholeObject::Snapshot, &obj.name).await? else {
             continue;
         };
-        match format::open_object::<Snapshot>(&repo.key, format::AAD_SNAPSHOT, &bytes, false) {
+        match format::open_snapshot(&repo.key, &bytes) {
             Ok(snap) if actual == id => {
                 journal.add_snapshot(&id, &snap)?;
                 journal.record_present(&obj.name, ObjectKind::Snapshot, obj.size, Some(&id), &[])?;
+            }
+            Err(e) if actual == id && e.downcast_ref::<format::NewerSnapshot>().is_some() => {
+                tracing::warn!("skipping snapshot object {}: {e}", obj.name)
             }
             _ => {
                 tracing::warn!("skipping damaged snapshot object {}; `cairn repair` deals with it", obj.name)
