@@ -113,15 +113,19 @@ fn commit(root: &Path) -> String {
         let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
         (out.status.success() && !text.is_empty()).then_some(text)
     };
-    for path in ["HEAD", "packed-refs"] {
-        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
-            println!("cargo:rerun-if-changed={}", root.join(p).display());
+    // A path that does not exist would make cargo run this script on every build.
+    let watch = |p: String| {
+        let p = root.join(p);
+        if p.exists() {
+            println!("cargo:rerun-if-changed={}", p.display());
         }
-    }
-    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
-        && let Some(p) = git(&["rev-parse", "--git-path", &branch])
-    {
-        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    };
+    let mut files = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    files.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for file in files {
+        if let Some(p) = git(&["rev-parse", "--git-path", &file]) {
+            watch(p);
+        }
     }
     git(&["describe", "--tags", "--always", "--abbrev=12"]).unwrap_or_else(|| "commit unknown".into())
 }
