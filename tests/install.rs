@@ -99,7 +99,11 @@ fn bundled_backends_are_listed_and_installed_by_name() {
     let text = env.ok(&["plugin", "list", "--available"]);
     assert!(text.lines().any(|l| l.starts_with("webdav") && l.contains("0.1.0")), "{text}");
 
-    let out = env.ok(&["plugin", "install", "webdav"]);
+    // A folder of that name in the way is no plugin file: the bundled one is meant.
+    std::fs::create_dir(env.path("webdav")).unwrap();
+    let out = env.cmd(&["plugin", "install", "webdav"]).current_dir(env.dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let out = String::from_utf8(out.stdout).unwrap();
     assert!(out.contains("installed plugin webdav (webdav 0.1.0)"), "{out}");
     assert!(out.contains("grants it needs: hosts"), "{out}");
     let wasm = std::fs::read(env.path("plugins/webdav/plugin.wasm")).unwrap();

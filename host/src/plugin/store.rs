@@ -61,10 +61,10 @@ pub enum Source<'a> {
 }
 
 impl Source<'_> {
-    /// `cairn plugin install ARG`: a path that exists is a file; otherwise a bundled
-    /// backend's name; otherwise an error naming both possibilities.
+    /// `cairn plugin install ARG`: a path that exists (and is not a folder) is a file;
+    /// otherwise a bundled backend's name; otherwise an error naming both possibilities.
     pub fn parse(arg: &Path) -> Result<Source<'_>> {
-        if arg.exists() {
+        if arg.exists() && !arg.is_dir() {
             return Ok(Source::File(arg));
         }
         let name = arg.to_str().unwrap_or_default();
