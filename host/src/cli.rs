@@ -4,10 +4,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// `cairn --version`: the package version and the commit it was built from (`git describe`
+/// when built, "commit unknown" outside a git checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CAIRN_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
 #[command(
     name = "cairn",
-    version,
+    version = VERSION,
     about = "Deduplicating, encrypted backups to sandboxed WebAssembly storage backends"
 )]
 pub struct Cli {
@@ -310,15 +314,26 @@ pub struct ForgetPolicy {
 
 #[derive(Subcommand, Debug)]
 pub enum PluginAction {
-    /// Check, compile and install a plugin component (.wasm)
+    /// Check, compile and install a plugin: a component file (.wasm), or the name of a
+    /// backend bundled in cairn (s3, webdav)
     Install {
+        /// A .wasm component file, or a bundled backend's name when no such file exists
+        #[arg(value_name = "FILE|NAME")]
         file: PathBuf,
         /// Name to use in `repository.backend` (default: the name the plugin gives itself)
         #[arg(long)]
         name: Option<String>,
+        /// Replace a plugin of the other kind: a file over a bundled backend, or a bundled
+        /// backend over one installed from a file
+        #[arg(long)]
+        force: bool,
     },
-    /// List installed plugins
-    List,
+    /// List installed plugins (with --available: the backends bundled in cairn)
+    List {
+        /// List the backends bundled in this binary, with versions, and whether installed
+        #[arg(long)]
+        available: bool,
+    },
     /// Show a plugin's version, options, capabilities and the grants it needs
     Info { name: String },
     /// Remove an installed plugin

@@ -50,8 +50,10 @@ fn main() -> ExitCode {
         Command::Init { chunk_size } => commands::init::run(&ctx, chunk_size.as_deref()),
         Command::Backup { tags } => commands::backup::run(&ctx, &tags),
         Command::Plugin { action } => match action {
-            PluginAction::Install { file, name } => commands::plugin::install(&ctx, &file, name.as_deref()),
-            PluginAction::List => commands::plugin::list(&ctx),
+            PluginAction::Install { file, name, force } => {
+                commands::plugin::install(&ctx, &file, name.as_deref(), force)
+            }
+            PluginAction::List { available } => commands::plugin::list(&ctx, available),
             PluginAction::Info { name } => commands::plugin::info(&ctx, &name),
             PluginAction::Remove { name } => commands::plugin::remove(&ctx, &name),
         },

@@ -67,7 +67,12 @@ impl Env {
 
     /// A command for the cairn binary with this env's config and password.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        self.cmd_of(Path::new(env!("CARGO_BIN_EXE_cairn")), args)
+    }
+
+    /// The same, run by another cairn binary (one installed by the test, or unpacked).
+    pub fn cmd_of(&self, exe: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(exe);
         c.arg("--config").arg(&self.config).args(args);
         c.env("CAIRN_TEST_PASSWORD", PASSWORD);
         c.env_remove("CAIRN_CONFIG");

@@ -50,7 +50,8 @@ pub fn remote_env_with(
     let mut env = Env::with_backup_toml(extra_backup);
     env.extra_env.push(("CAIRN_PLUGINS_DIR".into(), env.path("plugins").display().to_string()));
     let wasm = test_plugin(flavour.plugin());
-    env.ok(&["plugin", "install", wasm.to_str().unwrap()]);
+    // The file takes the place of the bundled backend of the same name: --force.
+    env.ok(&["plugin", "install", wasm.to_str().unwrap(), "--force"]);
     let prefix = repo_folder(server);
     let options = match flavour {
         Flavour::Seaweed | Flavour::RcloneS3 => format!(

@@ -9,7 +9,7 @@ use super::Ctx;
 use crate::config::Config;
 use crate::plugin::Secrets;
 use crate::plugin::runtime::Runtime;
-use crate::plugin::store::{Manifest, PluginStore};
+use crate::plugin::store::{Manifest, PluginStore, Source};
 
 /// The plugin store and cache of the config when there is one, else the defaults (plugin
 /// commands work before any config exists).
@@ -60,13 +60,15 @@ fn manifest_json(m: &Manifest) -> serde_json::Value {
         "grants_needed": m.grants_needed(),
         "installed": m.installed,
         "source": m.source,
+        "bundled": m.bundled,
     })
 }
 
-pub fn install(ctx: &Ctx, file: &Path, name: Option<&str>) -> Result<()> {
+pub fn install(ctx: &Ctx, file: &Path, name: Option<&str>, force: bool) -> Result<()> {
+    let source = Source::parse(file)?;
     let (store, cache, _) = store(ctx)?;
     let runtime = Runtime::new(&cache)?;
-    let m = cleaned(&ctx.rt.block_on(store.install(&runtime, file, name))?, &Secrets::default());
+    let m = cleaned(&ctx.rt.block_on(store.install(&runtime, source, name, force))?, &Secrets::default());
     if ctx.json {
         ctx.print_json(&manifest_json(&m));
     } else {
@@ -85,8 +87,11 @@ pub fn install(ctx: &Ctx, file: &Path, name: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-pub fn list(ctx: &Ctx) -> Result<()> {
+pub fn list(ctx: &Ctx, available: bool) -> Result<()> {
     let (store, _, _) = store(ctx)?;
+    if available {
+        return list_available(ctx, &store);
+    }
     let all: Vec<Manifest> = store.list()?.iter().map(|m| cleaned(m, &Secrets::default())).collect();
     if ctx.json {
         let mut v = vec![json!({"name": "fs", "builtin": true})];
@@ -106,11 +111,59 @@ pub fn list(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The backends bundled in this binary: name, version, size, and what is installed under
+/// that name (nothing, the bundled one, or a file that replaced it).
+fn list_available(ctx: &Ctx, store: &PluginStore) -> Result<()> {
+    let mut rows = Vec::new();
+    for b in crate::plugin::BUNDLED {
+        let installed = match store.get(b.name)? {
+            _ if b.name == "fs" => "built in".to_string(),
+            None => "not installed (used by name)".to_string(),
+            Some(m) if m.bundled => format!("installed: bundled {}", m.version),
+            Some(m) => format!("installed: {} from a file", m.version),
+        };
+        let installed = crate::untrusted::escape(&installed).into_owned();
+        rows.push((b, installed));
+    }
+    if ctx.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(b, installed)| {
+                json!({
+                    "name": b.name,
+                    "version": b.version,
+                    "description": b.description,
+                    "size": b.wasm.len(),
+                    "status": installed,
+                })
+            })
+            .collect();
+        ctx.print_json(&json!(v));
+        return Ok(());
+    }
+    println!("{:<10} {:<10} {:>8}  {:<30} DESCRIPTION", "NAME", "VERSION", "SIZE", "STATUS");
+    for (b, installed) in &rows {
+        println!(
+            "{:<10} {:<10} {:>8}  {:<30} {}",
+            b.name,
+            b.version,
+            crate::commands::human_bytes(b.wasm.len() as u64),
+            installed,
+            b.description
+        );
+    }
+    Ok(())
+}
+
 pub fn info(ctx: &Ctx, name: &str) -> Result<()> {
     let (store, _, config) = store(ctx)?;
-    let m = store
-        .get(name)?
-        .ok_or_else(|| anyhow::anyhow!("no plugin named {name:?} is installed (see `cairn plugin list`)"))?;
+    let m = store.get(name)?.ok_or_else(|| match crate::plugin::bundled(name) {
+        Some(b) => anyhow::anyhow!(
+            "{name} {} is bundled in cairn but not installed: `cairn plugin install {name}` installs it (and shows its options and grants)",
+            b.version
+        ),
+        None => anyhow::anyhow!("no plugin named {name:?} is installed (see `cairn plugin list`)"),
+    })?;
     // Capabilities come from `open`, which needs the plugin's options: report them when the
     // config uses this plugin (whose secrets are then masked out of what it says).
     let (caps, secrets) = match &config {

@@ -28,9 +28,45 @@ pub mod bindings {
 
 pub use bindings::cairn::storage::types::{Capabilities, ObjectInfo, PluginInfo};
 
-/// The fs backend, built from `plugins/fs` by build.rs and embedded so the default needs no
-/// install step.
+/// A backend this repository ships, built from `plugins/` by build.rs and embedded in the
+/// binary so it needs no file: still a component, sandboxed and granted like any plugin.
+pub struct Bundled {
+    pub name: &'static str,
+    /// The plugin crates' version, recorded at build time (what its `describe()` reports).
+    pub version: &'static str,
+    pub description: &'static str,
+    pub wasm: &'static [u8],
+}
+
+/// The fs backend: the default, used as `backend = "fs"` and never installed.
 pub const BUILTIN_FS: &[u8] = include_bytes!(env!("CAIRN_FS_PLUGIN_WASM"));
+
+/// Every bundled backend, fs first.
+pub const BUNDLED: &[Bundled] = &[
+    Bundled {
+        name: "fs",
+        version: env!("CAIRN_BUNDLED_PLUGIN_VERSION"),
+        description: "a folder on a local or mounted filesystem (built in)",
+        wasm: BUILTIN_FS,
+    },
+    Bundled {
+        name: "s3",
+        version: env!("CAIRN_BUNDLED_PLUGIN_VERSION"),
+        description: "a bucket on an S3-compatible object store (AWS S3, SeaweedFS, MinIO, ...)",
+        wasm: include_bytes!(env!("CAIRN_S3_PLUGIN_WASM")),
+    },
+    Bundled {
+        name: "webdav",
+        version: env!("CAIRN_BUNDLED_PLUGIN_VERSION"),
+        description: "a folder on a WebDAV server",
+        wasm: include_bytes!(env!("CAIRN_WEBDAV_PLUGIN_WASM")),
+    },
+];
+
+/// The bundled backend of that name.
+pub fn bundled(name: &str) -> Option<&'static Bundled> {
+    BUNDLED.iter().find(|b| b.name == name)
+}
 
 /// Why a backend call failed, as the host sees it.
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IoAt, Role};
 
+use super::Bundled;
 use super::pool::{describe, link, uses_files, uses_network};
 use super::runtime::{Runtime, write_atomic};
 use super::sandbox::Sandbox;
@@ -45,6 +46,55 @@ pub struct Manifest {
     pub files: bool,
     pub installed: String,
     pub source: String,
+    /// Installed from the component bundled in cairn (`cairn plugin install s3`), not a file.
+    #[serde(default)]
+    pub bundled: bool,
+}
+
+/// What `cairn plugin install` installs.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// A component file (a third-party plugin, or a build of one of ours).
+    File(&'a Path),
+    /// A component embedded in this binary.
+    Bundled(&'static Bundled),
+}
+
+impl Source<'_> {
+    /// `cairn plugin install ARG`: a path that exists (and is not a folder) is a file;
+    /// otherwise a bundled backend's name; otherwise an error naming both possibilities.
+    pub fn parse(arg: &Path) -> Result<Source<'_>> {
+        if arg.exists() && !arg.is_dir() {
+            return Ok(Source::File(arg));
+        }
+        let name = arg.to_str().unwrap_or_default();
+        match super::bundled(name) {
+            Some(b) if RESERVED.contains(&b.name) => bail!(
+                "{} is built in: use it with [repository] backend = \"{}\", no install needed",
+                b.name,
+                b.name
+            ),
+            Some(b) => Ok(Source::Bundled(b)),
+            None => bail!(
+                "{}: no such file, and no backend of that name is bundled (bundled: {}; see `cairn plugin list --available`)",
+                crate::untrusted::escape(&arg.display().to_string()),
+                installable_names().join(", ")
+            ),
+        }
+    }
+
+    /// For messages: what is installed, with the name and version the plugin gives itself.
+    fn describe(&self, plugin_name: &str, version: &str) -> String {
+        match self {
+            Source::File(path) => format!("{} ({plugin_name} {version})", path.display()),
+            Source::Bundled(b) => format!("the bundled {} {}", b.name, b.version),
+        }
+    }
+}
+
+/// The bundled backends `cairn plugin install` takes by name (fs is built in instead).
+pub fn installable_names() -> Vec<&'static str> {
+    super::BUNDLED.iter().map(|b| b.name).filter(|n| !RESERVED.contains(n)).collect()
 }
 
 impl Manifest {
@@ -103,13 +153,32 @@ impl PluginStore {
         self.dir.join(name).join("manifest.json")
     }
 
-    /// Checks, describes, compiles and stores a plugin. Replaces an installed plugin of the
-    /// same name (an upgrade).
-    pub async fn install(&self, runtime: &Arc<Runtime>, file: &Path, name: Option<&str>) -> Result<Manifest> {
-        let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let label = name.map(str::to_string).unwrap_or_else(|| file.display().to_string());
-        let component =
-            runtime.load(&wasm).with_context(|| format!("{} is not a usable plugin", file.display()))?;
+    /// Checks, describes, compiles and stores a plugin, from a file or bundled: the same
+    /// checks and compile path either way. Replaces an installed plugin of the same name (an
+    /// upgrade), except that a file never silently takes the place of a bundled backend, nor
+    /// a bundled one the place of a file: that needs `force` (see [`replaces`]).
+    pub async fn install(
+        &self,
+        runtime: &Arc<Runtime>,
+        source: Source<'_>,
+        name: Option<&str>,
+        force: bool,
+    ) -> Result<Manifest> {
+        let (wasm, origin) = match source {
+            Source::File(file) => (
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?,
+                std::path::absolute(file)?.display().to_string(),
+            ),
+            Source::Bundled(b) => {
+                (b.wasm.to_vec(), format!("bundled in cairn {}", env!("CARGO_PKG_VERSION")))
+            }
+        };
+        let shown = match source {
+            Source::File(file) => file.display().to_string(),
+            Source::Bundled(b) => format!("the bundled {}", b.name),
+        };
+        let label = name.map(str::to_string).unwrap_or_else(|| shown.clone());
+        let component = runtime.load(&wasm).with_context(|| format!("{shown} is not a usable plugin"))?;
         let engine = runtime.engine();
         let network = uses_network(engine, &component);
         let files = uses_files(engine, &component);
@@ -126,6 +195,13 @@ impl PluginStore {
         let info = describe(engine, &label, &pre, &nothing).await.context("describe() failed")?;
         let name = name.map(str::to_string).unwrap_or_else(|| info.name.clone());
         check_name(&name)?;
+        if !force && let Some(replaced) = self.replaces(&name, source)? {
+            bail!(
+                "plugin {name}: {} would replace {}; run again with --force to replace it",
+                crate::untrusted::escape(&source.describe(&info.name, &info.version)),
+                crate::untrusted::escape(&replaced)
+            );
+        }
         let manifest = Manifest {
             name: name.clone(),
             plugin_name: info.name.clone(),
@@ -147,7 +223,8 @@ impl PluginStore {
             network,
             files,
             installed: jiff::Timestamp::now().to_string(),
-            source: std::path::absolute(file)?.display().to_string(),
+            source: origin,
+            bundled: matches!(source, Source::Bundled(_)),
         };
         let wasm_path = self.wasm_path(&name);
         write_atomic(&wasm_path, &wasm).at(Role::PluginsFolder, &wasm_path)?;
@@ -155,6 +232,22 @@ impl PluginStore {
         write_atomic(&manifest_path, &serde_json::to_vec_pretty(&manifest)?)
             .at(Role::PluginsFolder, &manifest_path)?;
         Ok(manifest)
+    }
+
+    /// What installing `source` as `name` would take the place of, when that is of the other
+    /// kind: a file over a bundled backend (installed, or used by name without an install),
+    /// or a bundled backend over a file. Same kind over same kind is an upgrade.
+    fn replaces(&self, name: &str, source: Source<'_>) -> Result<Option<String>> {
+        let bundled_source = matches!(source, Source::Bundled(_));
+        Ok(match (self.get(name)?, super::bundled(name)) {
+            (Some(m), _) if m.bundled != bundled_source => Some(if m.bundled {
+                format!("the installed bundled {} {}", m.name, m.version)
+            } else {
+                format!("the installed {} {} (from {})", m.name, m.version, m.source)
+            }),
+            (None, Some(b)) if !bundled_source => Some(format!("the bundled {} {}", b.name, b.version)),
+            _ => None,
+        })
     }
 
     pub fn get(&self, name: &str) -> Result<Option<Manifest>> {
@@ -186,8 +279,9 @@ impl PluginStore {
     pub fn load(&self, name: &str) -> Result<(Manifest, Vec<u8>)> {
         let manifest = self.get(name)?.ok_or_else(|| {
             anyhow!(
-                "unknown backend {name:?}: it is not built in (\"fs\") and not installed in {} \
-                 (see `cairn plugin list`; install one with `cairn plugin install FILE.wasm`)",
+                "unknown backend {name:?}: it is not built in (\"fs\"), not bundled ({}) and not installed in {} \
+                 (see `cairn plugin list --available`; install a third-party one with `cairn plugin install FILE.wasm`)",
+                installable_names().join(", "),
                 self.dir.display()
             )
         })?;

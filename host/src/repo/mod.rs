@@ -52,7 +52,8 @@ pub enum Access {
 }
 
 /// Where a backend's component comes from: built in, installed (checked against its
-/// install-time hash), or a `.wasm` path (for development).
+/// install-time hash), bundled (a name like `s3` that is not installed: it just works, and an
+/// installed plugin of that name takes precedence), or a `.wasm` path (for development).
 pub fn component_bytes(config: &Config) -> Result<(String, Vec<u8>)> {
     let backend = &config.repository.backend;
     if backend == "fs" {
@@ -67,6 +68,11 @@ pub fn component_bytes(config: &Config) -> Result<(String, Vec<u8>)> {
         return Ok((name, bytes));
     }
     let store = crate::plugin::store::PluginStore::new(&config.plugins_dir()?);
+    if store.get(backend)?.is_none()
+        && let Some(bundled) = crate::plugin::bundled(backend)
+    {
+        return Ok((bundled.name.into(), bundled.wasm.to_vec()));
+    }
     let (manifest, bytes) = store.load(backend)?;
     Ok((manifest.name, bytes))
 }
