@@ -139,3 +139,114 @@ fn as_ref(files: &[(String, usize)]) -> Vec<(&str, usize)> {
 fn names_of(v: &serde_json::Value) -> BTreeSet<String> {
     v.as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect()
 }
+
+/// Packs holding both needed and unneeded data are repacked (most unused first, within
+/// `--max-repack`), only above `--max-unused`; the repack's figures are what it did.
+#[test]
+fn prune_repacks_above_the_threshold_within_the_budget() {
+    let env = env();
+    env.ok(&["init"]);
+    // Round r adds a{r} (kept by every later round) and b{r} (only in round r): each round's
+    // data pack is half needed once the older rounds are forgotten.
+    let mut rounds: Vec<Vec<(String, usize)>> = Vec::new();
+    for r in 0..3 {
+        let mut files: Vec<(String, usize)> = (0..=r).map(|i| (format!("a{i}.bin"), 300_000)).collect();
+        files.push((format!("b{r}.bin"), 300_000));
+        rounds.push(files);
+    }
+    let ids: Vec<String> = rounds.iter().map(|f| backup_of(&env, &as_ref(f))).collect();
+    env.ok(&["forget", "--keep-last", "1"]);
+
+    let high = env.json(&["prune", "--dry-run", "--max-unused", "60%"]);
+    assert!(high["plan"]["repack"].as_array().unwrap().is_empty(), "{high:#}");
+    let full = env.json(&["prune", "--dry-run"]);
+    let candidates = full["plan"]["repack"].as_array().unwrap().clone();
+    assert_eq!(candidates.len(), 2, "{full:#}");
+    for c in &candidates {
+        let (size, used) = (c["size"].as_u64().unwrap(), c["used"].as_u64().unwrap());
+        assert!(used > size * 4 / 10 && used < size * 6 / 10, "{c}");
+    }
+    // A budget for one of them: the most unused one goes first.
+    let budget = candidates.iter().map(|c| c["size"].as_u64().unwrap()).max().unwrap();
+    let budget = budget.to_string();
+    let plan = env.json(&["prune", "--dry-run", "--max-repack", &budget]);
+    let repack = names(&plan["plan"]["repack"]);
+    assert_eq!(repack.len(), 1, "{plan:#}");
+    let doomed: BTreeSet<String> = names(&plan["plan"]["delete"]).union(&repack).cloned().collect();
+
+    let before = objects(&env);
+    let done = env.json(&["prune", "--max-repack", &budget]);
+    let after = objects(&env);
+    let (gone, new) = changes(&before, &after);
+    let gone_packs: BTreeSet<String> = gone.iter().filter(|n| n.starts_with("data/")).cloned().collect();
+    let new_packs: BTreeSet<String> = new.iter().filter(|n| n.starts_with("data/")).cloned().collect();
+    assert_eq!(gone_packs, doomed, "{done:#}");
+    let d = &done["done"];
+    assert_eq!(new_packs.len() as u64, d["packs_written"].as_u64().unwrap(), "{done:#}");
+    assert_eq!(sum(&after, &new_packs), d["bytes_uploaded"].as_u64().unwrap(), "{done:#}");
+    assert_eq!(d["bytes_downloaded"], plan["plan"]["download_bytes"], "{done:#} {plan:#}");
+    assert_eq!(sum(&before, &gone_packs), d["pack_bytes_deleted"].as_u64().unwrap());
+    // The upload figure is an estimate (pack headers are compressed): close to what was sent.
+    let estimate = plan["plan"]["upload_bytes"].as_u64().unwrap() as i64;
+    let sent = d["bytes_uploaded"].as_u64().unwrap() as i64;
+    assert!((estimate - sent).abs() < 2048 + sent / 100, "estimated {estimate}, uploaded {sent}");
+    assert_restores(&env, &ids[2], &as_ref(&rounds[2]));
+    assert_whole(&env);
+
+    // The rest, without a budget; then nothing is left to do.
+    let done = env.json(&["prune"]);
+    assert_eq!(done["plan"]["repack"].as_array().unwrap().len(), 1, "{done:#}");
+    assert_restores(&env, &ids[2], &as_ref(&rounds[2]));
+    assert_whole(&env);
+    let again = env.json(&["prune", "--dry-run", "--max-unused", "0%"]);
+    assert!(again["plan"]["repack"].as_array().unwrap().is_empty(), "{again:#}");
+    assert!(again["plan"]["delete"].as_array().unwrap().is_empty(), "{again:#}");
+    assert_eq!(again["plan"]["unused_bytes"], 0, "{again:#}");
+}
+
+#[test]
+fn forget_prune_does_in_one_run_what_its_dry_run_said() {
+    let env = env();
+    env.ok(&["init"]);
+    let rounds: Vec<Vec<(String, usize)>> = (0..3).map(|r| vec![(format!("r{r}.bin"), 400_000)]).collect();
+    let ids: Vec<String> = rounds.iter().map(|f| backup_of(&env, &as_ref(f))).collect();
+    let before = objects(&env);
+    let plan = env.json(&["forget", "--keep-last", "1", "--prune", "--dry-run"]);
+    assert_eq!(objects(&env), before, "a dry run changed the repository");
+    assert_eq!(plan["would_remove"], 2, "{plan:#}");
+    let prune = &plan["prune"];
+    assert_eq!(prune["plan"]["snapshots"], 1, "the plan counts the snapshots that stay: {plan:#}");
+    let doomed = names(&prune["plan"]["delete"]);
+    assert!(doomed.len() >= 2, "{plan:#}");
+
+    let done = env.json(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(done["removed"], 2, "{done:#}");
+    let (gone, _) = changes(&before, &objects(&env));
+    let gone_packs: BTreeSet<String> = gone.iter().filter(|n| n.starts_with("data/")).cloned().collect();
+    assert_eq!(gone_packs, doomed);
+    assert_eq!(sum(&before, &gone_packs), prune["freed_bytes"].as_u64().unwrap());
+    assert_restores(&env, &ids[2], &as_ref(&rounds[2]));
+    assert_whole(&env);
+    let human = env.ok(&["forget", "--keep-last", "1", "--prune"]);
+    assert!(human.contains("removed 0 snapshot(s)") && human.contains("plan: delete 0 pack(s)"), "{human}");
+}
+
+#[test]
+fn an_append_only_repository_refuses_prune_at_once_naming_the_grant() {
+    let env = env();
+    env.ok(&["init"]);
+    backup_of(&env, &[("a.bin", 200_000)]);
+    backup_of(&env, &[("b.bin", 200_000)]);
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    env.write_config(&text.replace("[repository]\n", "[repository]\ngrants = { delete = false }\n"));
+    let before = objects(&env);
+    for args in [&["prune"][..], &["forget", "--keep-last", "1", "--prune"][..]] {
+        let (code, err) = env.fails(args);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("append-only (repository.grants.delete = false)"), "{args:?}: {err}");
+    }
+    assert_eq!(objects(&env), before);
+    // The plan can still be looked at.
+    let plan = env.json(&["forget", "--keep-last", "1", "--prune", "--dry-run"]);
+    assert!(!names(&plan["prune"]["plan"]["delete"]).is_empty(), "{plan:#}");
+}

@@ -61,8 +61,9 @@ pub struct Plan {
     pub needed_blobs: u64,
     pub packs: u64,
     pub pack_bytes: u64,
-    /// Bytes in complete packs that no snapshot needs (duplicates included): what a prune
-    /// with no limits would free, before new pack headers.
+    /// Bytes in complete packs that no snapshot needs: whole packs nothing needs, and the
+    /// unneeded blobs (duplicates included) of the others; what a prune with no threshold
+    /// and no limit would free, before the new packs' headers.
     pub unused_bytes: u64,
     pub delete: Vec<PackPlan>,
     pub repack: Vec<PackPlan>,
@@ -232,11 +233,12 @@ pub fn plan_from_mark(mark: &Mark, opts: &Options) -> Result<Plan> {
                     continue;
                 }
             }
-            plan.unused_bytes += size - used.min(size);
             let pack = PackPlan { name, size, used };
             if used == 0 {
+                plan.unused_bytes += size;
                 plan.delete.push(pack);
             } else {
+                plan.unused_bytes += blob_bytes.saturating_sub(used);
                 let unused = blob_bytes.saturating_sub(used) as f64 / blob_bytes.max(1) as f64;
                 if unused > opts.max_unused {
                     candidates.push((unused, oid, pack));
