@@ -250,3 +250,64 @@ fn an_append_only_repository_refuses_prune_at_once_naming_the_grant() {
     let plan = env.json(&["forget", "--keep-last", "1", "--prune", "--dry-run"]);
     assert!(!names(&plan["prune"]["plan"]["delete"]).is_empty(), "{plan:#}");
 }
+
+/// `stats` against figures computed here: file counts and sizes from the sources, unique
+/// bytes from the distinct contents, stored bytes from the repository folder.
+#[test]
+fn stats_match_independently_computed_figures() {
+    let env = env();
+    env.ok(&["init"]);
+    let a = content("a", 200_000);
+    write_file(&env.src.join("a.bin"), &a, 0o644, 1_600_000_000);
+    write_file(&env.src.join("copy-of-a.bin"), &a, 0o644, 1_600_000_000);
+    write_file(&env.src.join("b.bin"), &content("b", 100_000), 0o644, 1_600_000_000);
+    env.ok(&["backup"]);
+    write_file(&env.src.join("c.bin"), &content("c", 150_000), 0o644, 1_600_000_000);
+    env.ok(&["backup"]);
+    // A second group: other sources.
+    let other = env.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    write_file(&other.join("d.bin"), &content("d", 120_000), 0o644, 1_600_000_000);
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let src_line = format!("sources = [{:?}]", env.src);
+    env.write_config(&text.replace(&src_line, &format!("sources = [{other:?}]")));
+    env.ok(&["backup"]);
+
+    let journal_before = journal_objects(&env.state);
+    let s = env.json(&["stats"]);
+    assert_eq!(journal_objects(&env.state), journal_before, "stats changed the journal");
+    assert_eq!(s["snapshots"], 3, "{s:#}");
+    assert_eq!(s["files"], 3 + 4 + 1, "{s:#}");
+    let logical = (2 * 200_000 + 100_000) + (2 * 200_000 + 100_000 + 150_000) + 120_000;
+    assert_eq!(s["logical_bytes"], logical, "{s:#}");
+    assert_eq!(s["unique_bytes"], 200_000 + 100_000 + 150_000 + 120_000, "{s:#}");
+    let ratio = s["dedup_ratio"].as_f64().unwrap();
+    assert!((ratio - logical as f64 / 570_000.0).abs() < 1e-9, "{s:#}");
+    let listing = objects(&env);
+    assert_eq!(s["repository_bytes"].as_u64().unwrap(), listing.values().sum::<u64>(), "{s:#}");
+    assert_eq!(s["pack_bytes"].as_u64().unwrap(), pack_bytes(&env.repo), "{s:#}");
+    assert_eq!(s["unused_bytes"], 0, "every pack is needed: {s:#}");
+    let groups = s["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{s:#}");
+    let first = groups.iter().find(|g| g["snapshots"] == 2).unwrap_or_else(|| panic!("{s:#}"));
+    assert_eq!(first["files"], 7);
+    assert_eq!(first["logical_bytes"], logical - 120_000);
+    assert_eq!(first["unique_bytes"], 450_000);
+    let second = groups.iter().find(|g| g["snapshots"] == 1).unwrap();
+    assert_eq!(second["unique_bytes"], 120_000);
+    assert_eq!(second["sources"][0].as_str().unwrap(), other.to_str().unwrap(), "{s:#}");
+    let human = env.ok(&["stats"]);
+    assert!(human.contains("repository: 3 snapshot(s), 8 file(s)"), "{human}");
+
+    // Unused bytes are what prune would free.
+    env.ok(&["forget", "--keep-last", "1", "--group-by", "paths"]);
+    let s = env.json(&["stats"]);
+    let plan = env.json(&["prune", "--dry-run"]);
+    assert!(s["unused_bytes"].as_u64().unwrap() > 0, "{s:#}");
+    assert_eq!(s["prune_would_free"], plan["freed_bytes"], "{s:#}\n{plan:#}");
+    assert_eq!(s["unused_bytes"], plan["plan"]["unused_bytes"]);
+    env.ok(&["prune", "--max-unused", "0%"]);
+    let s = env.json(&["stats"]);
+    assert_eq!(s["unused_bytes"], 0, "{s:#}");
+    assert_eq!(s["snapshots"], 2, "{s:#}");
+}
