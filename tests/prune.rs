@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use common::*;
 
@@ -310,4 +311,168 @@ fn stats_match_independently_computed_figures() {
     let s = env.json(&["stats"]);
     assert_eq!(s["unused_bytes"], 0, "{s:#}");
     assert_eq!(s["snapshots"], 2, "{s:#}");
+}
+
+/// One attempt at `forget --keep-last 3 --prune`, killed at a pause point or after a delay
+/// unless it finishes first. True if it was killed.
+fn attempt(env: &Env, how: &Kill) -> bool {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let args = ["--json", "forget", "--keep-last", "3", "--prune"];
+    let mut cmd = env.cmd(&args);
+    cmd.stdout(Stdio::null());
+    let mut child = match how {
+        Kill::At(point) => cmd.env("CAIRN_TEST_PAUSE", point).stderr(Stdio::piped()).spawn().unwrap(),
+        Kill::After(_) => cmd.stderr(Stdio::null()).spawn().unwrap(),
+    };
+    match how {
+        Kill::At(point) => {
+            let want = format!("cairn-test-pause: {point}");
+            let mut paused = false;
+            let mut seen = Vec::new();
+            for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+                let line = line.unwrap();
+                if line == want {
+                    paused = true;
+                    break;
+                }
+                seen.push(line);
+            }
+            if !paused {
+                let status = child.wait().unwrap();
+                assert!(status.success(), "forget --prune failed: {status:?}\n{}", seen.join("\n"));
+                return false;
+            }
+        }
+        Kill::After(delay) => {
+            std::thread::sleep(*delay);
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "forget --prune failed: {status:?}");
+                return false;
+            }
+        }
+    }
+    // std's kill is SIGKILL: nothing runs in the victim.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    true
+}
+
+enum Kill {
+    At(&'static str),
+    After(std::time::Duration),
+}
+
+impl Kill {
+    fn describe(&self) -> String {
+        match self {
+            Kill::At(point) => format!("at {point}"),
+            Kill::After(d) => format!("after {} ms", d.as_millis()),
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    if to.exists() {
+        std::fs::remove_dir_all(to).unwrap();
+    }
+    let st = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// `kill -9` at >= 30 points across forget and prune (pause points and random moments),
+/// each followed by the next attempt, over several copies of one repository history. After
+/// the run that completes: the snapshots kept restore byte for byte, `verify --read-data`
+/// is clean, exactly what the first plan named is gone, the packs freed are the plan's
+/// bytes, and nothing is left to prune.
+#[test]
+fn prune_killed_anywhere_is_finished_by_the_next_run() {
+    let seed = std::env::var("CAIRN_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("prune kill test seed {seed} (replay with CAIRN_TEST_SEED={seed})");
+    let mut rng = Rng::new(seed);
+
+    let env = env();
+    env.ok(&["init"]);
+    // Round r: a0..ar stay in every later round, b{r} only in round r. Forgetting all but
+    // the last three rounds leaves old packs half needed (repacked) and old folder
+    // listings unneeded (deleted).
+    let mut rounds: Vec<Vec<(String, usize)>> = Vec::new();
+    for r in 0..7 {
+        let mut files: Vec<(String, usize)> = (0..=r).map(|i| (format!("a{i}.bin"), 120_000)).collect();
+        files.push((format!("b{r}.bin"), 150_000));
+        rounds.push(files);
+    }
+    let ids: Vec<String> = rounds.iter().map(|f| backup_of(&env, &as_ref(f))).collect();
+    let base_repo = env.path("base-repo");
+    let base_state = env.path("base-state");
+    copy_dir(&env.repo, &base_repo);
+    copy_dir(&env.state, &base_state);
+    let before = objects(&env);
+
+    let started = std::time::Instant::now();
+    let plan = env.json(&["forget", "--keep-last", "3", "--prune", "--dry-run"]);
+    let span = started.elapsed() * 3 / 2;
+    let prune = &plan["prune"];
+    let mut named: BTreeSet<String> = names(&prune["plan"]["delete"]);
+    named.extend(names(&prune["plan"]["repack"]));
+    let pack_names = named.clone();
+    named.extend(names_of(&prune["plan"]["rewrite_indexes"]));
+    for id in &ids[..4] {
+        named.insert(format!("snapshots/{id}"));
+    }
+    assert!(
+        !prune["plan"]["repack"].as_array().unwrap().is_empty(),
+        "the history must need repacking: {plan:#}"
+    );
+    let planned_bytes = prune["delete_bytes"].as_u64().unwrap() + prune["repack_bytes"].as_u64().unwrap();
+
+    let points = ["delete-journaled", "prune-repacked", "prune-indexed", "lock-held"];
+    let (mut kills, mut at_points, mut episodes) = (0, 0, 0);
+    while kills < 30 {
+        episodes += 1;
+        assert!(episodes <= 60, "{kills} kills in {episodes} episodes: the attempts finish too fast");
+        copy_dir(&base_repo, &env.repo);
+        copy_dir(&base_state, &env.state);
+        loop {
+            let how = if rng.below(3) == 0 {
+                Kill::At(points[rng.below(points.len() as u64) as usize])
+            } else {
+                Kill::After(span.mul_f64(rng.below(1000) as f64 / 1000.0))
+            };
+            let killed = attempt(&env, &how);
+            println!(
+                "episode {episodes}: {} {}",
+                how.describe(),
+                if killed { "killed" } else { "completed" }
+            );
+            if !killed {
+                break;
+            }
+            kills += 1;
+            at_points += matches!(how, Kill::At(_)) as u32;
+        }
+        let after = objects(&env);
+        let (gone, new) = changes(&before, &after);
+        assert_eq!(
+            gone, named,
+            "episode {episodes} (seed {seed}): deleted objects differ from the first plan"
+        );
+        assert_eq!(sum(&before, &pack_names), planned_bytes);
+        let new_packs: BTreeSet<String> = new.iter().filter(|n| n.starts_with("data/")).cloned().collect();
+        let estimate = prune["plan"]["upload_bytes"].as_u64().unwrap() as i64;
+        let written = sum(&after, &new_packs) as i64;
+        assert!(
+            (written - estimate).abs() < 4096 + estimate / 50,
+            "new packs {written} bytes, plan {estimate}"
+        );
+        for r in 4..7 {
+            assert_restores(&env, &ids[r], &as_ref(&rounds[r]));
+        }
+        assert_whole(&env);
+        let left = env.json(&["prune", "--dry-run"]);
+        assert_eq!(left["freed_bytes"], 0, "episode {episodes}: work left after a completed run: {left:#}");
+    }
+    println!("{kills} kills ({at_points} at pause points) in {episodes} episodes");
 }

@@ -91,7 +91,7 @@ impl Plan {
         (self.delete_bytes() + self.repack_bytes()).saturating_sub(self.upload_bytes)
     }
     pub fn is_empty(&self) -> bool {
-        self.delete.is_empty() && self.repack.is_empty()
+        self.delete.is_empty() && self.repack.is_empty() && self.rewrite_indexes.is_empty()
     }
 }
 
@@ -270,7 +270,10 @@ pub fn plan_from_mark(mark: &Mark, opts: &Options) -> Result<Plan> {
     Ok(plan)
 }
 
-/// The index objects in the journal that list a pack the plan removes (read one at a time).
+/// The index objects in the journal that list a pack the plan removes, or a pack the journal
+/// no longer knows (deleted by this journal: sync records every pack a known index lists, so
+/// an unknown one is gone; this also finishes a prune whose pack deletions completed and
+/// whose index rewrite did not). Read one at a time.
 fn indexes_listing(
     repo: &Repository,
     rt: &tokio::runtime::Handle,
@@ -286,9 +289,6 @@ fn indexes_listing(
             ins.execute([&p.name])?;
         }
     }
-    if plan.is_empty() {
-        return Ok(Vec::new());
-    }
     let mut out = Vec::new();
     for obj in repo.journal.objects_of_kind(ObjectKind::Index)? {
         if !matches!(obj.state, crate::journal::State::Uploaded | crate::journal::State::Verified) {
@@ -298,7 +298,8 @@ fn indexes_listing(
         let mut lists = mark.db.prepare_cached("SELECT 1 FROM doomed WHERE name = ?1")?;
         let mut hit = false;
         for p in &index.packs {
-            if lists.exists([format::pack_name(&p.id)])? {
+            let pack = format::pack_name(&p.id);
+            if lists.exists([&pack])? || repo.journal.object(&pack)?.is_none() {
                 hit = true;
                 break;
             }
@@ -459,7 +460,8 @@ fn rewrite_indexes(
         let mut doomed = mark.db.prepare_cached("SELECT 1 FROM doomed WHERE name = ?1")?;
         for p in index.packs {
             let pack = format::pack_name(&p.id);
-            if doomed.exists([&pack])? || !seen.insert(p.id) {
+            let gone = repo.journal.object(&pack)?.is_none();
+            if gone || doomed.exists([&pack])? || !seen.insert(p.id) {
                 continue;
             }
             entries += p.entries.len();
