@@ -205,7 +205,7 @@ pub fn plan_from_mark(mark: &Mark, opts: &Options) -> Result<Plan> {
     if let Some((n, id)) = missing {
         let short = Id::from_slice(&id).map(|i| i.short()).unwrap_or_default();
         bail!(
-            "{n} chunk(s) that snapshots need are in no readable pack (e.g. {short}); prune deleted nothing: \
+            "{n} chunk(s) that snapshots need are in no readable pack (e.g. {short}); nothing was deleted: \
              run `cairn verify` and `cairn repair`"
         );
     }
