@@ -476,3 +476,35 @@ fn prune_killed_anywhere_is_finished_by_the_next_run() {
     }
     println!("{kills} kills ({at_points} at pause points) in {episodes} episodes");
 }
+
+/// A snapshot whose folder listings cannot be read stops prune before anything is deleted,
+/// naming the snapshot: a mark that missed its data must not decide what goes.
+#[test]
+fn an_unreadable_snapshot_stops_prune_naming_it() {
+    let env = env();
+    env.ok(&["init"]);
+    backup_of(&env, &[("a.bin", 200_000)]);
+    let id = backup_of(&env, &[("b.bin", 200_000)]);
+    env.ok(&["forget", "--keep-last", "1"]);
+    // Every pack holding folder listings of the kept snapshot goes missing.
+    let journal = rusqlite::Connection::open(find_journal(&env.state)).unwrap();
+    let tree_packs: Vec<String> = journal
+        .prepare("SELECT DISTINCT o.name FROM blobs b JOIN objects o ON o.oid = b.pack WHERE b.kind = 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(!tree_packs.is_empty());
+    let aside = env.path("aside");
+    std::fs::create_dir_all(&aside).unwrap();
+    for (i, p) in tree_packs.iter().enumerate() {
+        std::fs::rename(env.repo.join(p), aside.join(i.to_string())).unwrap();
+    }
+    let before = objects(&env);
+    let (code, err) = env.fails(&["prune"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("cannot read the folder listings of snapshot {}", &id[..8])), "{err}");
+    assert!(err.contains("nothing was deleted"), "{err}");
+    assert_eq!(objects(&env), before, "prune changed the repository on an incomplete mark");
+}
