@@ -13,7 +13,7 @@
 #
 # usage: bench/prune.sh [-d DATASET] [-r ROUNDS] [-b BIG_MIB] [-o OUT]
 #   DATASET default /tmp/bench/datasets/ds-1g (../shared/bench/gen_dataset.py makes it);
-#   ROUNDS default 10; BIG_MIB default 320 (-b 0 skips part 2).
+#   ROUNDS default 10 (-r 0 skips part 1); BIG_MIB default 320 (-b 0 skips part 2).
 # Needs: restic, strace, /usr/bin/time, python3. Uses a release build of cairn (or $CAIRN).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -80,6 +80,7 @@ EOF
   echo "$dir/cairn.toml"
 }
 
+if [ "$ROUNDS" -gt 0 ]; then
 echo "== history: $ROUNDS backups of $(du -sh "$DS" | cut -f1) with churn"
 SRC=$WORK/src
 cp -a "$DS" "$SRC"
@@ -115,6 +116,7 @@ RESTIC_REPOSITORY=$WORK/restic-traced/repo reads restic_forget_prune "$WORK/rest
 du -sb "$WORK/cairn/repo" "$RESTIC_REPOSITORY" | tee "$OUT/sizes-after.txt"
 "$CAIRN" --config "$CFG" verify --read-data >/dev/null && echo "  cairn verify --read-data: clean"
 rm -rf "$WORK/cairn-traced" "$WORK/restic-traced" "$WORK/restic" "$SRC"
+fi
 
 if [ "$BIG_MIB" -gt 0 ]; then
   echo "== big: $BIG_MIB MiB at 256 B average chunks"
