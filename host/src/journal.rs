@@ -484,6 +484,25 @@ impl Journal {
         Ok(())
     }
 
+    /// [`Journal::begin_delete`] for several objects in one transaction: a run killed while
+    /// journaling a prune's deletions must not leave some journaled and others not (the
+    /// roll-forward would delete the packs and leave the index objects that list them).
+    pub fn begin_deletes(&self, objects: &[(String, ObjectKind)]) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO objects (name, kind, state, size, created_at) VALUES (?1, ?2, 'deleting', 0, ?3)
+                 ON CONFLICT(name) DO UPDATE SET state = 'deleting'",
+            )?;
+            for (name, kind) in objects {
+                stmt.execute(params![name, kind.as_str(), now_secs()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn mark_verified(&self, name: &str) -> Result<()> {
         let conn = self.conn.lock().unwrap();
         conn.execute(
@@ -1077,6 +1096,23 @@ impl Journal {
             }
             stmt.execute(params![exact, below])?;
         }
+        Ok(())
+    }
+
+    /// Drops the file-cache and partial-file rows of these paths (their chunks are about to
+    /// be pruned), so the next backup reads those files again.
+    pub fn forget_cached_files(&self, paths: &[Vec<u8>]) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        {
+            let mut cache = tx.prepare("DELETE FROM file_cache WHERE path = ?1")?;
+            let mut partial = tx.prepare("DELETE FROM partial_files WHERE path = ?1")?;
+            for p in paths {
+                cache.execute([p])?;
+                partial.execute([p])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -14,11 +14,13 @@ pub mod init;
 pub mod key;
 pub mod ls;
 pub mod plugin;
+pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod run;
 pub mod schedule;
 pub mod snapshots;
+pub mod stats;
 pub mod status;
 pub mod verify;
 
