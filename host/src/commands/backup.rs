@@ -25,75 +25,78 @@ pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
 
 fn backup_inner(ctx: &Ctx, config: &crate::config::Config, tags: &[String], dir: &mut PathBuf) -> Result<()> {
     let repo = ctx.rt.block_on(Repository::open(config, Access::Write))?;
-    dir.clone_from(&repo.dir);
-    let mut all_tags = config.backup.tags.clone();
-    all_tags.extend(tags.iter().cloned());
-    let settings = Settings {
-        sources: config.backup.sources.clone(),
-        excludes: config.backup.exclude.clone(),
-        tags: all_tags,
-        threads: config.threads(),
-        compression: config.compression_level(),
-        pack_size: config.pack_size()?,
-        checkpoint_every: config.checkpoint_interval()?.0,
-        checkpoint_bytes: config.checkpoint_interval()?.1,
-    };
-    check_free_space(&repo.dir, settings.pack_size, repo.backend.concurrency())?;
-    let mut progress = Progress::new("backing up", !ctx.json);
-    if progress.enabled() {
-        spawn_scan(&settings, progress.counters.clone());
-    }
-    let started = std::time::Instant::now();
-    let result = backup::run(&repo, ctx.rt.handle(), &settings, &progress.counters);
-    progress.finish();
-    let out = result.map_err(|e| with_space_needed(e, settings.pack_size, repo.backend.concurrency()))?;
-    let s = &out.snapshot.summary;
-    let secs = started.elapsed().as_secs_f64();
-    if ctx.json {
-        ctx.print_json(&json!({
-            "snapshot": out.id.hex(),
-            "short_id": out.id.short(),
-            "parent": out.snapshot.parent.map(|p| p.hex()),
-            "files": s.files,
-            "dirs": s.dirs,
-            "bytes": s.bytes,
-            "files_read": s.files_read,
-            "bytes_read": s.bytes_read,
-            "checkpoints": out.checkpoints,
-            "data_added": s.data_added,
-            "packs_uploaded": out.upload.packs,
-            "bytes_uploaded": repo.backend.traffic.uploaded.load(Ordering::Relaxed),
-            "retries": repo.backend.traffic.retries.load(Ordering::Relaxed),
-            "errors": s.errors,
-            "warnings": out.warnings,
-            "seconds": secs,
-        }));
-    } else {
-        println!(
-            "snapshot {} saved: {} files, {} folders, {} in {:.1}s",
-            out.id.short(),
-            s.files,
-            s.dirs,
-            human_bytes(s.bytes),
-            secs
-        );
-        println!(
-            "read {} changed files, added {} of new data, uploaded {} in {} packs",
-            s.files_read,
-            human_bytes(s.data_added),
-            human_bytes(repo.backend.traffic.uploaded.load(Ordering::Relaxed)),
-            out.upload.packs
-        );
-    }
-    if s.errors > 0 {
-        return Err(Exit::problems(format!(
-            "snapshot {} is missing {} item(s) that could not be read (see the warnings above)",
-            out.id.short(),
-            s.errors
-        ))
-        .into());
-    }
-    Ok(())
+    let result = (|| -> Result<()> {
+        dir.clone_from(&repo.dir);
+        let mut all_tags = config.backup.tags.clone();
+        all_tags.extend(tags.iter().cloned());
+        let settings = Settings {
+            sources: config.backup.sources.clone(),
+            excludes: config.backup.exclude.clone(),
+            tags: all_tags,
+            threads: config.threads(),
+            compression: config.compression_level(),
+            pack_size: config.pack_size()?,
+            checkpoint_every: config.checkpoint_interval()?.0,
+            checkpoint_bytes: config.checkpoint_interval()?.1,
+        };
+        check_free_space(&repo.dir, settings.pack_size, repo.backend.concurrency())?;
+        let mut progress = Progress::new("backing up", !ctx.json);
+        if progress.enabled() {
+            spawn_scan(&settings, progress.counters.clone());
+        }
+        let started = std::time::Instant::now();
+        let result = backup::run(&repo, ctx.rt.handle(), &settings, &progress.counters);
+        progress.finish();
+        let out = result.map_err(|e| with_space_needed(e, settings.pack_size, repo.backend.concurrency()))?;
+        let s = &out.snapshot.summary;
+        let secs = started.elapsed().as_secs_f64();
+        if ctx.json {
+            ctx.print_json(&json!({
+                "snapshot": out.id.hex(),
+                "short_id": out.id.short(),
+                "parent": out.snapshot.parent.map(|p| p.hex()),
+                "files": s.files,
+                "dirs": s.dirs,
+                "bytes": s.bytes,
+                "files_read": s.files_read,
+                "bytes_read": s.bytes_read,
+                "checkpoints": out.checkpoints,
+                "data_added": s.data_added,
+                "packs_uploaded": out.upload.packs,
+                "bytes_uploaded": repo.backend.traffic.uploaded.load(Ordering::Relaxed),
+                "retries": repo.backend.traffic.retries.load(Ordering::Relaxed),
+                "errors": s.errors,
+                "warnings": out.warnings,
+                "seconds": secs,
+            }));
+        } else {
+            println!(
+                "snapshot {} saved: {} files, {} folders, {} in {:.1}s",
+                out.id.short(),
+                s.files,
+                s.dirs,
+                human_bytes(s.bytes),
+                secs
+            );
+            println!(
+                "read {} changed files, added {} of new data, uploaded {} in {} packs",
+                s.files_read,
+                human_bytes(s.data_added),
+                human_bytes(repo.backend.traffic.uploaded.load(Ordering::Relaxed)),
+                out.upload.packs
+            );
+        }
+        if s.errors > 0 {
+            return Err(Exit::problems(format!(
+                "snapshot {} is missing {} item(s) that could not be read (see the warnings above)",
+                out.id.short(),
+                s.errors
+            ))
+            .into());
+        }
+        Ok(())
+    })();
+    ctx.released(&repo, result)
 }
 
 /// Fails at once, before any work, when the state folder cannot hold the temporary packs a

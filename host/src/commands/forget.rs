@@ -32,22 +32,23 @@ pub fn run(
     };
     let access = if dry_run { Access::Read } else { Access::Write };
     let repo = ctx.rt.block_on(Repository::open(&config, access))?;
-    if !dry_run && !repo.backend.can_delete() {
-        bail!(
-            "this repository is append-only (repository.grants.delete = false): forget removes nothing; \
+    let result = (|| -> Result<()> {
+        if !dry_run && !repo.backend.can_delete() {
+            bail!(
+                "this repository is append-only (repository.grants.delete = false): forget removes nothing; \
              run it where the config allows deletes"
-        );
-    }
-    let sources = crate::engine::walk::clean_sources(&config.backup.sources)?;
-    let mut ids = Vec::new();
-    for spec in named {
-        ids.push(snapshots::find(&repo.journal, spec, &sources)?.0);
-    }
-    let opts = Options { policy, group_by, allow_empty_group, named: ids };
-    let plan = forget::plan(repo.journal.snapshots()?, &opts, &jiff::tz::TimeZone::system())?;
-    let removed = if dry_run { 0 } else { ctx.rt.block_on(forget::execute(&repo, &plan))? };
-    if ctx.json {
-        let groups: Vec<_> = plan
+            );
+        }
+        let sources = crate::engine::walk::clean_sources(&config.backup.sources)?;
+        let mut ids = Vec::new();
+        for spec in named {
+            ids.push(snapshots::find(&repo.journal, spec, &sources)?.0);
+        }
+        let opts = Options { policy, group_by, allow_empty_group, named: ids };
+        let plan = forget::plan(repo.journal.snapshots()?, &opts, &jiff::tz::TimeZone::system())?;
+        let removed = if dry_run { 0 } else { ctx.rt.block_on(forget::execute(&repo, &plan))? };
+        if ctx.json {
+            let groups: Vec<_> = plan
             .groups
             .iter()
             .map(|g| {
@@ -60,36 +61,38 @@ pub fn run(
                 })
             })
             .collect();
-        ctx.print_json(&json!({
-            "dry_run": dry_run,
-            "groups": groups,
-            "would_remove": plan.doomed().len(),
-            "removed": removed,
-        }));
-        return Ok(());
-    }
-    for g in &plan.groups {
-        let gone = g.decisions.iter().filter(|d| d.goes()).count();
-        println!("{}: keep {}, remove {gone}", g.key, g.decisions.len() - gone);
-        for d in &g.decisions {
+            ctx.print_json(&json!({
+                "dry_run": dry_run,
+                "groups": groups,
+                "would_remove": plan.doomed().len(),
+                "removed": removed,
+            }));
+            return Ok(());
+        }
+        for g in &plan.groups {
+            let gone = g.decisions.iter().filter(|d| d.goes()).count();
+            println!("{}: keep {}, remove {gone}", g.key, g.decisions.len() - gone);
+            for d in &g.decisions {
+                println!(
+                    "  {:<6} {:<10} {:<20} {}",
+                    if d.goes() { "remove" } else { "keep" },
+                    d.id.short(),
+                    display_time(&d.snapshot),
+                    why(d)
+                );
+            }
+        }
+        let doomed = plan.doomed().len();
+        if dry_run {
+            println!("dry run: {doomed} snapshot(s) would be removed; nothing was changed");
+        } else {
             println!(
-                "  {:<6} {:<10} {:<20} {}",
-                if d.goes() { "remove" } else { "keep" },
-                d.id.short(),
-                display_time(&d.snapshot),
-                why(d)
+                "removed {removed} snapshot(s); the data only they referenced stays in the repository until it is pruned"
             );
         }
-    }
-    let doomed = plan.doomed().len();
-    if dry_run {
-        println!("dry run: {doomed} snapshot(s) would be removed; nothing was changed");
-    } else {
-        println!(
-            "removed {removed} snapshot(s); the data only they referenced stays in the repository until it is pruned"
-        );
-    }
-    Ok(())
+        Ok(())
+    })();
+    ctx.released(&repo, result)
 }
 
 /// The policy the flags give, if any flag is given.

@@ -924,6 +924,8 @@ pub fn write_snapshot(repo: &Repository, rt: &tokio::runtime::Handle, snap: &Sna
     let bytes = format::seal_object(&repo.key, format::AAD_SNAPSHOT, snap, false)?;
     let id = Id::of_bytes(&bytes);
     let name = format::snapshot_name(&id);
+    // Without the repository lock a prune may be deleting what this snapshot references.
+    rt.block_on(repo.check_lock())?;
     repo.journal.record_uploading(&name, ObjectKind::Snapshot, bytes.len() as u64, &id, &[])?;
     rt.block_on(repo.backend.upload_bytes(&name, &bytes, true))?;
     repo.journal.set_state(&name, State::Uploaded)?;
