@@ -309,6 +309,7 @@ pub fn run(
 
     summary.packed_bytes = upload.bytes;
     let snapshot = new_snapshot(&sources, s, parent, root, started, summary, false);
+    crate::testing::hold_point("before-snapshot");
     let id = write_snapshot(repo, rt, &snapshot)?;
     remove_partials(repo, rt, &sources, &id)?;
     Ok(Outcome { id, snapshot, warnings, upload, checkpoints })
