@@ -54,8 +54,11 @@ fn count_files(dir: &Path) -> usize {
         .sum()
 }
 
+/// Small packs: little room needed for temporary packs, and prunes that have packs to delete.
+const SMALL_PACKS: &str = "pack_size = \"1MiB\"";
+
 fn small_repo() -> Env {
-    let env = Env::new();
+    let env = Env::with_backup_toml(SMALL_PACKS);
     common::gen_dataset(&env.src, 5, 30, &[200_000]);
     env.ok(&["init", "--chunk-size", "64KiB"]);
     env
@@ -259,11 +262,12 @@ fn backup_round(m: &Env, rng: &mut Rng, round: u64, expected: &Expected) {
     expected.lock().unwrap().insert(id, contents(&m.src));
 }
 
-/// What the third machine does in its loop: forget (keeping two per machine), and prune
-/// when the build has it.
-fn retention_round(c: &Env) {
-    let out = c.run(&["--lock-wait", "10m", "forget", "--keep-last", "2"]);
-    assert!(out.status.success(), "forget failed: {}", stderr_of(&out));
+/// What the third machine does in its loop: forget (keeping two per machine) and prune
+/// (everything unused goes: `--max-unused 0%` repacks any pack with an unused byte).
+fn retention_round(c: &Env) -> serde_json::Value {
+    let out = c.run(&["--json", "--lock-wait", "10m", "forget", "--keep-last", "2", "--prune", "--max-unused", "0%"]);
+    assert!(out.status.success(), "forget --prune failed: {}", stderr_of(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn shared_repository_scenario(a: Env, rounds: u64) {
@@ -281,11 +285,12 @@ fn shared_repository_scenario(a: Env, rounds: u64) {
     }
     let expected: Expected = Arc::default();
     let offline = b.path("state-offline");
+    let offline_src = b.path("src-offline");
     std::thread::scope(|s| {
         let (ea, eb) = (expected.clone(), expected.clone());
         let a = &a;
         let b = &b;
-        let offline = &offline;
+        let (offline, offline_src) = (&offline, &offline_src);
         let c = &c;
         s.spawn(move || {
             let mut rng = Rng::new(seed ^ 0xa);
@@ -299,6 +304,7 @@ fn shared_repository_scenario(a: Env, rounds: u64) {
                 backup_round(b, &mut rng, round, &eb);
                 if round == 0 {
                     copy_dir(&b.state, offline);
+                    copy_dir(&b.src, offline_src);
                 }
             }
         });
@@ -308,15 +314,23 @@ fn shared_repository_scenario(a: Env, rounds: u64) {
             }
         });
     });
-    // Two more retention rounds while the copy of B's journal is still the old one; then B
-    // comes back with it.
-    retention_round(&c);
-    retention_round(&c);
+    // Two more retention rounds while the copy of B's journal is still the old one (each
+    // prunes: a snapshot of each machine goes, and with it data B's old journal lists); then
+    // B comes back with it.
+    let mut rng = Rng::new(seed ^ 0xbb);
+    for round in 0..2 {
+        backup_round(&a, &mut rng, rounds + 1 + round, &expected);
+        let r = retention_round(&c);
+        assert!(r["prune"]["done"]["packs_deleted"].as_u64().unwrap() > 0, "a prune deleted packs: {r}");
+    }
+    // B comes back with its journal and its files of then: the chunks of those files that
+    // later runs changed were pruned, and its journal still lists their packs.
     std::fs::remove_dir_all(&b.state).unwrap();
     copy_dir(&offline, &b.state);
-    let mut rng = Rng::new(seed ^ 0xbb);
+    std::fs::remove_dir_all(&b.src).unwrap();
+    copy_dir(&offline_src, &b.src);
     backup_round(&b, &mut rng, rounds, &expected);
-    backup_round(&a, &mut rng, rounds, &expected);
+    backup_round(&a, &mut rng, rounds + 3, &expected);
 
     // Every remaining snapshot restores to what its source held.
     let snaps = c.json(&["snapshots"]);
@@ -354,5 +368,5 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn two_machines_back_up_while_a_third_forgets_and_prunes() {
-    shared_repository_scenario(Env::new(), 4);
+    shared_repository_scenario(Env::with_backup_toml(SMALL_PACKS), 4);
 }

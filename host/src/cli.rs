@@ -108,6 +108,21 @@ pub enum Command {
         /// Print what would be kept (and why) and what would go; change nothing
         #[arg(long, short = 'n')]
         dry_run: bool,
+        /// Prune after forgetting, in the same run (with --dry-run: print the prune plan too)
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        prune_limits: PruneLimits,
+    },
+    /// Delete the packs no snapshot needs and repack those mostly unused; deletes only after
+    /// the new packs and index objects are stored
+    Prune {
+        #[command(flatten)]
+        limits: PruneLimits,
+        /// Print the plan (packs to delete and repack, bytes freed, downloaded, uploaded);
+        /// change nothing
+        #[arg(long, short = 'n')]
+        dry_run: bool,
     },
     /// Restore a snapshot into a folder
     Restore {
@@ -153,6 +168,17 @@ pub struct ForgetPolicy {
     /// Keep snapshots that carry all of these tags (a,b; repeatable)
     #[arg(long, value_name = "TAGS")]
     pub keep_tag: Vec<String>,
+}
+
+/// How much `prune` repacks.
+#[derive(clap::Args, Debug, Default)]
+pub struct PruneLimits {
+    /// Repack packs whose unused share is above this (default 10%)
+    #[arg(long, value_name = "PCT")]
+    pub max_unused: Option<String>,
+    /// Repack at most this many bytes of packs (e.g. 1GiB; default: no limit)
+    #[arg(long, value_name = "SIZE")]
+    pub max_repack: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

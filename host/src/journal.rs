@@ -1022,6 +1022,23 @@ impl Journal {
             .optional()?)
     }
 
+    /// Drops the file-cache and partial-file rows of these paths (their chunks are about to
+    /// be pruned), so the next backup reads those files again.
+    pub fn forget_cached_files(&self, paths: &[Vec<u8>]) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        {
+            let mut cache = tx.prepare("DELETE FROM file_cache WHERE path = ?1")?;
+            let mut partial = tx.prepare("DELETE FROM partial_files WHERE path = ?1")?;
+            for p in paths {
+                cache.execute([p])?;
+                partial.execute([p])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Drops the whole file cache (after repository damage, so every file is read again).
     pub fn clear_file_cache(&self) -> Result<()> {
         let conn = self.conn.lock().unwrap();

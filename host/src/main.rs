@@ -77,9 +77,13 @@ fn main() -> ExitCode {
             };
             commands::repair::run(&ctx, opts, rebuild_journal)
         }
-        Command::Forget { snapshots, policy, group_by, allow_empty_group, dry_run } => {
-            commands::forget::run(&ctx, &snapshots, &policy, group_by.as_deref(), allow_empty_group, dry_run)
+        Command::Forget { snapshots, policy, group_by, allow_empty_group, dry_run, prune, prune_limits } => {
+            let prune = prune.then_some(&prune_limits);
+            let how =
+                commands::forget::How { group_by: group_by.as_deref(), allow_empty_group, dry_run, prune };
+            commands::forget::run(&ctx, &snapshots, &policy, how)
         }
+        Command::Prune { limits, dry_run } => commands::prune::run(&ctx, &limits, dry_run),
         Command::Verify { read_data, read_data_subset } => {
             commands::verify::run(&ctx, read_data, read_data_subset)
         }

@@ -4,21 +4,29 @@ use anyhow::{Result, bail};
 use serde_json::json;
 
 use super::Ctx;
-use crate::cli::ForgetPolicy;
+use crate::cli::{ForgetPolicy, PruneLimits};
 use crate::engine::forget::{self, Decision, GroupBy, Options, Verdict};
+use crate::engine::prune;
 use crate::engine::retention::{Keep, Policy, parse_span, tag_list};
 use crate::engine::snapshots::{self, display_time};
 use crate::repo::{Access, Repository};
 
-pub fn run(
-    ctx: &Ctx,
-    named: &[String],
-    flags: &ForgetPolicy,
-    group_by: Option<&str>,
-    allow_empty_group: bool,
-    dry_run: bool,
-) -> Result<()> {
+/// How `forget` runs, beside what it forgets.
+pub struct How<'a> {
+    pub group_by: Option<&'a str>,
+    pub allow_empty_group: bool,
+    pub dry_run: bool,
+    /// `--prune`: prune afterwards, with these limits.
+    pub prune: Option<&'a PruneLimits>,
+}
+
+pub fn run(ctx: &Ctx, named: &[String], flags: &ForgetPolicy, how: How<'_>) -> Result<()> {
+    let How { group_by, allow_empty_group, dry_run, prune } = how;
     let config = ctx.config()?;
+    let prune_opts = match prune {
+        Some(limits) => Some(super::prune::options(&config, limits)?),
+        None => None,
+    };
     let policy = match policy_of(flags)? {
         Some(p) => p,
         None => config.retention.policy()?,
@@ -30,14 +38,16 @@ pub fn run(
         Some(text) => text.parse::<GroupBy>().map_err(anyhow::Error::msg)?,
         None => GroupBy::DEFAULT,
     };
-    let access = if dry_run { Access::Read } else { Access::Write };
+    // With --prune, alone in the repository: no backup may reference what prune deletes.
+    let access = match (dry_run, prune.is_some()) {
+        (true, _) => Access::Read,
+        (false, false) => Access::Write,
+        (false, true) => Access::Exclusive,
+    };
     let repo = ctx.rt.block_on(Repository::open(&config, access))?;
     let result = (|| -> Result<()> {
-        if !dry_run && !repo.backend.can_delete() {
-            bail!(
-                "this repository is append-only (repository.grants.delete = false): forget removes nothing; \
-             run it where the config allows deletes"
-            );
+        if !dry_run {
+            prune::require_deletes(&repo, "forget")?;
         }
         let sources = crate::engine::walk::clean_sources(&config.backup.sources)?;
         let mut ids = Vec::new();
@@ -47,6 +57,11 @@ pub fn run(
         let opts = Options { policy, group_by, allow_empty_group, named: ids };
         let plan = forget::plan(repo.journal.snapshots()?, &opts, &jiff::tz::TimeZone::system())?;
         let removed = if dry_run { 0 } else { ctx.rt.block_on(forget::execute(&repo, &plan))? };
+        // Pruned in the same run; a dry run plans the prune without the snapshots that would go.
+        let pruned = match &prune_opts {
+            Some(opts) => Some(prune::run(&repo, ctx.rt.handle(), opts, &plan.doomed(), dry_run)?),
+            None => None,
+        };
         if ctx.json {
             let groups: Vec<_> = plan
             .groups
@@ -66,6 +81,7 @@ pub fn run(
                 "groups": groups,
                 "would_remove": plan.doomed().len(),
                 "removed": removed,
+                "prune": pruned.as_ref().map(super::prune::json),
             }));
             return Ok(());
         }
@@ -89,6 +105,9 @@ pub fn run(
             println!(
                 "removed {removed} snapshot(s); the data only they referenced stays in the repository until it is pruned"
             );
+        }
+        if let Some(report) = &pruned {
+            super::prune::print(ctx, report);
         }
         Ok(())
     })();

@@ -6,6 +6,7 @@ pub mod forget;
 pub mod init;
 pub mod ls;
 pub mod plugin;
+pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod snapshots;

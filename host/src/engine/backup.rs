@@ -71,7 +71,7 @@ pub struct Outcome {
 /// Most warnings kept for the report; all are counted.
 const MAX_WARNINGS: usize = 100;
 /// Tree packs are small: trees are read often (ls, restore) and are few.
-const TREE_PACK_SIZE: u64 = 4 << 20;
+pub const TREE_PACK_SIZE: u64 = 4 << 20;
 
 enum FileError {
     /// This file could not be read; it is left out and the run goes on.
@@ -902,9 +902,9 @@ pub fn write_index(repo: &Repository, rt: &tokio::runtime::Handle) -> Result<()>
 
 /// Blobs per index object, at most (one pack may exceed it): keeps index objects a few
 /// MiB, so reading one never needs much memory.
-const INDEX_ENTRIES: usize = 65_536;
+pub const INDEX_ENTRIES: usize = 65_536;
 
-fn upload_index(
+pub fn upload_index(
     repo: &Repository,
     rt: &tokio::runtime::Handle,
     index: &IndexFile,

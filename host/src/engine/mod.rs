@@ -3,7 +3,9 @@
 pub mod backup;
 pub mod chunker;
 pub mod forget;
+pub mod mark;
 pub mod packer;
+pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod retention;

@@ -56,6 +56,12 @@ impl<'a> TreeReader<'a> {
         Ok((tree, rejected))
     }
 
+    /// The tree `id` with every entry, refused names included (prune's mark: what a tree
+    /// references must stay, whether or not a restore would write it).
+    pub fn load_raw(&self, id: &Id) -> Result<Tree> {
+        self.load_unchecked(id)
+    }
+
     fn load_unchecked(&self, id: &Id) -> Result<Tree> {
         let loc = self
             .repo
