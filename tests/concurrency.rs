@@ -265,7 +265,17 @@ fn backup_round(m: &Env, rng: &mut Rng, round: u64, expected: &Expected) {
 /// What the third machine does in its loop: forget (keeping two per machine) and prune
 /// (everything unused goes: `--max-unused 0%` repacks any pack with an unused byte).
 fn retention_round(c: &Env) -> serde_json::Value {
-    let out = c.run(&["--json", "--lock-wait", "10m", "forget", "--keep-last", "2", "--prune", "--max-unused", "0%"]);
+    let out = c.run(&[
+        "--json",
+        "--lock-wait",
+        "10m",
+        "forget",
+        "--keep-last",
+        "2",
+        "--prune",
+        "--max-unused",
+        "0%",
+    ]);
     assert!(out.status.success(), "forget --prune failed: {}", stderr_of(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -350,7 +360,9 @@ fn shared_repository_scenario(a: Env, rounds: u64) {
         let out = m.run(&["verify", "--read-data"]);
         assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), stderr_of(&out));
     }
-    assert!(lock_objects(&a.repo).is_empty() || !a.repo.exists(), "every command released its lock");
+    if a.repo.exists() {
+        assert!(lock_objects(&a.repo).is_empty(), "every command released its lock");
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -369,4 +381,19 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn two_machines_back_up_while_a_third_forgets_and_prunes() {
     shared_repository_scenario(Env::with_backup_toml(SMALL_PACKS), 4);
+}
+
+/// The same through the S3 plugin against SeaweedFS (conditional put on): skipped with a loud
+/// message on a machine without `weed`, a failure in CI.
+#[test]
+fn seaweedfs_two_machines_back_up_while_a_third_forgets_and_prunes() {
+    let Some(server) = common::servers::require(common::servers::seaweedfs_s3()) else { return };
+    let base = common::remote::remote_env_with(
+        common::remote::Flavour::Seaweed,
+        &server,
+        &server.origin(),
+        SMALL_PACKS,
+        ", conditional_put = true",
+    );
+    shared_repository_scenario(base, 3);
 }

@@ -162,13 +162,13 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
         if !deletes {
             break;
         }
-        if matches!(obj.kind, ObjectKind::Pack | ObjectKind::Index)
-            && backend.stat(&obj.name).await?.is_some()
-        {
-            // An interrupted prune's deletion is cancelled, not rolled forward: since it was
-            // planned, its exclusive lock went stale and other machines may have backed up
-            // against what the plan found unused (prune deletes index objects before packs,
-            // so every pack a remaining index lists still exists). The next prune plans again.
+        if matches!(obj.kind, ObjectKind::Pack | ObjectKind::Index) && whole(repo, &obj).await? {
+            // An interrupted prune's deletion of a whole object is cancelled, not rolled
+            // forward: since it was planned, its exclusive lock went stale and other machines
+            // may have backed up against what the plan found unused (prune deletes index
+            // objects before packs, so every pack a remaining index lists still exists). The
+            // next prune plans again. (A partial upload that `repair` was deleting is not
+            // whole: its deletion goes on.)
             journal.set_state(&obj.name, State::Uploaded)?;
             report.cancelled += 1;
             continue;
@@ -197,6 +197,18 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
         );
     }
     Ok(report)
+}
+
+/// Whether the backend holds `obj` whole: the recorded size, and bytes that hash to the
+/// recorded hash.
+async fn whole(repo: &Repository, obj: &crate::journal::ObjectRow) -> Result<bool> {
+    let Some(hash) = obj.hash else { return Ok(false) };
+    match repo.backend.stat(&obj.name).await? {
+        Some(info) if info.size == obj.size && obj.size > 0 => {
+            Ok(Id::of_bytes(&repo.backend.read(&obj.name, 0, obj.size).await?) == hash)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// The local copy of a finished pack, if it is whole (right size and hash).
