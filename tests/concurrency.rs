@@ -180,6 +180,23 @@ fn a_backup_whose_lock_was_removed_writes_no_snapshot() {
     assert!(count_files(&env.repo.join("data")) <= packs + 1);
 }
 
+/// An append-only client cannot delete its lock: it writes a release record, which ends the
+/// claim at once (a prune need not wait), and a client that may delete removes both.
+#[test]
+fn an_append_only_client_releases_its_lock_with_a_record() {
+    let env = small_repo();
+    let full = std::fs::read_to_string(&env.config).unwrap();
+    env.write_config(&full.replace("[repository]\n", "[repository]\ngrants = { delete = false }\n"));
+    env.ok(&["backup"]);
+    let left = lock_objects(&env.repo);
+    assert_eq!(left.len(), 2, "the lock and its release record stay: {left:?}");
+    env.write_config(&full);
+    // An exclusive lock is not kept waiting by the released claim (no --lock-wait needed).
+    let out = env.run(&["--lock-wait", "0", "prune"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(lock_objects(&env.repo).is_empty(), "{:?}", lock_objects(&env.repo));
+}
+
 /// Another machine forgets every snapshot and prunes everything (done here by hand: the
 /// snapshot, index and pack objects go). The next backup of the same unchanged files must
 /// not trust its journal or file cache: it uploads the data again, and the snapshot restores.

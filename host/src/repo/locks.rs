@@ -195,6 +195,11 @@ async fn live_others(backend: &Backend, key: &MasterKey, own: &[u8; 16]) -> Resu
     Ok(live)
 }
 
+/// The lock could not be taken within the wait: another machine holds a conflicting one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Busy(String);
+
 /// What a claimant does after looking at the others.
 enum Decision {
     Go,
@@ -298,12 +303,13 @@ pub async fn acquire(
             if let Some((name, file, _)) = own.take() {
                 remove(&backend, &key, &name, &file).await;
             }
-            bail!(
+            return Err(Busy(format!(
                 "the repository is locked by {}; waited {}s (--lock-wait, [repository] lock_wait); \
                  run the command again when it is done; nothing was changed",
                 holder.describe(),
                 wait.as_secs()
-            );
+            ))
+            .into());
         }
         if !told {
             eprintln!(

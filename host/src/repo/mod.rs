@@ -268,7 +268,22 @@ impl Repository {
         let (backend, key, params) = Repository::unlock(config).await?;
         let repo = Repository::attach(config, backend, key, params, access, false)?;
         if let Some(kind) = lock {
-            repo.take_remote_lock(kind, config.lock_wait()?).await?;
+            match repo.take_remote_lock(kind, config.lock_wait()?).await {
+                Ok(()) => {}
+                // Commands that only read (restore, verify) still run with credentials that
+                // cannot write a lock, and say what that risks.
+                Err(e)
+                    if matches!(access, Access::Read | Access::Inspect)
+                        && e.downcast_ref::<locks::Busy>().is_none() =>
+                {
+                    tracing::warn!(
+                        "cannot take a shared lock in the repository ({}); going on without: a prune on \
+                         another machine could remove data while this command reads it",
+                        crate::error::one_line(&e)
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
         let report = match access {
             Access::Write | Access::Exclusive => Some(reconcile::reconcile(&repo, true).await?),
