@@ -42,7 +42,11 @@ fn forge_lock(env: &Env, host: &str, pid: u32, kind: LockKind, age: Duration) ->
 
 fn lock_objects(repo: &Path) -> Vec<String> {
     match std::fs::read_dir(repo.join("locks")) {
-        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        // Hidden names are the fs backend's uploads in progress.
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -178,6 +182,40 @@ fn a_backup_whose_lock_was_removed_writes_no_snapshot() {
     let b = env.json(&["backup"]);
     assert_eq!((b["files_read"].as_u64(), b["data_added"].as_u64()), (Some(0), Some(0)), "{b}");
     assert!(count_files(&env.repo.join("data")) <= packs + 1);
+}
+
+/// While a command runs, its lock is written anew (refreshed) and the previous object
+/// removed; at the end nothing is left.
+#[test]
+fn a_running_command_refreshes_its_lock() {
+    let mut env = small_repo();
+    let release = env.path("go-on");
+    env.extra_env.push(("CAIRN_LOCK_REFRESH_MS".into(), "100".into()));
+    env.extra_env.push(("CAIRN_TEST_HOLD".into(), "before-snapshot".into()));
+    env.extra_env.push(("CAIRN_TEST_HOLD_RELEASE".into(), release.display().to_string()));
+    let mut child = env.cmd(&["backup"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    lines.by_ref().map(|l| l.unwrap()).find(|l| l.contains("cairn-test-hold: before-snapshot")).unwrap();
+    let first = lock_objects(&env.repo);
+    assert_eq!(first.len(), 1, "{first:?}");
+    // Until a refresh replaced it (the test's own timeout bounds this).
+    let refreshed = loop {
+        let now = lock_objects(&env.repo);
+        if now.len() == 1 && now != first {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_ne!(refreshed, first);
+    std::fs::write(&release, b"").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{:?}", lines.map(|l| l.unwrap()).collect::<Vec<_>>());
+    assert_eq!(
+        count_files(&env.repo.join("snapshots")),
+        1,
+        "the refreshed lock is held: the snapshot is written"
+    );
+    assert!(lock_objects(&env.repo).is_empty());
 }
 
 /// An append-only client cannot delete its lock: it writes a release record, which ends the

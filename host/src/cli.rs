@@ -124,6 +124,13 @@ pub enum Command {
         #[arg(long, short = 'n')]
         dry_run: bool,
     },
+    /// Snapshots, files, logical and stored size, deduplication, unused bytes: for the
+    /// repository and per snapshot group
+    Stats {
+        /// Group snapshots by these: host, paths, tags (comma-separated; default host,paths)
+        #[arg(long, value_name = "LIST")]
+        group_by: Option<String>,
+    },
     /// Restore a snapshot into a folder
     Restore {
         /// Snapshot id (a unique prefix) or `latest`

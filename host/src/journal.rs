@@ -431,6 +431,25 @@ impl Journal {
         Ok(())
     }
 
+    /// [`Journal::begin_delete`] for several objects in one transaction: a run killed while
+    /// journaling a prune's deletions must not leave some journaled and others not (the
+    /// roll-forward would delete the packs and leave the index objects that list them).
+    pub fn begin_deletes(&self, objects: &[(String, ObjectKind)]) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO objects (name, kind, state, size, created_at) VALUES (?1, ?2, 'deleting', 0, ?3)
+                 ON CONFLICT(name) DO UPDATE SET state = 'deleting'",
+            )?;
+            for (name, kind) in objects {
+                stmt.execute(params![name, kind.as_str(), now_secs()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn mark_verified(&self, name: &str) -> Result<()> {
         let conn = self.conn.lock().unwrap();
         conn.execute(

@@ -84,6 +84,7 @@ fn main() -> ExitCode {
             commands::forget::run(&ctx, &snapshots, &policy, how)
         }
         Command::Prune { limits, dry_run } => commands::prune::run(&ctx, &limits, dry_run),
+        Command::Stats { group_by } => commands::stats::run(&ctx, group_by.as_deref()),
         Command::Verify { read_data, read_data_subset } => {
             commands::verify::run(&ctx, read_data, read_data_subset)
         }

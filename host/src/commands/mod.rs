@@ -10,6 +10,7 @@ pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod snapshots;
+pub mod stats;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -61,7 +61,7 @@ pub struct GroupKey {
 }
 
 impl GroupKey {
-    fn of(s: &Snapshot, by: GroupBy) -> GroupKey {
+    pub fn of(s: &Snapshot, by: GroupBy) -> GroupKey {
         let mut tags = s.tags.clone();
         tags.sort();
         GroupKey {

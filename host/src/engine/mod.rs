@@ -10,6 +10,7 @@ pub mod repair;
 pub mod restore;
 pub mod retention;
 pub mod snapshots;
+pub mod stats;
 pub mod tree;
 pub mod upload;
 pub mod verify;

@@ -61,8 +61,9 @@ pub struct Plan {
     pub needed_blobs: u64,
     pub packs: u64,
     pub pack_bytes: u64,
-    /// Bytes in complete packs that no snapshot needs (duplicates included): what a prune
-    /// with no limits would free, before new pack headers.
+    /// Bytes in complete packs that no snapshot needs: whole packs nothing needs, and the
+    /// unneeded blobs (duplicates included) of the others; what a prune with no threshold
+    /// and no limit would free, before the new packs' headers.
     pub unused_bytes: u64,
     pub delete: Vec<PackPlan>,
     pub repack: Vec<PackPlan>,
@@ -90,7 +91,7 @@ impl Plan {
         (self.delete_bytes() + self.repack_bytes()).saturating_sub(self.upload_bytes)
     }
     pub fn is_empty(&self) -> bool {
-        self.delete.is_empty() && self.repack.is_empty()
+        self.delete.is_empty() && self.repack.is_empty() && self.rewrite_indexes.is_empty()
     }
 }
 
@@ -204,7 +205,7 @@ pub fn plan_from_mark(mark: &Mark, opts: &Options) -> Result<Plan> {
     if let Some((n, id)) = missing {
         let short = Id::from_slice(&id).map(|i| i.short()).unwrap_or_default();
         bail!(
-            "{n} chunk(s) that snapshots need are in no readable pack (e.g. {short}); prune deleted nothing: \
+            "{n} chunk(s) that snapshots need are in no readable pack (e.g. {short}); nothing was deleted: \
              run `cairn verify` and `cairn repair`"
         );
     }
@@ -232,11 +233,12 @@ pub fn plan_from_mark(mark: &Mark, opts: &Options) -> Result<Plan> {
                     continue;
                 }
             }
-            plan.unused_bytes += size - used.min(size);
             let pack = PackPlan { name, size, used };
             if used == 0 {
+                plan.unused_bytes += size;
                 plan.delete.push(pack);
             } else {
+                plan.unused_bytes += blob_bytes.saturating_sub(used);
                 let unused = blob_bytes.saturating_sub(used) as f64 / blob_bytes.max(1) as f64;
                 if unused > opts.max_unused {
                     candidates.push((unused, oid, pack));
@@ -268,7 +270,10 @@ pub fn plan_from_mark(mark: &Mark, opts: &Options) -> Result<Plan> {
     Ok(plan)
 }
 
-/// The index objects in the journal that list a pack the plan removes (read one at a time).
+/// The index objects in the journal that list a pack the plan removes, or a pack the journal
+/// no longer knows (deleted by this journal: sync records every pack a known index lists, so
+/// an unknown one is gone; this also finishes a prune whose pack deletions completed and
+/// whose index rewrite did not). Read one at a time.
 fn indexes_listing(
     repo: &Repository,
     rt: &tokio::runtime::Handle,
@@ -284,9 +289,6 @@ fn indexes_listing(
             ins.execute([&p.name])?;
         }
     }
-    if plan.is_empty() {
-        return Ok(Vec::new());
-    }
     let mut out = Vec::new();
     for obj in repo.journal.objects_of_kind(ObjectKind::Index)? {
         if !matches!(obj.state, crate::journal::State::Uploaded | crate::journal::State::Verified) {
@@ -296,7 +298,8 @@ fn indexes_listing(
         let mut lists = mark.db.prepare_cached("SELECT 1 FROM doomed WHERE name = ?1")?;
         let mut hit = false;
         for p in &index.packs {
-            if lists.exists([format::pack_name(&p.id)])? {
+            let pack = format::pack_name(&p.id);
+            if lists.exists([&pack])? || repo.journal.object(&pack)?.is_none() {
                 hit = true;
                 break;
             }
@@ -463,7 +466,8 @@ fn rewrite_indexes(
         let mut doomed = mark.db.prepare_cached("SELECT 1 FROM doomed WHERE name = ?1")?;
         for p in index.packs {
             let pack = format::pack_name(&p.id);
-            if doomed.exists([&pack])? || !seen.insert(p.id) {
+            let gone = repo.journal.object(&pack)?.is_none();
+            if gone || doomed.exists([&pack])? || !seen.insert(p.id) {
                 continue;
             }
             entries += p.entries.len();

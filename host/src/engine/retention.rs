@@ -354,6 +354,54 @@ mod tests {
         assert!(utc[1].is_empty());
     }
 
+    /// restic's documentation ("Removing snapshots according to a policy") works this case:
+    /// daily backups for a century and `--keep-daily 7 --keep-weekly 5 --keep-monthly 12
+    /// --keep-yearly 75` keep the 7 newest dailies, the last day of the weeks the dailies do
+    /// not already cover, 11 or 12 month ends (as the weeks cross a month or not) and 75 year
+    /// ends, and nothing else. Here the newest backup is Thursday 2099-12-31 11:00: the
+    /// dailies cover 25-31 December (and so the week ending Sunday 27th), the weeklies add
+    /// Sundays 20, 13 and 6 December, the monthlies the ends of January to November, and the
+    /// yearlies the ends of 2025 to 2098.
+    #[test]
+    fn restics_documented_century_of_daily_backups() {
+        let first = jiff::civil::date(2000, 1, 1);
+        let days: Vec<jiff::civil::Date> =
+            (0..).map(|n| first + jiff::Span::new().days(n)).take_while(|d| d.year() < 2100).collect();
+        let cands: Vec<Candidate> = days
+            .iter()
+            .map(|d| Candidate {
+                time: d.at(11, 0, 0, 0).to_zoned_datetime(TimeZone::UTC).unwrap().timestamp(),
+                tags: &[],
+            })
+            .collect();
+        let policy = Policy {
+            daily: Some(Keep::Count(7)),
+            weekly: Some(Keep::Count(5)),
+            monthly: Some(Keep::Count(12)),
+            yearly: Some(Keep::Count(75)),
+            ..p()
+        };
+        let r = apply(&cands, &policy, &TimeZone::UTC);
+        let kept: std::collections::BTreeSet<String> =
+            days.iter().zip(&r).filter(|(_, r)| !r.is_empty()).map(|(d, _)| d.to_string()).collect();
+        let mut want = std::collections::BTreeSet::new();
+        for day in 25..=31 {
+            want.insert(format!("2099-12-{day}"));
+        }
+        for day in ["20", "13", "06"] {
+            want.insert(format!("2099-12-{day}"));
+        }
+        for month in 1..=11 {
+            let end = jiff::civil::date(2099, month, 1).last_of_month();
+            want.insert(end.to_string());
+        }
+        for year in 2025..=2098 {
+            want.insert(format!("{year}-12-31"));
+        }
+        assert_eq!(kept.len(), 7 + 3 + 11 + 74);
+        assert_eq!(kept, want);
+    }
+
     #[test]
     fn an_empty_policy_is_recognised() {
         assert!(p().is_empty());

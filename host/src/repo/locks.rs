@@ -33,6 +33,17 @@ use crate::untrusted::escape;
 
 /// How often a held lock is written anew.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+/// How often a held lock is written anew: [`REFRESH_EVERY`], or `CAIRN_LOCK_REFRESH_MS`
+/// (a test seam, so a test can watch refreshes; staleness keeps its fixed bounds).
+fn refresh_every() -> Duration {
+    std::env::var("CAIRN_LOCK_REFRESH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(REFRESH_EVERY)
+        .min(REFRESH_EVERY)
+}
+
 /// A lock not refreshed for this long is stale. Clocks of the machines sharing a repository
 /// must agree to within `STALE_AFTER - REFRESH_EVERY` (25 minutes).
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -268,7 +279,7 @@ pub async fn acquire(
     let mut own: Option<(String, LockFile, Instant)> = None;
     let mut told = false;
     loop {
-        let fresh = own.as_ref().is_some_and(|(_, _, at)| at.elapsed() < REFRESH_EVERY);
+        let fresh = own.as_ref().is_some_and(|(_, _, at)| at.elapsed() < refresh_every());
         if !fresh {
             let file = LockFile {
                 version: 1,
@@ -353,7 +364,7 @@ impl Held {
                 loop {
                     tokio::select! {
                         _ = &mut stopped => return,
-                        _ = tokio::time::sleep(REFRESH_EVERY) => {}
+                        _ = tokio::time::sleep(refresh_every()) => {}
                     }
                     if let Err(e) = refresh(&backend, &key, &current).await {
                         tracing::warn!("cannot refresh the repository lock: {e}; trying again");

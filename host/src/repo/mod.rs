@@ -433,15 +433,13 @@ impl Repository {
     }
 
     /// Where temporary packs are written before upload.
-    /// Deletes objects by the one deletion protocol: each is journaled as `deleting`
-    /// (committed) before the delete is sent, and forgotten (a snapshot with its row) only
+    /// Deletes objects by the one deletion protocol: all are journaled as `deleting` (in one
+    /// committed transaction) before the first delete is sent, and forgotten (a snapshot with its row) only
     /// once the backend has confirmed. A run killed in between leaves `deleting` rows, which
     /// the next writing command rolls forward (`reconcile`), so a deletion is never half done
     /// and never forgotten before it happened.
     pub async fn delete_objects(&self, objects: &[(String, ObjectKind)]) -> Result<()> {
-        for (name, kind) in objects {
-            self.journal.begin_delete(name, *kind)?;
-        }
+        self.journal.begin_deletes(objects)?;
         crate::testing::pause_point("delete-journaled");
         for batch in objects.chunks(256) {
             let names: Vec<String> = batch.iter().map(|(n, _)| n.clone()).collect();

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Forget + prune, measured from outside the process.
+#
+# 1. History: ROUNDS backups of a copy of DATASET, each round after a churn (mutate.py with
+#    the round as seed, and one 32 MiB random file replaced), backed up by cairn and by
+#    restic at the same states. Then `forget --keep-last 3 --prune` with each: wall time and
+#    peak RSS (/usr/bin/time -v), and, in a second identical run on a copy of the history,
+#    the bytes read from the repository folder (bench/strace_reads.py: read/pread64 calls
+#    on files under the repository, distinct byte ranges).
+# 2. Big: a cairn repository with >= 1M chunks (`init --chunk-size 256B`, BIG_MIB of random
+#    data, then BIG_MIB/2 of it replaced and backed up again), `forget --keep-last 1 --prune`
+#    with peak RSS measured: memory stays bounded because the mark and the plan live on disk.
+#
+# usage: bench/prune.sh [-d DATASET] [-r ROUNDS] [-b BIG_MIB] [-o OUT]
+#   DATASET default /tmp/bench/datasets/ds-1g (../shared/bench/gen_dataset.py makes it);
+#   ROUNDS default 10; BIG_MIB default 320 (-b 0 skips part 2).
+# Needs: restic, strace, /usr/bin/time, python3. Uses a release build of cairn (or $CAIRN).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
+DS=/tmp/bench/datasets/ds-1g
+ROUNDS=10
+BIG_MIB=320
+OUT=""
+while getopts "d:r:b:o:" o; do
+  case $o in
+    d) DS=$OPTARG;; r) ROUNDS=$OPTARG;; b) BIG_MIB=$OPTARG;; o) OUT=$OPTARG;;
+    *) sed -n 2,18p "$0"; exit 2;;
+  esac
+done
+for t in restic strace /usr/bin/time python3; do
+  command -v $t >/dev/null || { echo "$t is needed" >&2; exit 1; }
+done
+WORK=${WORK:-/tmp/bench/prune-work}
+OUT=${OUT:-/tmp/bench/results/prune-$(date +%Y%m%d-%H%M%S)}
+rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+if [ -z "${CAIRN:-}" ]; then
+  (cd "$ROOT" && cargo build --release --quiet -p cairn)
+  CAIRN=$TARGET/release/cairn
+fi
+export CAIRN_BENCH_PASSWORD=bench RESTIC_PASSWORD=bench
+
+# measure NAME CMD...: wall seconds and peak RSS (KiB) of CMD, appended to results.tsv.
+measure() {
+  local name=$1; shift
+  /usr/bin/time -v -o "$OUT/time-$name.txt" "$@" >"$OUT/out-$name.txt" 2>&1
+  local wall rss
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$OUT/time-$name.txt" |
+    awk -F: '{ if (NF == 3) print $1 * 3600 + $2 * 60 + $3; else print $1 * 60 + $2 }')
+  rss=$(awk -F': ' '/Maximum resident/ {print $2}' "$OUT/time-$name.txt")
+  printf '%s\t%s\t%s\n' "$name" "$wall" "$rss" >>"$OUT/results.tsv"
+  printf '  %-28s %8.2f s  %6d MiB peak RSS\n' "$name" "$wall" $((rss / 1024))
+}
+
+# reads NAME REPO CMD...: bytes read from files under REPO by CMD (strace, from outside).
+reads() {
+  local name=$1 repo=$2; shift 2
+  local line
+  line=$(python3 "$ROOT/bench/strace_reads.py" --src "$repo" --out "$OUT/reads-$name.json" -- "$@")
+  printf '%s\tread_bytes\t%s\n' "$name" "${line#read=}" >>"$OUT/results.tsv"
+  printf '  %-28s %s\n' "$name" "$line"
+}
+
+cairn_config() {
+  local dir=$1 src=$2
+  mkdir -p "$dir"
+  cat >"$dir/cairn.toml" <<EOF
+[repository]
+backend = "fs"
+options = { path = "$dir/repo" }
+password_env = "CAIRN_BENCH_PASSWORD"
+
+[backup]
+sources = ["$src"]
+
+[state]
+dir = "$dir/state"
+EOF
+  echo "$dir/cairn.toml"
+}
+
+echo "== history: $ROUNDS backups of $(du -sh "$DS" | cut -f1) with churn"
+SRC=$WORK/src
+cp -a "$DS" "$SRC"
+CFG=$(cairn_config "$WORK/cairn" "$SRC")
+"$CAIRN" --config "$CFG" init >/dev/null
+export RESTIC_REPOSITORY=$WORK/restic/repo
+restic init >/dev/null
+for r in $(seq 1 "$ROUNDS"); do
+  if [ "$r" -gt 1 ]; then
+    python3 "$SHARED/mutate.py" "$SRC" --seed "$r" >/dev/null
+  fi
+  rm -f "$SRC"/churn-*.bin
+  head -c 32M /dev/urandom >"$SRC/churn-$r.bin"
+  "$CAIRN" --config "$CFG" backup >/dev/null
+  restic backup --host bench "$SRC" >/dev/null
+  echo "  round $r backed up"
+done
+du -sb "$WORK/cairn/repo" "$RESTIC_REPOSITORY" | tee "$OUT/sizes-before.txt"
+
+# A copy of each history for the strace run (same work, traced).
+cp -a "$WORK/cairn" "$WORK/cairn-traced"
+cp -a "$WORK/restic" "$WORK/restic-traced"
+sed -i "s#$WORK/cairn/#$WORK/cairn-traced/#g" "$WORK/cairn-traced/cairn.toml"
+
+echo "== forget --keep-last 3 --prune"
+"$CAIRN" --config "$CFG" --json forget --keep-last 3 --prune --dry-run >"$OUT/cairn-plan.json"
+measure cairn_forget_prune "$CAIRN" --config "$CFG" --json forget --keep-last 3 --prune
+measure restic_forget_prune restic forget --keep-last 3 --prune
+reads cairn_forget_prune "$WORK/cairn-traced/repo" \
+  "$CAIRN" --config "$WORK/cairn-traced/cairn.toml" forget --keep-last 3 --prune
+RESTIC_REPOSITORY=$WORK/restic-traced/repo reads restic_forget_prune "$WORK/restic-traced/repo" \
+  restic -r "$WORK/restic-traced/repo" forget --keep-last 3 --prune
+du -sb "$WORK/cairn/repo" "$RESTIC_REPOSITORY" | tee "$OUT/sizes-after.txt"
+"$CAIRN" --config "$CFG" verify --read-data >/dev/null && echo "  cairn verify --read-data: clean"
+rm -rf "$WORK/cairn-traced" "$WORK/restic-traced" "$WORK/restic" "$SRC"
+
+if [ "$BIG_MIB" -gt 0 ]; then
+  echo "== big: $BIG_MIB MiB at 256 B average chunks"
+  BIG=$WORK/big-src
+  mkdir -p "$BIG"
+  for i in $(seq 1 $((BIG_MIB / 32))); do head -c 32M /dev/urandom >"$BIG/f$i.bin"; done
+  BCFG=$(cairn_config "$WORK/big" "$BIG")
+  "$CAIRN" --config "$BCFG" init --chunk-size 256B >/dev/null
+  measure big_backup_1 "$CAIRN" --config "$BCFG" backup
+  # Half the files replaced: their chunks are needed only by the first snapshot.
+  for i in $(seq 1 $((BIG_MIB / 64))); do head -c 32M /dev/urandom >"$BIG/f$i.bin"; done
+  measure big_backup_2 "$CAIRN" --config "$BCFG" backup
+  "$CAIRN" --config "$BCFG" --json stats >"$OUT/big-stats.json"
+  journal=$(ls "$WORK"/big/state/*/journal.sqlite)
+  python3 -c "import sqlite3,sys; print('  chunks in the journal:', sqlite3.connect(sys.argv[1]).execute('select count(*) from blobs').fetchone()[0])" "$journal" |
+    tee "$OUT/big-chunks.txt"
+  measure big_forget_prune "$CAIRN" --config "$BCFG" --json forget --keep-last 1 --prune
+  "$CAIRN" --config "$BCFG" verify >/dev/null && echo "  cairn verify: clean"
+  rm -rf "$BIG"
+fi
+echo "results in $OUT"
