@@ -255,8 +255,9 @@ fn append_only_upload_of_a_pack_already_stored_succeeds_without_replacing_it() {
     let c = Chaos::new(", delete = false");
     backed_up(&c);
     gen_dataset(&c.env.src.join("more"), 53, 10, &[3 << 20]);
-    // The first pack is stored, but the answer is lost: the retry finds it present.
-    c.set_faults("finish#1:lose-reply");
+    // The first pack is stored, but the answer is lost: the retry finds it present. (Upload
+    // 1 is the backup's lock object.)
+    c.set_faults("finish#2:lose-reply");
     let b = c.env.json(&["backup"]);
     assert_eq!(b["errors"], 0, "{b}");
     assert!(b["retries"].as_u64().unwrap() >= 1, "{b}");

@@ -543,6 +543,42 @@ fn retention_is_per_job_and_verify_runs_after_the_backup() {
     assert!(log.contains("verify: whole ("), "{log}");
 }
 
+/// `prune_every`: the job prunes when its last prune is that old (or it never pruned), alone
+/// on the repository, and frees what its retention forgot; verify then finds it whole.
+#[test]
+fn prune_every_prunes_when_due() {
+    let env = runner_env("");
+    env.write_config(&format!(
+        "{}\n[jobs.trimmed]\nsources = [{:?}]\nretention = {{ keep_last = 1 }}\nprune_every = \"7d\"\n\
+         verify = {{ read_data = true }}\n",
+        std::fs::read_to_string(&env.config).unwrap(),
+        env.src
+    ));
+    let data_bytes = || -> u64 {
+        let mut total = 0;
+        for dir in std::fs::read_dir(env.repo.join("data")).unwrap() {
+            for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+                total += f.unwrap().metadata().unwrap().len();
+            }
+        }
+        total
+    };
+    // Day 1: never pruned, so due; day 2: pruned a day ago; day 9: a week has passed.
+    let mut stored = Vec::new();
+    for day in [1u64, 2, 9] {
+        write_file(&env.src.join("f"), &Rng::new(day).bytes(3 << 20), 0o644, 1_600_000_000 + day as i64);
+        let (code, _, err) = run_at(&env, &format!("2026-01-{day:02}T00:00:00Z"), &["run", "trimmed"]);
+        assert_eq!(code, 0, "day {day}: {err}");
+        stored.push(data_bytes());
+    }
+    let log = std::fs::read_to_string(env.state.join("logs/trimmed.log")).unwrap();
+    assert_eq!(log.matches("prune: starting").count(), 2, "{log}");
+    assert!(log.contains("verify: whole ("), "{log}");
+    // Day 2 kept its forgotten snapshot's data (no prune); day 9's prune freed both days'.
+    assert!(stored[1] > 6 << 20, "{stored:?}");
+    assert!(stored[2] < 4 << 20, "only the kept snapshot's data remains: {stored:?}");
+}
+
 #[test]
 fn jobs_on_two_repositories_run_in_parallel() {
     let env = runner_env("");

@@ -21,6 +21,10 @@ pub struct Cli {
     /// Machine-readable output on stdout
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long to wait for another machine's conflicting lock on the repository (90s, 10m,
+    /// 1h; default: `[repository] lock_wait`, else 10m)
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub lock_wait: Option<String>,
     /// More detail on stderr (-v: progress notes, -vv: debug)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -77,6 +77,9 @@ pub struct RepositoryConfig {
     /// What the backend's sandbox may reach.
     #[serde(default)]
     pub grants: Grants,
+    /// How long a command waits for another machine's conflicting repository lock
+    /// (`90s`, `10m`, `1h`; `--lock-wait` overrides it).
+    pub lock_wait: Option<String>,
 }
 
 /// An option value: a literal, or a secret fetched at run time.
@@ -526,6 +529,14 @@ impl Config {
                 }
                 Ok(size)
             }
+        }
+    }
+
+    /// How long to wait for a conflicting repository lock.
+    pub fn lock_wait(&self) -> Result<std::time::Duration> {
+        match &self.repository.lock_wait {
+            None => Ok(crate::repo::locks::DEFAULT_WAIT),
+            Some(t) => crate::repo::locks::parse_wait(t),
         }
     }
 

@@ -17,13 +17,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use std::collections::HashSet;
+
 use anyhow::{Context, Result, anyhow, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::ids::Id;
 use crate::repo::format::{BlobKind, PackEntry, Snapshot};
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum State {
@@ -189,6 +191,7 @@ fn blob_to_ids(b: &[u8]) -> Vec<Id> {
 /// The id of a pack from its object name (`data/ab/<hex>`).
 /// Removes an object's row and the blob rows that point into it.
 fn drop_object(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<()> {
+    tx.execute("DELETE FROM index_packs WHERE idx = ?1 OR pack = ?1", [name])?;
     tx.execute("DELETE FROM blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)", [name])?;
     tx.execute("DELETE FROM damaged_blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)", [name])?;
     tx.execute("DELETE FROM objects WHERE name = ?1", [name])?;
@@ -382,7 +385,7 @@ impl Journal {
             // Schema 3: `cairn run` records every run of a job. Older journals gain the table.
             conn.execute_batch(
                 "BEGIN;
-                 CREATE TABLE runs (
+                 CREATE TABLE IF NOT EXISTS runs (
                     id INTEGER PRIMARY KEY,
                     job TEXT NOT NULL,
                     started_ns INTEGER NOT NULL,
@@ -394,8 +397,39 @@ impl Journal {
                     pruned INTEGER NOT NULL,
                     error TEXT
                  );
-                 CREATE INDEX runs_job ON runs(job, started_ns);
+                 CREATE INDEX IF NOT EXISTS runs_job ON runs(job, started_ns);
                  PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
+        if version < 4 {
+            // Schema 4: every index object that lists a pack (a sync that forgets drops a
+            // pack once no remaining index lists it). Older journals knew one index per pack.
+            // (`runs` again, if missing: a development journal numbered 3 had only this table.)
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS runs (
+                    id INTEGER PRIMARY KEY,
+                    job TEXT NOT NULL,
+                    started_ns INTEGER NOT NULL,
+                    ended_ns INTEGER NOT NULL,
+                    outcome TEXT NOT NULL,
+                    snapshot TEXT,
+                    bytes_read INTEGER NOT NULL,
+                    bytes_added INTEGER NOT NULL,
+                    pruned INTEGER NOT NULL,
+                    error TEXT
+                 );
+                 CREATE INDEX IF NOT EXISTS runs_job ON runs(job, started_ns);
+                 CREATE TABLE IF NOT EXISTS index_packs (
+                    idx TEXT NOT NULL,
+                    pack TEXT NOT NULL,
+                    PRIMARY KEY (idx, pack)
+                 ) WITHOUT ROWID;
+                 CREATE INDEX IF NOT EXISTS index_packs_pack ON index_packs(pack);
+                 INSERT OR IGNORE INTO index_packs (idx, pack)
+                    SELECT indexed_by, name FROM objects WHERE kind = 'pack' AND indexed_by IS NOT NULL;
+                 PRAGMA user_version = 4;
                  COMMIT;",
             )?;
         }
@@ -641,12 +675,15 @@ impl Journal {
             let mut mark = tx.prepare_cached(
                 "UPDATE objects SET indexed_by = ?2 WHERE name = ?1 AND indexed_by IS NULL",
             )?;
+            let mut listed =
+                tx.prepare_cached("INSERT OR IGNORE INTO index_packs (idx, pack) VALUES (?1, ?2)")?;
             let now = now_secs();
             let mut rows: Vec<(&PackEntry, i64)> = Vec::new();
             for p in &index.packs {
                 let pack = crate::repo::format::pack_name(&p.id);
                 obj.execute(params![pack, "pack", p.size as i64, &p.id.0[..], name, now])?;
                 mark.execute(params![pack, name])?;
+                listed.execute(params![name, pack])?;
                 let oid: i64 =
                     tx.query_row("SELECT oid FROM objects WHERE name = ?1", [&pack], |r| r.get(0))?;
                 rows.extend(p.entries.iter().map(|e| (e, oid)));
@@ -739,6 +776,7 @@ impl Journal {
     pub fn unindex(&self, index: &str) -> Result<()> {
         let conn = self.conn.lock().unwrap();
         conn.execute("UPDATE objects SET indexed_by = NULL WHERE indexed_by = ?1", [index])?;
+        conn.execute("DELETE FROM index_packs WHERE idx = ?1", [index])?;
         Ok(())
     }
 
@@ -818,12 +856,101 @@ impl Journal {
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare("UPDATE objects SET indexed_by = ?2 WHERE name = ?1")?;
+            let mut listed = tx.prepare("INSERT OR IGNORE INTO index_packs (idx, pack) VALUES (?1, ?2)")?;
             for p in packs {
                 stmt.execute(params![p, index])?;
+                listed.execute(params![index, p])?;
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Forgets what vanished from the repository (another machine's prune or forget), in
+    /// one transaction: the index objects `indexes`, then every pack that no remaining index
+    /// lists (packs awaiting their first index are this client's own, and kept), with their
+    /// blobs; the file-cache and resume rows that use a chunk no pack holds any more (those
+    /// files are read again); and the snapshots `snapshots`, object and row.
+    pub fn forget_vanished(&self, indexes: &[String], snapshots: &[Id]) -> Result<Forgotten> {
+        let mut out = Forgotten::default();
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        // The packs the vanished indexes listed; those no other index lists are gone too.
+        let mut candidates: Vec<String> = Vec::new();
+        for name in indexes {
+            {
+                let mut stmt = tx.prepare_cached("SELECT pack FROM index_packs WHERE idx = ?1")?;
+                let rows = stmt.query_map([name], |r| r.get::<_, String>(0))?;
+                for row in rows {
+                    candidates.push(row?);
+                }
+            }
+            drop_object(&tx, name)?;
+            out.indexes += 1;
+        }
+        candidates.sort();
+        candidates.dedup();
+        let mut vanished_packs = Vec::new();
+        for pack in candidates {
+            let other: Option<String> = tx
+                .query_row("SELECT idx FROM index_packs WHERE pack = ?1 LIMIT 1", [&pack], |r| r.get(0))
+                .optional()?;
+            match other {
+                // Still listed: keep it, named by an index that exists.
+                Some(idx) => {
+                    tx.execute("UPDATE objects SET indexed_by = ?2 WHERE name = ?1", params![pack, idx])?;
+                }
+                None => vanished_packs.push(pack),
+            }
+        }
+        let mut lost: HashSet<Id> = HashSet::new();
+        for pack in &vanished_packs {
+            let ids: Vec<Vec<u8>> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT id FROM blobs WHERE pack = (SELECT oid FROM objects WHERE name = ?1)",
+                )?;
+                let rows = stmt.query_map([pack], |r| r.get::<_, Vec<u8>>(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            drop_object(&tx, pack)?;
+            lost.extend(ids.iter().filter_map(|b| b.as_slice().try_into().ok().map(Id)));
+            out.packs += 1;
+        }
+        // Chunks still held by another pack are not lost.
+        lost.retain(|id| {
+            tx.query_row("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1", [&id.0[..]], |_| Ok(()))
+                .optional()
+                .map(|found| found.is_none())
+                .unwrap_or(true)
+        });
+        if !lost.is_empty() {
+            for table in ["file_cache", "partial_files"] {
+                let stale: Vec<Vec<u8>> = {
+                    let mut stmt = tx.prepare(&format!("SELECT path, content FROM {table}"))?;
+                    let rows =
+                        stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+                    let mut stale = Vec::new();
+                    for row in rows {
+                        let (path, content) = row?;
+                        if blob_to_ids(&content).iter().any(|id| lost.contains(id)) {
+                            stale.push(path);
+                        }
+                    }
+                    stale
+                };
+                for path in &stale {
+                    tx.execute(&format!("DELETE FROM {table} WHERE path = ?1"), [path])?;
+                }
+                out.cached_files += stale.len() as u64;
+            }
+        }
+        for id in snapshots {
+            drop_object(&tx, &crate::repo::format::snapshot_name(id))?;
+            tx.execute("DELETE FROM snapshots WHERE id = ?1", [id.hex()])?;
+            out.snapshots += 1;
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     // ---- snapshots ------------------------------------------------------------------------
@@ -1124,6 +1251,16 @@ impl Journal {
     }
 }
 
+/// What [`Journal::forget_vanished`] forgot.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Forgotten {
+    pub indexes: u64,
+    pub packs: u64,
+    pub snapshots: u64,
+    /// File-cache and resume rows dropped because a chunk of theirs is gone.
+    pub cached_files: u64,
+}
+
 /// One row of `blobs`.
 struct BlobRow {
     pack: i64,
@@ -1293,6 +1430,50 @@ mod tests {
     }
 
     #[test]
+    fn forgetting_a_vanished_index_forgets_the_packs_only_it_listed() {
+        use crate::repo::format::{IndexFile, IndexPack, index_name, pack_name};
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+        let entry =
+            |n: u8| PackEntry { kind: BlobKind::Data, id: Id([n; 32]), offset: 0, length: 40, raw_length: 1 };
+        let pack = |n: u8| IndexPack { id: Id([100 + n; 32]), size: 100, entries: vec![entry(n)] };
+        let (a, b) = (index_name(&Id([1; 32])), index_name(&Id([2; 32])));
+        j.record_index(&a, 10, &Id([1; 32]), &IndexFile { version: 1, packs: vec![pack(1), pack(2)] })
+            .unwrap();
+        j.record_index(&b, 10, &Id([2; 32]), &IndexFile { version: 1, packs: vec![pack(2)] }).unwrap();
+        // This client's pack, awaiting its first index.
+        let own = pack_name(&Id([103; 32]));
+        j.record_present(&own, ObjectKind::Pack, 100, Some(&Id([103; 32])), &[entry(3)]).unwrap();
+        let cached = |n: u8| CachedFile {
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            inode: n as u64,
+            content: vec![Id([n; 32])],
+        };
+        for n in 1..=3 {
+            j.stage_file(vec![n], cached(n)).unwrap();
+        }
+        j.publish_staged_files().unwrap();
+
+        let f = j.forget_vanished(std::slice::from_ref(&a), &[]).unwrap();
+        assert_eq!((f.indexes, f.packs, f.cached_files), (1, 1, 1));
+        assert!(j.object(&a).unwrap().is_none());
+        assert!(j.object(&pack_name(&Id([101; 32]))).unwrap().is_none(), "listed only by the vanished index");
+        assert!(!j.has_blob(&Id([1; 32])).unwrap(), "deduplication no longer trusts its chunk");
+        assert!(j.cached_file(&[1]).unwrap().is_none(), "a file using the chunk is read again");
+        assert!(j.has_blob(&Id([2; 32])).unwrap(), "still listed by the other index");
+        assert!(j.has_blob(&Id([3; 32])).unwrap(), "own pack awaiting its index is kept");
+        assert_eq!(j.cached_file(&[2]).unwrap(), Some(cached(2)));
+        // The kept pack is now attributed to the remaining index: forgetting that one too
+        // forgets the pack.
+        let f = j.forget_vanished(std::slice::from_ref(&b), &[]).unwrap();
+        assert_eq!((f.indexes, f.packs), (1, 1));
+        assert!(!j.has_blob(&Id([2; 32])).unwrap());
+        assert!(j.has_blob(&Id([3; 32])).unwrap());
+    }
+
+    #[test]
     fn a_schema_1_journal_is_migrated_and_keeps_its_rows() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j.sqlite");
@@ -1305,6 +1486,11 @@ mod tests {
                     content BLOB NOT NULL) WITHOUT ROWID;
                  INSERT INTO file_cache VALUES (x'2f61', 5, 1, 2, 3, zeroblob(32));
                  INSERT INTO meta VALUES ('k', 'v');
+                 CREATE TABLE objects (oid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+                    state TEXT NOT NULL, size INTEGER NOT NULL, hash BLOB, indexed_by TEXT,
+                    created_at INTEGER NOT NULL, verified_at INTEGER, note TEXT);
+                 INSERT INTO objects (name, kind, state, size, indexed_by, created_at)
+                    VALUES ('data/ab/ab', 'pack', 'uploaded', 1, 'index/cd', 0);
                  PRAGMA user_version = 1;",
             )
             .unwrap();
@@ -1314,6 +1500,17 @@ mod tests {
         let cached = j.cached_file(b"/a").unwrap().unwrap();
         assert_eq!((cached.size, cached.content), (5, vec![Id([0; 32])]));
         assert!(j.partial_file(b"/a").unwrap().is_none());
+        let listed: (String, String) = j
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("SELECT idx, pack FROM index_packs", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!(
+            listed,
+            ("index/cd".into(), "data/ab/ab".into()),
+            "schema 4 knows which index lists the pack"
+        );
         let version: i64 = j.conn.lock().unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         assert!(j.runs().unwrap().is_empty(), "schema 3 adds an empty runs table");

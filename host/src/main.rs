@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let ctx = Ctx { config_path: cli.config, json: cli.json, rt };
+    let ctx = Ctx { config_path: cli.config, json: cli.json, lock_wait: cli.lock_wait, rt };
     let result = match cli.command {
         Command::Init { chunk_size } => commands::init::run(&ctx, chunk_size.as_deref()),
         Command::Backup { tags } => commands::backup::run(&ctx, &tags),

@@ -342,6 +342,8 @@ pub fn find_journal(state: &Path) -> PathBuf {
 }
 
 /// Objects in a fs repository: (name, size), excluding hidden files (chaos counters).
+/// Lock objects (`locks/`) are not listed: they are not data, the journal does not know
+/// them, and a killed command leaves its lock until it goes stale.
 pub fn repo_objects(repo: &Path) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![repo.to_path_buf()];
@@ -364,7 +366,9 @@ pub fn repo_objects(repo: &Path) -> Vec<(String, u64)> {
                     r => r.unwrap().len(),
                 };
                 let rel = p.strip_prefix(repo).unwrap().to_string_lossy().into_owned();
-                out.push((rel, len));
+                if !rel.starts_with("locks/") {
+                    out.push((rel, len));
+                }
             }
         }
     }

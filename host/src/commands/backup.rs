@@ -39,7 +39,9 @@ pub fn run(ctx: &Ctx, tags: &[String]) -> Result<()> {
             tracing::warn!("cannot record the run in the journal: {}", one_line(&e));
         }
     }
-    report(ctx, &result?)
+    let done = result?;
+    let reported = report(ctx, &done);
+    ctx.released(&done.repo, reported)
 }
 
 /// What `cairn backup` did, as a run of the job `default`.
@@ -111,29 +113,37 @@ fn backup_inner(
 ) -> Result<Done> {
     let repo = ctx.rt.block_on(Repository::open(config, Access::Write))?;
     opened(&repo);
-    let mut all_tags = config.backup.tags.clone();
-    all_tags.extend(tags.iter().cloned());
-    let settings = Settings {
-        job: job.to_string(),
-        sources: config.backup.sources.clone(),
-        excludes: config.backup.exclude.clone(),
-        tags: all_tags,
-        threads: config.threads(),
-        compression: config.compression_level(),
-        pack_size: config.pack_size()?,
-        checkpoint_every: config.checkpoint_interval()?.0,
-        checkpoint_bytes: config.checkpoint_interval()?.1,
-    };
-    check_free_space(&repo.dir, settings.pack_size, repo.backend.concurrency())?;
-    let mut progress = Progress::new("backing up", !ctx.json);
-    if progress.enabled() {
-        spawn_scan(&settings, progress.counters.clone());
+    // The repository lock in the repository is released here on failure; on success the
+    // caller releases it once it has used the repository (`cairn run` forgets and verifies).
+    let made = (|| -> Result<(backup::Outcome, f64)> {
+        let mut all_tags = config.backup.tags.clone();
+        all_tags.extend(tags.iter().cloned());
+        let settings = Settings {
+            job: job.to_string(),
+            sources: config.backup.sources.clone(),
+            excludes: config.backup.exclude.clone(),
+            tags: all_tags,
+            threads: config.threads(),
+            compression: config.compression_level(),
+            pack_size: config.pack_size()?,
+            checkpoint_every: config.checkpoint_interval()?.0,
+            checkpoint_bytes: config.checkpoint_interval()?.1,
+        };
+        check_free_space(&repo.dir, settings.pack_size, repo.backend.concurrency())?;
+        let mut progress = Progress::new("backing up", !ctx.json);
+        if progress.enabled() {
+            spawn_scan(&settings, progress.counters.clone());
+        }
+        let started = std::time::Instant::now();
+        let result = backup::run(&repo, ctx.rt.handle(), &settings, &progress.counters);
+        progress.finish();
+        let out = result.map_err(|e| with_space_needed(e, settings.pack_size, repo.backend.concurrency()))?;
+        Ok((out, started.elapsed().as_secs_f64()))
+    })();
+    match made {
+        Ok((out, secs)) => Ok(Done { repo, out, secs }),
+        Err(e) => ctx.released(&repo, Err(e)),
     }
-    let started = std::time::Instant::now();
-    let result = backup::run(&repo, ctx.rt.handle(), &settings, &progress.counters);
-    progress.finish();
-    let out = result.map_err(|e| with_space_needed(e, settings.pack_size, repo.backend.concurrency()))?;
-    Ok(Done { repo, out, secs: started.elapsed().as_secs_f64() })
 }
 
 /// Prints what `cairn backup` saved; exit code 3 when items could not be read.

@@ -16,7 +16,20 @@ pub fn run(ctx: &Ctx, to_config: &Path, named: &[String]) -> Result<()> {
     let config = ctx.config()?;
     let other = Config::locate(Some(to_config))
         .with_context(|| format!("the target config {}", to_config.display()))?;
-    let source = ctx.rt.block_on(Repository::open(&config, Access::Read))?;
+    // A shared lock in the source too: no prune may delete what the copy is reading.
+    let source = ctx.rt.block_on(Repository::open_reading(&config))?;
+    let result = copy_to(ctx, &config, &other, to_config, &source, named);
+    ctx.released(&source, result)
+}
+
+fn copy_to(
+    ctx: &Ctx,
+    config: &Config,
+    other: &Config,
+    to_config: &Path,
+    source: &Repository,
+    named: &[String],
+) -> Result<()> {
     let chosen = if named.is_empty() {
         // Every complete snapshot: partial ones are checkpoints of runs, copied only by name.
         source.journal.snapshots()?.into_iter().filter(|(_, s)| !s.partial).collect()
@@ -33,10 +46,21 @@ pub fn run(ctx: &Ctx, to_config: &Path, named: &[String]) -> Result<()> {
     };
     let target = ctx
         .rt
-        .block_on(Repository::open(&other, Access::Write))
+        .block_on(Repository::open(other, Access::Write))
         .with_context(|| format!("the target repository of {}", to_config.display()))?;
+    let result = copy_into(ctx, other, source, &target, chosen);
+    ctx.released(&target, result)
+}
+
+fn copy_into(
+    ctx: &Ctx,
+    other: &Config,
+    source: &Repository,
+    target: &Repository,
+    chosen: Vec<(crate::ids::Id, crate::repo::format::Snapshot)>,
+) -> Result<()> {
     let settings = Settings { compression: other.compression_level(), pack_size: other.pack_size()? };
-    let out = copy::run(&source, &target, ctx.rt.handle(), chosen, &settings)?;
+    let out = copy::run(source, target, ctx.rt.handle(), chosen, &settings)?;
     if ctx.json {
         let copied: Vec<_> =
             out.copied.iter().map(|(s, t)| json!({ "source": s.hex(), "target": t.hex() })).collect();

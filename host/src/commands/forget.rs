@@ -38,26 +38,32 @@ pub fn run(ctx: &Ctx, named: &[String], flags: &ForgetPolicy, how: How<'_>) -> R
         Some(text) => text.parse::<GroupBy>().map_err(anyhow::Error::msg)?,
         None => GroupBy::DEFAULT,
     };
-    let access = if dry_run { Access::Read } else { Access::Write };
-    let repo = ctx.rt.block_on(Repository::open(&config, access))?;
-    if !dry_run {
-        prune::require_deletes(&repo, "forget")?;
-    }
-    let sources = crate::engine::walk::clean_sources(&config.backup.sources)?;
-    let mut ids = Vec::new();
-    for spec in named {
-        ids.push(snapshots::find(&repo.journal, spec, &sources)?.0);
-    }
-    let opts = Options { policy, group_by, allow_empty_group, named: ids };
-    let plan = forget::plan(repo.journal.snapshots()?, &opts, &jiff::tz::TimeZone::system())?;
-    let removed = if dry_run { 0 } else { ctx.rt.block_on(forget::execute(&repo, &plan))? };
-    // Pruned in the same run; a dry run plans the prune without the snapshots that would go.
-    let pruned = match &prune_opts {
-        Some(opts) => Some(prune::run(&repo, ctx.rt.handle(), opts, &plan.doomed(), dry_run)?),
-        None => None,
+    // With --prune, alone in the repository: no backup may reference what prune deletes.
+    let access = match (dry_run, prune.is_some()) {
+        (true, _) => Access::Read,
+        (false, false) => Access::Write,
+        (false, true) => Access::Exclusive,
     };
-    if ctx.json {
-        let groups: Vec<_> = plan
+    let repo = ctx.rt.block_on(Repository::open(&config, access))?;
+    let result = (|| -> Result<()> {
+        if !dry_run {
+            prune::require_deletes(&repo, "forget")?;
+        }
+        let sources = crate::engine::walk::clean_sources(&config.backup.sources)?;
+        let mut ids = Vec::new();
+        for spec in named {
+            ids.push(snapshots::find(&repo.journal, spec, &sources)?.0);
+        }
+        let opts = Options { policy, group_by, allow_empty_group, named: ids };
+        let plan = forget::plan(repo.journal.snapshots()?, &opts, &jiff::tz::TimeZone::system())?;
+        let removed = if dry_run { 0 } else { ctx.rt.block_on(forget::execute(&repo, &plan))? };
+        // Pruned in the same run; a dry run plans the prune without the snapshots that would go.
+        let pruned = match &prune_opts {
+            Some(opts) => Some(prune::run(&repo, ctx.rt.handle(), opts, &plan.doomed(), dry_run)?),
+            None => None,
+        };
+        if ctx.json {
+            let groups: Vec<_> = plan
             .groups
             .iter()
             .map(|g| {
@@ -71,40 +77,42 @@ pub fn run(ctx: &Ctx, named: &[String], flags: &ForgetPolicy, how: How<'_>) -> R
                 })
             })
             .collect();
-        ctx.print_json(&json!({
-            "dry_run": dry_run,
-            "groups": groups,
-            "would_remove": plan.doomed().len(),
-            "removed": removed,
-            "prune": pruned.as_ref().map(super::prune::json),
-        }));
-        return Ok(());
-    }
-    for g in &plan.groups {
-        let gone = g.decisions.iter().filter(|d| d.goes()).count();
-        println!("{}: keep {}, remove {gone}", g.key, g.decisions.len() - gone);
-        for d in &g.decisions {
+            ctx.print_json(&json!({
+                "dry_run": dry_run,
+                "groups": groups,
+                "would_remove": plan.doomed().len(),
+                "removed": removed,
+                "prune": pruned.as_ref().map(super::prune::json),
+            }));
+            return Ok(());
+        }
+        for g in &plan.groups {
+            let gone = g.decisions.iter().filter(|d| d.goes()).count();
+            println!("{}: keep {}, remove {gone}", g.key, g.decisions.len() - gone);
+            for d in &g.decisions {
+                println!(
+                    "  {:<6} {:<10} {:<20} {}",
+                    if d.goes() { "remove" } else { "keep" },
+                    d.id.short(),
+                    display_time(&d.snapshot),
+                    why(d)
+                );
+            }
+        }
+        let doomed = plan.doomed().len();
+        if dry_run {
+            println!("dry run: {doomed} snapshot(s) would be removed; nothing was changed");
+        } else {
             println!(
-                "  {:<6} {:<10} {:<20} {}",
-                if d.goes() { "remove" } else { "keep" },
-                d.id.short(),
-                display_time(&d.snapshot),
-                why(d)
+                "removed {removed} snapshot(s); the data only they referenced stays in the repository until it is pruned"
             );
         }
-    }
-    let doomed = plan.doomed().len();
-    if dry_run {
-        println!("dry run: {doomed} snapshot(s) would be removed; nothing was changed");
-    } else {
-        println!(
-            "removed {removed} snapshot(s); the data only they referenced stays in the repository until it is pruned"
-        );
-    }
-    if let Some(report) = &pruned {
-        super::prune::print(ctx, report);
-    }
-    Ok(())
+        if let Some(report) = &pruned {
+            super::prune::print(ctx, report);
+        }
+        Ok(())
+    })();
+    ctx.released(&repo, result)
 }
 
 /// The policy the flags give, if any flag is given.

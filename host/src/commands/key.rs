@@ -54,7 +54,8 @@ pub fn add(ctx: &Ctx, source: &NewPassword) -> Result<()> {
     let config = ctx.config()?;
     let password = new_password(source)?;
     let repo = ctx.rt.block_on(Repository::open(&config, Access::Write))?;
-    let name = ctx.rt.block_on(repo.add_key(&password))?;
+    let name = ctx.rt.block_on(repo.add_key(&password));
+    let name = ctx.released(&repo, name)?;
     report(ctx, &json!({ "added": id_of(&name) }), &format!("added key {}", short_of(&name)));
     Ok(())
 }
@@ -62,10 +63,14 @@ pub fn add(ctx: &Ctx, source: &NewPassword) -> Result<()> {
 pub fn remove(ctx: &Ctx, id: &str) -> Result<()> {
     let config = ctx.config()?;
     let repo = ctx.rt.block_on(Repository::open(&config, Access::Write))?;
-    let keys = ctx.rt.block_on(repo.list_keys())?;
-    let key: &KeyInfo = keys::find(&keys, id)?;
-    ctx.rt.block_on(repo.remove_key(key))?;
-    report(ctx, &json!({ "removed": key.id.hex() }), &format!("removed key {}", key.id.short()));
+    let removed = (|| -> Result<crate::ids::Id> {
+        let keys = ctx.rt.block_on(repo.list_keys())?;
+        let key: &KeyInfo = keys::find(&keys, id)?;
+        ctx.rt.block_on(repo.remove_key(key))?;
+        Ok(key.id)
+    })();
+    let removed = ctx.released(&repo, removed)?;
+    report(ctx, &json!({ "removed": removed.hex() }), &format!("removed key {}", removed.short()));
     Ok(())
 }
 
@@ -78,12 +83,16 @@ pub fn passwd(ctx: &Ctx, source: &NewPassword) -> Result<()> {
         bail!("the new password is the current one; nothing was changed");
     }
     let repo = ctx.rt.block_on(Repository::open(&config, Access::Write))?;
-    if !repo.backend.can_delete() {
-        return Err(keys::RemoveRefused::AppendOnly.into());
-    }
-    let added = ctx.rt.block_on(repo.add_key(&password))?;
-    let old = repo.key_name.clone();
-    ctx.rt.block_on(repo.delete_objects(&[(old.clone(), crate::journal::ObjectKind::Key)]))?;
+    let replaced = (|| -> Result<(String, String)> {
+        if !repo.backend.can_delete() {
+            return Err(keys::RemoveRefused::AppendOnly.into());
+        }
+        let added = ctx.rt.block_on(repo.add_key(&password))?;
+        let old = repo.key_name.clone();
+        ctx.rt.block_on(repo.delete_objects(&[(old.clone(), crate::journal::ObjectKind::Key)]))?;
+        Ok((added, old))
+    })();
+    let (added, old) = ctx.released(&repo, replaced)?;
     report(
         ctx,
         &json!({ "added": id_of(&added), "removed": id_of(&old) }),

@@ -34,12 +34,26 @@ use crate::config::Config;
 pub struct Ctx {
     pub config_path: Option<PathBuf>,
     pub json: bool,
+    /// `--lock-wait`, over `[repository] lock_wait`.
+    pub lock_wait: Option<String>,
     pub rt: tokio::runtime::Runtime,
 }
 
 impl Ctx {
     pub fn config(&self) -> Result<Config> {
-        Config::locate(self.config_path.as_deref())
+        let mut config = Config::locate(self.config_path.as_deref())?;
+        if let Some(wait) = &self.lock_wait {
+            crate::repo::locks::parse_wait(wait)?;
+            config.repository.lock_wait = Some(wait.clone());
+        }
+        Ok(config)
+    }
+
+    /// Releases the repository's lock whatever `result` is, and passes `result` on: the
+    /// explicit end of every command that opened the repository.
+    pub fn released<T>(&self, repo: &crate::repo::Repository, result: Result<T>) -> Result<T> {
+        self.rt.block_on(repo.release());
+        result
     }
 
     pub fn print_json(&self, value: &serde_json::Value) {

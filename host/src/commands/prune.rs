@@ -12,9 +12,11 @@ use crate::repo::{Access, Repository};
 pub fn run(ctx: &Ctx, limits: &PruneLimits, dry_run: bool) -> Result<()> {
     let config = ctx.config()?;
     let opts = options(&config, limits)?;
-    let access = if dry_run { Access::Read } else { Access::Write };
+    // Alone in the repository: no other machine's backup may reference what prune deletes.
+    let access = if dry_run { Access::Read } else { Access::Exclusive };
     let repo = ctx.rt.block_on(Repository::open(&config, access))?;
-    let report = prune::run(&repo, ctx.rt.handle(), &opts, &[], dry_run)?;
+    let result = prune::run(&repo, ctx.rt.handle(), &opts, &[], dry_run);
+    let report = ctx.released(&repo, result)?;
     print(ctx, &report);
     Ok(())
 }

@@ -389,6 +389,7 @@ pub fn run(
 
     summary.packed_bytes = upload.bytes;
     let snapshot = new_snapshot(&sources, s, parent, root, started, summary, false);
+    crate::testing::hold_point("before-snapshot");
     let id = write_snapshot(repo, rt, &snapshot)?;
     remove_partials(repo, rt, &s.job, &sources, &id)?;
     Ok(Outcome { id, snapshot, warnings, upload, checkpoints })
@@ -1011,6 +1012,8 @@ pub fn write_snapshot(repo: &Repository, rt: &tokio::runtime::Handle, snap: &Sna
     let bytes = format::seal_snapshot(&repo.key, snap)?;
     let id = Id::of_bytes(&bytes);
     let name = format::snapshot_name(&id);
+    // Without the repository lock a prune may be deleting what this snapshot references.
+    rt.block_on(repo.check_lock())?;
     repo.journal.record_uploading(&name, ObjectKind::Snapshot, bytes.len() as u64, &id, &[])?;
     rt.block_on(repo.backend.upload_bytes(&name, &bytes, true))?;
     repo.journal.set_state(&name, State::Uploaded)?;

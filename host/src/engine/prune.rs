@@ -354,10 +354,16 @@ pub fn execute(
     repo.journal.forget_cached_files(&mark.stale_cache_rows()?)?;
     crate::testing::pause_point("prune-indexed");
     // 3. Only now: delete.
-    let mut doomed: Vec<(String, ObjectKind)> =
+    // Index objects first: at every instant each pack a remaining index lists exists, so a
+    // machine that syncs after an interruption never trusts a deleted pack (docs/format.md,
+    // "Locks").
+    // Two calls, since a backend may delete one batch in any order.
+    let indexes: Vec<(String, ObjectKind)> =
+        plan.rewrite_indexes.iter().map(|n| (n.clone(), ObjectKind::Index)).collect();
+    rt.block_on(repo.delete_objects(&indexes))?;
+    let packs: Vec<(String, ObjectKind)> =
         plan.delete.iter().chain(&plan.repack).map(|p| (p.name.clone(), ObjectKind::Pack)).collect();
-    doomed.extend(plan.rewrite_indexes.iter().map(|n| (n.clone(), ObjectKind::Index)));
-    rt.block_on(repo.delete_objects(&doomed))?;
+    rt.block_on(repo.delete_objects(&packs))?;
     out.packs_deleted = (plan.delete.len() + plan.repack.len()) as u64;
     out.pack_bytes_deleted = plan.delete_bytes() + plan.repack_bytes();
     out.indexes_deleted = plan.rewrite_indexes.len() as u64;

@@ -152,16 +152,7 @@ pub fn run(
             stale.len()
         );
     }
-    if opts.destructive() && !repo.backend.can_delete() {
-        // Moving to quarantine/ is a copy and a delete; the other two delete outright. Said
-        // before anything is uploaded, so nothing is half done.
-        bail!(
-            "refusing --quarantine, --delete-unrecoverable and --purge-broken: they delete objects (moving to \
-             {QUARANTINE} is a copy then a delete), and this repository is append-only \
-             (repository.grants.delete = false); nothing was changed; run `cairn repair` without them, or grant \
-             deletes"
-        );
-    }
+    refuse_if_append_only(opts, repo.backend.can_delete())?;
     let journal = &repo.journal;
     let mut out = Outcome::default();
     let verb = |done: &str, planned: &str| if opts.dry_run { planned.to_string() } else { done.to_string() };
@@ -511,6 +502,21 @@ pub fn run(
         }
     }
     Ok(out)
+}
+
+/// Refuses the options that delete in an append-only repository. Said before anything is
+/// uploaded (the command checks it before it even takes its lock), so nothing is half done.
+pub fn refuse_if_append_only(opts: Options, can_delete: bool) -> Result<()> {
+    if opts.destructive() && !can_delete {
+        // Moving to quarantine/ is a copy and a delete; the other two delete outright.
+        bail!(
+            "refusing --quarantine, --delete-unrecoverable and --purge-broken: they delete objects (moving to \
+             {QUARANTINE} is a copy then a delete), and this repository is append-only \
+             (repository.grants.delete = false); nothing was changed; run `cairn repair` without them, or grant \
+             deletes"
+        );
+    }
+    Ok(())
 }
 
 /// What an unknown object is, if it is a valid cairn object of this repository.

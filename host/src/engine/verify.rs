@@ -126,8 +126,9 @@ pub fn run(
     // 1. Listing against the journal.
     let mut remote: HashMap<String, u64> = HashMap::new();
     for obj in rt.block_on(repo.backend.list(""))? {
-        // What `repair --quarantine` set aside is not part of the repository any more.
-        if !obj.name.starts_with(QUARANTINE) {
+        // What `repair --quarantine` set aside is not part of the repository any more, and
+        // locks are not part of the data (nor in the journal).
+        if !obj.name.starts_with(QUARANTINE) && !obj.name.starts_with(format::LOCKS_PREFIX) {
             remote.insert(obj.name, obj.size);
         }
     }

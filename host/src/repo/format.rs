@@ -6,6 +6,7 @@
 //! - `data/<id[0..2]>/<id>`: packs of blobs (file chunks and directory trees).
 //! - `index/<id>`: which blobs live where, for a set of packs.
 //! - `snapshots/<id>`: one backup run's root tree and facts.
+//! - `locks/<id>`: a command's claim on the repository (see `repo::locks`).
 //!
 //! `<id>` is the hex blake3 of the object's bytes, so every name is content-addressed and
 //! can be checked without the key. Sealed payloads start with a byte that says how the rest
@@ -59,6 +60,11 @@ pub fn snapshot_name(id: &Id) -> String {
 pub fn key_name(id: &Id) -> String {
     format!("keys/{}", id.hex())
 }
+pub fn lock_name(id: &Id) -> String {
+    format!("locks/{}", id.hex())
+}
+/// Where lock objects live.
+pub const LOCKS_PREFIX: &str = "locks/";
 pub const CONFIG_NAME: &str = "config";
 
 /// Where `repair --quarantine` sets aside objects it will not delete.
@@ -78,6 +84,7 @@ pub enum ObjectName {
     Pack(Id),
     Index(Id),
     Snapshot(Id),
+    Lock(Id),
     /// `quarantine/<name>`, or `quarantine/<name>.<n>` (n >= 1) when that name was taken in
     /// an append-only repository, where nothing is ever replaced.
     Quarantined(Box<ObjectName>, Option<u32>),
@@ -105,6 +112,7 @@ impl ObjectName {
             "keys" => Some(ObjectName::Key(Id::from_hex(id)?)),
             "index" => Some(ObjectName::Index(Id::from_hex(id)?)),
             "snapshots" => Some(ObjectName::Snapshot(Id::from_hex(id)?)),
+            "locks" => Some(ObjectName::Lock(Id::from_hex(id)?)),
             "data" => Some(ObjectName::Pack(Id::from_hex(id.split_once('/')?.1)?)),
             _ => None,
         }
@@ -123,9 +131,11 @@ impl ObjectName {
     /// copy is not: it holds whatever was set aside, damaged or not.
     pub fn content_id(&self) -> Option<Id> {
         match self {
-            ObjectName::Key(id) | ObjectName::Pack(id) | ObjectName::Index(id) | ObjectName::Snapshot(id) => {
-                Some(*id)
-            }
+            ObjectName::Key(id)
+            | ObjectName::Pack(id)
+            | ObjectName::Index(id)
+            | ObjectName::Snapshot(id)
+            | ObjectName::Lock(id) => Some(*id),
             ObjectName::Config | ObjectName::Quarantined(..) => None,
         }
     }
@@ -148,6 +158,7 @@ impl std::fmt::Display for ObjectName {
             ObjectName::Pack(id) => f.write_str(&pack_name(id)),
             ObjectName::Index(id) => f.write_str(&index_name(id)),
             ObjectName::Snapshot(id) => f.write_str(&snapshot_name(id)),
+            ObjectName::Lock(id) => f.write_str(&lock_name(id)),
             ObjectName::Quarantined(inner, None) => write!(f, "{QUARANTINE_PREFIX}{inner}"),
             ObjectName::Quarantined(inner, Some(n)) => write!(f, "{QUARANTINE_PREFIX}{inner}.{n}"),
         }
@@ -167,6 +178,8 @@ pub enum WholeObject {
     Index,
     /// `snapshots/<id>`: facts and the list of sources.
     Snapshot,
+    /// `locks/<id>`: host, user, pid, times and a nonce.
+    Lock,
 }
 
 impl WholeObject {
@@ -176,6 +189,7 @@ impl WholeObject {
             WholeObject::Config => 64 << 10,
             WholeObject::Index => 32 << 20,
             WholeObject::Snapshot => 4 << 20,
+            WholeObject::Lock => 64 << 10,
         }
     }
 
@@ -185,6 +199,7 @@ impl WholeObject {
             WholeObject::Config => "the config",
             WholeObject::Index => "an index object",
             WholeObject::Snapshot => "a snapshot object",
+            WholeObject::Lock => "a lock object",
         }
     }
 }
@@ -443,6 +458,35 @@ pub const AAD_CONFIG: &[u8] = b"cairn config";
 pub const AAD_INDEX: &[u8] = b"cairn index";
 pub const AAD_SNAPSHOT: &[u8] = b"cairn snapshot";
 pub const AAD_PACK_HEADER: &[u8] = b"cairn pack header";
+pub const AAD_LOCK: &[u8] = b"cairn lock";
+
+/// Whether a lock lets others read and write beside it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    /// Backups, forget, restore, verify: any number at once, none beside an exclusive lock.
+    Shared,
+    /// Prune, repair: alone.
+    Exclusive,
+}
+
+/// A lock object, `locks/<id>`: who holds which kind of claim since when. A holder
+/// refreshes it by writing a new object with the same nonce and a later `refreshed_ns`,
+/// then deleting the old one. A `released` object ends every lock with its nonce (written
+/// by holders that may not delete: append-only repositories).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LockFile {
+    pub version: u8,
+    pub host: String,
+    pub user: String,
+    pub pid: u32,
+    pub kind: LockKind,
+    /// Nanoseconds since the Unix epoch (UTC), by the holder's clock.
+    pub created_ns: i64,
+    pub refreshed_ns: i64,
+    /// Random; the same for every refresh of one claim.
+    pub nonce: [u8; 16],
+    pub released: bool,
+}
 
 /// The repository parameters, stored in `config`.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -761,6 +805,7 @@ mod tests {
             ObjectName::Pack(id),
             ObjectName::Index(id),
             ObjectName::Snapshot(id),
+            ObjectName::Lock(id),
             ObjectName::Quarantined(Box::new(ObjectName::Pack(id)), None),
             ObjectName::Quarantined(Box::new(ObjectName::Config), Some(3)),
         ];

@@ -6,6 +6,7 @@
 
 pub mod format;
 pub mod keys;
+pub mod locks;
 pub mod rebuild;
 pub mod reconcile;
 pub mod sync;
@@ -38,6 +39,8 @@ pub struct Repository {
     /// `<state dir>/<repository id>`: journal, lock, temporary packs.
     pub dir: PathBuf,
     lock: Option<Lock>,
+    /// This command's lock in the repository (`locks/`), until [`Repository::release`].
+    remote_lock: std::sync::Mutex<Option<locks::Held>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -49,6 +52,21 @@ pub enum Access {
     /// Takes the lock and settles interrupted work, but deletes nothing (`verify`,
     /// `repair` without `--delete-unrecoverable`).
     Inspect,
+    /// As `Write`, alone: an exclusive lock in the repository (`prune`), so no other
+    /// machine's command runs meanwhile.
+    Exclusive,
+}
+
+impl Access {
+    /// The repository lock a command of this access takes: reads that do not depend on the
+    /// data staying (listing snapshots) take none.
+    fn remote_lock(self) -> Option<format::LockKind> {
+        match self {
+            Access::Read => None,
+            Access::Write | Access::Inspect => Some(format::LockKind::Shared),
+            Access::Exclusive => Some(format::LockKind::Exclusive),
+        }
+    }
 }
 
 /// Where a backend's component comes from: built in, installed (checked against its
@@ -245,12 +263,46 @@ impl Repository {
         Ok(Unlocked { backend, key, params, key_name })
     }
 
-    /// Opens an existing repository.
+    /// Opens an existing repository: its lock in the repository taken first (for accesses
+    /// that take one), then interrupted work settled and the journal brought up to date, so
+    /// what the journal says holds while the lock is held.
     pub async fn open(config: &Config, access: Access) -> Result<Repository> {
+        Repository::open_locked(config, access, access.remote_lock()).await
+    }
+
+    /// Opens for reading the data (`restore`): as [`Access::Read`], but with a shared lock in
+    /// the repository, so that no prune deletes what is being read.
+    pub async fn open_reading(config: &Config) -> Result<Repository> {
+        Repository::open_locked(config, Access::Read, Some(format::LockKind::Shared)).await
+    }
+
+    async fn open_locked(
+        config: &Config,
+        access: Access,
+        lock: Option<format::LockKind>,
+    ) -> Result<Repository> {
         let unlocked = Repository::unlock(config).await?;
         let repo = Repository::attach_or_join(config, unlocked, access).await?;
+        if let Some(kind) = lock {
+            match repo.take_remote_lock(kind, config.lock_wait()?).await {
+                Ok(()) => {}
+                // Commands that only read (restore, verify) still run with credentials that
+                // cannot write a lock, and say what that risks.
+                Err(e)
+                    if matches!(access, Access::Read | Access::Inspect)
+                        && e.downcast_ref::<locks::Busy>().is_none() =>
+                {
+                    tracing::warn!(
+                        "cannot take a shared lock in the repository ({}); going on without: a prune on \
+                         another machine could remove data while this command reads it",
+                        crate::error::one_line(&e)
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let report = match access {
-            Access::Write => Some(reconcile::reconcile(&repo, true).await?),
+            Access::Write | Access::Exclusive => Some(reconcile::reconcile(&repo, true).await?),
             Access::Inspect => Some(reconcile::reconcile(&repo, false).await?),
             Access::Read => None,
         };
@@ -285,6 +337,7 @@ impl Repository {
             journal: Arc::new(journal),
             dir,
             lock: Some(lock),
+            remote_lock: std::sync::Mutex::new(None),
         };
         eprintln!(
             "cairn: this machine has no journal for repository {} at {} yet; building it from the \
@@ -314,7 +367,7 @@ impl Repository {
         let journal_path = dir.join("journal.sqlite");
         std::fs::create_dir_all(&dir).at(Role::StateFolder, &dir)?;
         let lock = match access {
-            Access::Write | Access::Inspect => {
+            Access::Write | Access::Inspect | Access::Exclusive => {
                 let lock = Lock::acquire(&dir.join("lock"))?;
                 crate::testing::pause_point("lock-held");
                 Some(lock)
@@ -331,7 +384,41 @@ impl Repository {
             journal: Arc::new(journal),
             dir,
             lock,
+            remote_lock: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Takes this command's lock in the repository (see `locks`), waiting up to `wait`.
+    async fn take_remote_lock(&self, kind: format::LockKind, wait: std::time::Duration) -> Result<()> {
+        let held = locks::acquire(self.backend.clone(), self.key.clone(), kind, wait).await?;
+        *self.remote_lock.lock().unwrap() = Some(held);
+        Ok(())
+    }
+
+    /// Whether this command holds a lock in the repository (and so may trust a listing to
+    /// be a settled state, not a prune half way).
+    pub fn holds_remote_lock(&self) -> bool {
+        self.remote_lock.lock().unwrap().is_some()
+    }
+
+    /// Fails unless this command still holds its repository lock (refreshed in time, not
+    /// removed by another machine as stale). Called before a snapshot is written: a
+    /// snapshot written without the lock could reference data a prune is deleting.
+    pub async fn check_lock(&self) -> Result<()> {
+        let held = self.remote_lock.lock().unwrap().take();
+        let Some(held) = held else { return Ok(()) };
+        let result = held.check().await;
+        *self.remote_lock.lock().unwrap() = Some(held);
+        result
+    }
+
+    /// Releases this command's repository lock. Every command calls it when done, failed
+    /// or not (an async removal cannot run in `Drop`); a lock a crash leaves goes stale.
+    pub async fn release(&self) {
+        let held = self.remote_lock.lock().unwrap().take();
+        if let Some(held) = held {
+            held.release().await;
+        }
     }
 
     /// Opens for `repair`: locked, interrupted work settled without deleting anything, and
@@ -340,6 +427,7 @@ impl Repository {
     pub async fn open_for_repair(config: &Config) -> Result<(Repository, Vec<(Id, format::Snapshot)>)> {
         let unlocked = Repository::unlock(config).await?;
         let repo = Repository::attach_or_join(config, unlocked, Access::Inspect).await?;
+        repo.take_remote_lock(format::LockKind::Exclusive, config.lock_wait()?).await?;
         reconcile::reconcile(&repo, false).await?;
         let before = repo.journal.snapshots()?;
         let newest = before.iter().map(|(_, s)| s.time_ns).max().unwrap_or(i64::MIN);
@@ -388,7 +476,9 @@ impl Repository {
             journal: Arc::new(journal),
             dir,
             lock: Some(lock),
+            remote_lock: std::sync::Mutex::new(None),
         };
+        repo.take_remote_lock(format::LockKind::Shared, config.lock_wait()?).await?;
         let report = rebuild::rebuild(&repo).await?;
         Ok((repo, report, moved))
     }

@@ -7,7 +7,8 @@
 //!   is a partial object of ours: delete it. If the finished pack is still whole in the
 //!   local `tmp/` folder, upload it from there; else forget the object and its blobs, so
 //!   their data is packed again. Unfinished uploads of those names are aborted too.
-//! - `deleting`: delete again (deleting is idempotent), then forget.
+//! - `deleting`: delete again (deleting is idempotent), then forget; except a pack or index
+//!   object still there, whose deletion (an interrupted prune's) is cancelled: see below.
 //!
 //! Objects the journal has no record of are never touched here: they may belong to another
 //! client. They are `cairn verify`'s and `cairn repair`'s business.
@@ -34,12 +35,14 @@ pub struct Report {
     pub deleted: u64,
     /// Unfinished uploads aborted.
     pub aborted: u64,
+    /// Deletions of packs and index objects an interrupted prune planned, cancelled.
+    pub cancelled: u64,
 }
 
 impl Report {
     /// Whether an earlier run left anything to settle.
     pub fn interrupted(&self) -> bool {
-        self.kept + self.resumed + self.discarded + self.deleted + self.aborted > 0
+        self.kept + self.resumed + self.discarded + self.deleted + self.aborted + self.cancelled > 0
     }
 }
 
@@ -159,6 +162,17 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
         if !deletes {
             break;
         }
+        if matches!(obj.kind, ObjectKind::Pack | ObjectKind::Index) && whole(repo, &obj).await? {
+            // An interrupted prune's deletion of a whole object is cancelled, not rolled
+            // forward: since it was planned, its exclusive lock went stale and other machines
+            // may have backed up against what the plan found unused (prune deletes index
+            // objects before packs, so every pack a remaining index lists still exists). The
+            // next prune plans again. (A partial upload that `repair` was deleting is not
+            // whole: its deletion goes on.)
+            journal.set_state(&obj.name, State::Uploaded)?;
+            report.cancelled += 1;
+            continue;
+        }
         backend.delete(std::slice::from_ref(&obj.name)).await?;
         journal.confirm_delete(&obj.name)?;
         report.deleted += 1;
@@ -171,17 +185,30 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
     if report.interrupted() {
         tracing::info!(
             "resumed after an interruption: kept {} finished upload(s), uploaded {} finished pack(s) from \
-             local disk ({} bytes in all), discarded {} partial, finished {} deletion(s), aborted {} \
-             unfinished upload(s)",
+             local disk ({} bytes in all), discarded {} partial, finished {} deletion(s), cancelled {} \
+             deletion(s) of an interrupted prune (the next prune plans again), aborted {} unfinished upload(s)",
             report.kept,
             report.resumed,
             report.kept_bytes,
             report.discarded,
             report.deleted,
+            report.cancelled,
             report.aborted
         );
     }
     Ok(report)
+}
+
+/// Whether the backend holds `obj` whole: the recorded size, and bytes that hash to the
+/// recorded hash.
+async fn whole(repo: &Repository, obj: &crate::journal::ObjectRow) -> Result<bool> {
+    let Some(hash) = obj.hash else { return Ok(false) };
+    match repo.backend.stat(&obj.name).await? {
+        Some(info) if info.size == obj.size && obj.size > 0 => {
+            Ok(Id::of_bytes(&repo.backend.read(&obj.name, 0, obj.size).await?) == hash)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// The local copy of a finished pack, if it is whole (right size and hash).

@@ -285,6 +285,35 @@ fn steps(
     let done = crate::commands::backup::back_up(ctx, &view, &job.name, &[], &mut |repo| {
         progress.journal = Some(repo.journal.clone());
     })?;
+    let result = after_backup(ctx, &view, job, log, progress, &done);
+    let result = ctx.released(&done.repo, result);
+    // Closed (its local lock too) before prune and verify open the repository again.
+    drop(done);
+    result?;
+    if let Some(every) = job.prune_every {
+        let last = status::History::load(config)?.last_prune(&job.name);
+        let due = last.is_none_or(|t| now.duration_since(t).unsigned_abs() >= every);
+        if due {
+            progress.pruned = prune(ctx, &view, log)?;
+        }
+    }
+    if let Some(subset) = job.verify {
+        verify(ctx, &view, subset, log, progress)?;
+    }
+    Ok(())
+}
+
+/// The steps after a job's backup on the repository the backup opened (its shared lock in
+/// the repository held): what it saved into the log, then forget. Prune (alone, under an
+/// exclusive lock) and verify (under a shared lock) open the repository again.
+fn after_backup(
+    ctx: &Ctx,
+    view: &Config,
+    job: &Job,
+    log: &RunLog,
+    progress: &mut Progress,
+    done: &crate::commands::backup::Done,
+) -> Result<()> {
     let repo = &done.repo;
     let summary = &done.out.snapshot.summary;
     progress.snapshot = Some(done.out.id.hex());
@@ -321,43 +350,51 @@ fn steps(
         }
     }
 
-    if let Some(every) = job.prune_every {
-        let last = status::History::load(config)?.last_prune(&job.name);
-        let due = last.is_none_or(|t| now.duration_since(t).unsigned_abs() >= every);
-        if due {
-            progress.pruned = prune(repo, log)?;
-        }
-    }
+    Ok(())
+}
 
-    if let Some(subset) = job.verify {
-        log.line("verify: starting");
-        let report = crate::engine::verify::run(repo, ctx.rt.handle(), subset, view.threads().max(2))?;
-        if report.is_clean() {
-            log.line(&format!("verify: whole ({} packs read)", report.packs_read));
-        } else {
-            for p in &report.problems {
-                log.line(&format!(
-                    "verify: {} {}: {}",
-                    p.kind,
-                    crate::untrusted::escape(&p.object),
-                    p.detail
-                ));
-            }
-            progress.warnings.push(format!(
-                "verify found {} problem(s); run `cairn verify` and `cairn repair`",
-                report.problems.len()
-            ));
+/// The verify step: a check of the job's repository by its `verify` settings.
+fn verify(
+    ctx: &Ctx,
+    view: &Config,
+    subset: Option<crate::engine::verify::Subset>,
+    log: &RunLog,
+    progress: &mut Progress,
+) -> Result<()> {
+    log.line("verify: starting");
+    let repo = ctx.rt.block_on(crate::repo::Repository::open(view, crate::repo::Access::Inspect))?;
+    let report = crate::engine::verify::run(&repo, ctx.rt.handle(), subset, view.threads().max(2));
+    let report = ctx.released(&repo, report)?;
+    if report.is_clean() {
+        log.line(&format!("verify: whole ({} packs read)", report.packs_read));
+    } else {
+        for p in &report.problems {
+            log.line(&format!("verify: {} {}: {}", p.kind, crate::untrusted::escape(&p.object), p.detail));
         }
+        progress.warnings.push(format!(
+            "verify found {} problem(s); run `cairn verify` and `cairn repair`",
+            report.problems.len()
+        ));
     }
     Ok(())
 }
 
-/// The prune step of a job whose `prune_every` has passed. Prune is not part of this build
-/// yet: the step says so in the run log and reports that nothing was pruned, so it stays due
-/// and runs at the first run after prune lands (the call goes here).
-fn prune(_repo: &crate::repo::Repository, log: &RunLog) -> Result<bool> {
-    log.line("prune: due by prune_every, but this cairn has no prune yet; nothing was pruned");
-    Ok(false)
+/// The prune step of a job whose `prune_every` has passed: `cairn prune` with the default
+/// limits, alone on the repository (an exclusive lock in it). Returns whether it pruned.
+fn prune(ctx: &Ctx, view: &Config, log: &RunLog) -> Result<bool> {
+    log.line("prune: starting");
+    let opts = crate::commands::prune::options(view, &crate::cli::PruneLimits::default())?;
+    let repo = ctx.rt.block_on(crate::repo::Repository::open(view, crate::repo::Access::Exclusive))?;
+    let report = crate::engine::prune::run(&repo, ctx.rt.handle(), &opts, &[], false);
+    let report = ctx.released(&repo, report)?;
+    let plan = &report.plan;
+    log.line(&format!(
+        "prune: {} pack(s) deleted, {} repacked, {} freed",
+        plan.delete.len(),
+        plan.repack.len(),
+        crate::commands::human_bytes(plan.freed_bytes())
+    ));
+    Ok(true)
 }
 
 /// Records the run in the journal of the job's repository: the one the run opened; else
