@@ -42,6 +42,10 @@ struct Instance {
     /// Uploads started on it and not yet dropped: while one is open the instance holds
     /// its state, so it is never retired.
     uploads: u32,
+    /// A guest call is under way. A call whose future was dropped part-way (the command
+    /// gave up on it: another upload failed, a deadline elsewhere) leaves the instance unable
+    /// to be entered again, so it must never go back to the pool.
+    in_call: bool,
 }
 
 pub struct PluginPool {
@@ -399,7 +403,7 @@ impl Instance {
         let mut store = sandbox.new_store(engine, memory_in_use)?;
         store.set_hostcall_fuel(MAX_CALL_COPY);
         let bindings = pre.instantiate_async(&mut store).await?;
-        Ok(Instance { store, bindings, calls: 0, uploads: 0 })
+        Ok(Instance { store, bindings, calls: 0, uploads: 0, in_call: false })
     }
 
     async fn open(
@@ -498,7 +502,9 @@ impl Drop for Lease {
     /// Returns the instance to the pool unless it is due for retirement.
     fn drop(&mut self) {
         self.retire_if_due();
-        if let Some(inst) = self.inst.take() {
+        if let Some(inst) = self.inst.take()
+            && !inst.in_call
+        {
             self.pool.idle.lock().unwrap().push(inst);
         }
     }
@@ -517,11 +523,13 @@ macro_rules! guest_call {
         let Some(inst) = $lease.inst.as_mut() else {
             return Err(pool.error($call, $object, ErrorKind::Other("instance already stopped".into())));
         };
+        inst.in_call = true;
         let outcome = {
             let $store = &mut inst.store;
             let $g = inst.bindings.cairn_storage_backend();
             tokio::time::timeout(timeout, $body).await
         };
+        inst.in_call = false;
         let crashed = matches!(outcome, Err(_) | Ok(Err(_)));
         let limits = (timeout, pool.sandbox.memory_bytes);
         let r = settle(&pool.name, &mut inst.store, $call, $object, limits, &pool.secrets, outcome);
@@ -614,7 +622,9 @@ impl Lease {
     pub async fn drop_upload(&mut self, upload: ResourceAny) {
         if let Some(inst) = self.inst.as_mut() {
             let timeout = self.pool.sandbox.call_timeout;
+            inst.in_call = true;
             let r = tokio::time::timeout(timeout, upload.resource_drop_async(&mut inst.store)).await;
+            inst.in_call = false;
             inst.uploads = inst.uploads.saturating_sub(1);
             if !matches!(r, Ok(Ok(()))) {
                 self.inst = None;
