@@ -27,6 +27,13 @@ use crate::repo::format::{BlobKind, PackEntry, Snapshot};
 
 const SCHEMA_VERSION: i64 = 4;
 
+/// The `runs` table (schema 3; created again if missing when migrating to 4).
+const RUNS_TABLE: &str = "CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY, job TEXT NOT NULL, started_ns INTEGER NOT NULL,
+    ended_ns INTEGER NOT NULL, outcome TEXT NOT NULL, snapshot TEXT, bytes_read INTEGER NOT NULL,
+    bytes_added INTEGER NOT NULL, pruned INTEGER NOT NULL, error TEXT);
+    CREATE INDEX IF NOT EXISTS runs_job ON runs(job, started_ns);";
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum State {
     Uploading,
@@ -383,44 +390,15 @@ impl Journal {
         }
         if version < 3 {
             // Schema 3: `cairn run` records every run of a job. Older journals gain the table.
-            conn.execute_batch(
-                "BEGIN;
-                 CREATE TABLE IF NOT EXISTS runs (
-                    id INTEGER PRIMARY KEY,
-                    job TEXT NOT NULL,
-                    started_ns INTEGER NOT NULL,
-                    ended_ns INTEGER NOT NULL,
-                    outcome TEXT NOT NULL,
-                    snapshot TEXT,
-                    bytes_read INTEGER NOT NULL,
-                    bytes_added INTEGER NOT NULL,
-                    pruned INTEGER NOT NULL,
-                    error TEXT
-                 );
-                 CREATE INDEX IF NOT EXISTS runs_job ON runs(job, started_ns);
-                 PRAGMA user_version = 3;
-                 COMMIT;",
-            )?;
+            conn.execute_batch(&format!("BEGIN; {RUNS_TABLE} PRAGMA user_version = 3; COMMIT;"))?;
         }
         if version < 4 {
             // Schema 4: every index object that lists a pack (a sync that forgets drops a
             // pack once no remaining index lists it). Older journals knew one index per pack.
             // (`runs` again, if missing: a development journal numbered 3 had only this table.)
-            conn.execute_batch(
+            conn.execute_batch(&format!(
                 "BEGIN;
-                 CREATE TABLE IF NOT EXISTS runs (
-                    id INTEGER PRIMARY KEY,
-                    job TEXT NOT NULL,
-                    started_ns INTEGER NOT NULL,
-                    ended_ns INTEGER NOT NULL,
-                    outcome TEXT NOT NULL,
-                    snapshot TEXT,
-                    bytes_read INTEGER NOT NULL,
-                    bytes_added INTEGER NOT NULL,
-                    pruned INTEGER NOT NULL,
-                    error TEXT
-                 );
-                 CREATE INDEX IF NOT EXISTS runs_job ON runs(job, started_ns);
+                 {RUNS_TABLE}
                  CREATE TABLE IF NOT EXISTS index_packs (
                     idx TEXT NOT NULL,
                     pack TEXT NOT NULL,
@@ -430,8 +408,8 @@ impl Journal {
                  INSERT OR IGNORE INTO index_packs (idx, pack)
                     SELECT indexed_by, name FROM objects WHERE kind = 'pack' AND indexed_by IS NOT NULL;
                  PRAGMA user_version = 4;
-                 COMMIT;",
-            )?;
+                 COMMIT;"
+            ))?;
         }
         conn.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS staged_files (
