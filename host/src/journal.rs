@@ -433,8 +433,8 @@ impl Journal {
     // ---- remote objects -------------------------------------------------------------------
 
     /// Records that `name` is about to be uploaded, with the blobs it will hold (packs only).
-    /// Committed before the first byte is sent.
-    pub fn record_uploading(
+    /// Committed before the first byte is sent; [`Journal::confirm_upload`] ends it.
+    pub fn begin_upload(
         &self,
         name: &str,
         kind: ObjectKind,
@@ -474,14 +474,63 @@ impl Journal {
         Ok(())
     }
 
-    pub fn set_state(&self, name: &str, state: State) -> Result<()> {
+    // The crash protocol. An object's state changes only through these transitions, each
+    // from the states it may come from (anything else is a bug and fails, naming the state):
+    //
+    //   begin_upload -> uploading -> confirm_upload -> uploaded (-> verified, damaged)
+    //   uploading -> begin_discard -> deleting -> upload_again -> uploading
+    //                                 (a partial or wrong copy of ours, deleted before a retry)
+    //   any -> begin_delete(s) -> deleting -> confirm_delete -> gone
+    //                                      -> cancel_delete -> uploaded (a whole object kept)
+    //   uploaded, verified, damaged -> retire -> retired (replaced by repair, still stored)
+
+    /// Changes `name`'s state from one of `from` to `to`.
+    fn transition(&self, name: &str, from: &[State], to: State) -> Result<()> {
         let conn = self.conn.lock().unwrap();
-        let n =
-            conn.execute("UPDATE objects SET state = ?2 WHERE name = ?1", params![name, state.as_str()])?;
+        let allowed: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        let n = conn.execute(
+            &format!("UPDATE objects SET state = ?2 WHERE name = ?1 AND state IN ({})", allowed.join(", ")),
+            params![name, to.as_str()],
+        )?;
         if n == 0 {
-            bail!("journal has no object {name}");
+            let current: Option<String> = conn
+                .query_row("SELECT state FROM objects WHERE name = ?1", [name], |r| r.get(0))
+                .optional()?;
+            match current {
+                None => bail!("journal has no object {name}"),
+                Some(state) => bail!("journal: {name} is {state}; it cannot become {}", to.as_str()),
+            }
         }
         Ok(())
+    }
+
+    /// The backend holds all of `name`, whose upload began with [`Journal::begin_upload`].
+    pub fn confirm_upload(&self, name: &str) -> Result<()> {
+        self.transition(name, &[State::Uploading], State::Uploaded)
+    }
+
+    /// The backend holds a partial or wrong copy of `name`, ours: recorded before it is deleted.
+    pub fn begin_discard(&self, name: &str) -> Result<()> {
+        self.transition(name, &[State::Uploading], State::Deleting)
+    }
+
+    /// The discarded copy is deleted; the upload of `name` starts again.
+    pub fn upload_again(&self, name: &str) -> Result<()> {
+        self.transition(name, &[State::Deleting], State::Uploading)
+    }
+
+    /// A deletion not sent after all (the object is whole and stays): it is used again.
+    pub fn cancel_delete(&self, name: &str) -> Result<()> {
+        self.transition(name, &[State::Deleting], State::Uploaded)
+    }
+
+    /// `name` was replaced by repair: still stored, never used again.
+    pub fn retire(&self, name: &str) -> Result<()> {
+        self.transition(
+            name,
+            &[State::Uploaded, State::Verified, State::Damaged, State::Retired],
+            State::Retired,
+        )
     }
 
     /// Records that `name` is about to be deleted (inserting it if the journal did not know
@@ -1342,12 +1391,17 @@ mod tests {
         let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
         let id = Id([1; 32]);
         let e = PackEntry { kind: BlobKind::Data, id, offset: 0, length: 100, raw_length: 60 };
-        j.record_uploading("data/aa/x", ObjectKind::Pack, 200, &Id([9; 32]), &[e]).unwrap();
+        j.begin_upload("data/aa/x", ObjectKind::Pack, 200, &Id([9; 32]), &[e]).unwrap();
         assert!(j.has_blob(&id).unwrap());
         // Not a usable location until uploaded.
         assert!(j.blob_location(&id, BlobKind::Data).unwrap().is_none());
         assert_eq!(j.objects_in_state(State::Uploading).unwrap().len(), 1);
-        j.set_state("data/aa/x", State::Uploaded).unwrap();
+        // Only the protocol's transitions change a state, each from the states it may follow.
+        assert!(j.cancel_delete("data/aa/x").unwrap_err().to_string().contains("is uploading"));
+        assert!(j.confirm_upload("data/bb/y").unwrap_err().to_string().contains("no object"));
+        j.confirm_upload("data/aa/x").unwrap();
+        assert!(j.confirm_upload("data/aa/x").is_err(), "confirmed twice");
+        assert!(j.upload_again("data/aa/x").is_err(), "uploaded is not deleting");
         assert!(j.blob_location(&id, BlobKind::Data).is_err(), "pack name must hold an id");
         j.forget_object("data/aa/x").unwrap();
         assert!(!j.has_blob(&id).unwrap());

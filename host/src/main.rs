@@ -76,6 +76,7 @@ fn main() -> ExitCode {
                 delete_unrecoverable,
                 purge_broken,
                 read_data,
+                pack_size: 0, // the config's: the command sets it once it has read the config
             };
             commands::repair::run(&ctx, opts, rebuild_journal)
         }

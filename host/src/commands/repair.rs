@@ -10,6 +10,7 @@ use crate::repo::{Repository, describe};
 
 pub fn run(ctx: &Ctx, opts: Options, rebuild_journal: bool) -> Result<()> {
     let config = ctx.config()?;
+    let opts = Options { pack_size: config.pack_size()?, ..opts };
     repair::refuse_if_append_only(opts, config.repository.grants.delete)?;
     let mut rebuilt = None;
     let (repo, stale) = if rebuild_journal {

@@ -35,12 +35,12 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::crypto::MasterKey;
 use crate::engine::chunker::Chunker;
-use crate::engine::packer::{Dedup, Packer};
-use crate::engine::upload::{self, Job, UploadStats};
+use crate::engine::packer::{Dedup, Packer, Packing};
+use crate::engine::upload::UploadStats;
 use crate::engine::walk::{Excludes, Identity, node_from, normalise_sources};
 use crate::error::{IoAt, Role};
 use crate::ids::Id;
-use crate::journal::{CachedFile, Journal, ObjectKind, PartialFile, State};
+use crate::journal::{CachedFile, Journal, ObjectKind, PartialFile};
 use crate::lock::hostname;
 use crate::progress::Counters;
 use crate::repo::Repository;
@@ -72,8 +72,6 @@ pub struct Outcome {
 
 /// Most warnings kept for the report; all are counted.
 const MAX_WARNINGS: usize = 100;
-/// Tree packs are small: trees are read often (ls, restore) and are few.
-pub const TREE_PACK_SIZE: u64 = 4 << 20;
 
 enum FileError {
     /// This file could not be read; it is left out and the run goes on.
@@ -282,7 +280,7 @@ struct Run<'a> {
     sources: &'a [PathBuf],
     parent: Option<Id>,
     started: jiff::Timestamp,
-    uploads: tokio::sync::mpsc::Sender<Job>,
+    packing: &'a Packing,
 }
 
 pub fn run(
@@ -300,18 +298,14 @@ pub fn run(
     let parent = latest_for(&repo.journal, &s.job, &sources)?;
     let started = jiff::Timestamp::now();
     let dedup = Arc::new(Dedup::new(repo.journal.clone()));
-    let (up_tx, up_task) =
-        upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), dedup.clone(), upload::QUEUE);
-    let packer = |size, tx| Packer::new(repo.key.clone(), repo.tmp_dir(), size, tx);
-    let data = packer(s.pack_size, up_tx.clone());
-    let trees = packer(TREE_PACK_SIZE.min(s.pack_size), up_tx.clone());
+    let packing = Packing::start(repo, rt, dedup.clone(), s.pack_size);
     let shared = Shared {
         key: &repo.key,
         journal: &repo.journal,
         dedup: &dedup,
         chunker: Chunker::new(&repo.params.chunker),
-        data: &data,
-        trees: &trees,
+        data: &packing.data,
+        trees: &packing.trees,
         level: s.compression,
         counters,
         files_read: AtomicU64::new(0),
@@ -322,7 +316,7 @@ pub fn run(
         reading: (0..s.threads.max(1)).map(|_| Mutex::new(None)).collect(),
         quiesce: RwLock::new(()),
     };
-    let run = Run { repo, rt, settings: s, sources: &sources, parent, started, uploads: up_tx };
+    let run = Run { repo, rt, settings: s, sources: &sources, parent, started, packing: &packing };
 
     let phase = Instant::now();
     let scan = std::thread::scope(|scope| -> Result<(Id, Summary, Vec<String>, u64)> {
@@ -364,16 +358,10 @@ pub fn run(
     // Finish the packs in progress, then wait for every upload, also after a failure, so
     // the journal states are settled before we return.
     tracing::debug!("walk and pack: {:.2}s", phase.elapsed().as_secs_f64());
-    let flushed = scan.as_ref().ok().map(|_| data.flush().and_then(|_| trees.flush()));
     drop(shared);
-    drop(data);
-    drop(trees);
-    drop(run);
-    let uploaded = rt.block_on(up_task).map_err(|e| anyhow!("uploader panicked: {e}"))?;
     // A failed upload stops the producers too; its error is the one that explains.
-    let upload = uploaded?;
+    let upload = packing.finish(rt, scan.is_ok())?;
     let (root, mut summary, warnings, checkpoints) = scan?;
-    flushed.unwrap_or(Ok(()))?;
 
     tracing::debug!("uploads finished: {:.2}s", phase.elapsed().as_secs_f64());
     write_index(repo, rt)?;
@@ -902,9 +890,7 @@ fn checkpoint(stack: &[Frame], sh: &Shared<'_>, run: &Run<'_>, summary: &Summary
         (seal, partials, sh.chunked.load(Ordering::Relaxed))
     };
     sh.trees.flush()?;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    run.uploads.blocking_send(Job::Barrier(done_tx)).map_err(|_| anyhow!("the uploader stopped"))?;
-    done_rx.blocking_recv().map_err(|_| anyhow!("the uploader stopped"))?;
+    run.packing.wait_uploaded()?;
     write_index(run.repo, run.rt)?;
     run.repo.journal.publish_checkpoint(seal, &partials)?;
     let mut summary = summary.clone();
@@ -1000,9 +986,9 @@ pub fn upload_index(
     let bytes = format::seal_object(&repo.key, format::AAD_INDEX, index, false)?;
     let id = Id::of_bytes(&bytes);
     let name = format::index_name(&id);
-    repo.journal.record_uploading(&name, ObjectKind::Index, bytes.len() as u64, &id, &[])?;
+    repo.journal.begin_upload(&name, ObjectKind::Index, bytes.len() as u64, &id, &[])?;
     rt.block_on(repo.backend.upload_bytes(&name, &bytes, false))?;
-    repo.journal.set_state(&name, State::Uploaded)?;
+    repo.journal.confirm_upload(&name)?;
     repo.journal.mark_indexed(packs, &name)?;
     Ok(())
 }
@@ -1014,9 +1000,9 @@ pub fn write_snapshot(repo: &Repository, rt: &tokio::runtime::Handle, snap: &Sna
     let name = format::snapshot_name(&id);
     // Without the repository lock a prune may be deleting what this snapshot references.
     rt.block_on(repo.check_lock())?;
-    repo.journal.record_uploading(&name, ObjectKind::Snapshot, bytes.len() as u64, &id, &[])?;
+    repo.journal.begin_upload(&name, ObjectKind::Snapshot, bytes.len() as u64, &id, &[])?;
     rt.block_on(repo.backend.upload_bytes(&name, &bytes, true))?;
-    repo.journal.set_state(&name, State::Uploaded)?;
+    repo.journal.confirm_upload(&name)?;
     repo.journal.add_snapshot(&id, snap)?;
     Ok(id)
 }

@@ -16,20 +16,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use rusqlite::{OptionalExtension, params};
 
 use crate::engine::backup::{write_index, write_snapshot};
-use crate::engine::packer::{Dedup, Packer};
+use crate::engine::packer::{Dedup, Packing};
 use crate::engine::tree::{TreeReader, read_blob};
-use crate::engine::upload::{self, UploadStats};
+use crate::engine::upload::UploadStats;
 use crate::ids::Id;
 use crate::repo::Repository;
 use crate::repo::format::{self, BlobKind, Snapshot, Tree};
 use crate::untrusted::escape_bytes;
-
-/// Tree packs are kept smaller than data packs (as a backup does).
-const TREE_PACK_SIZE: u64 = 4 << 20;
 
 pub struct Settings {
     pub compression: i32,
@@ -97,11 +94,7 @@ fn copy_one(
     out: &mut Outcome,
 ) -> Result<Id> {
     let dedup = Arc::new(Dedup::new(target.journal.clone()));
-    let (up_tx, up_task) =
-        upload::spawn(rt, target.backend.clone(), target.journal.clone(), dedup.clone(), upload::QUEUE);
-    let packer = |size, tx| Packer::new(target.key.clone(), target.tmp_dir(), size, tx);
-    let data = packer(settings.pack_size, up_tx.clone());
-    let trees = packer(TREE_PACK_SIZE.min(settings.pack_size), up_tx);
+    let packing = Packing::start(target, rt, dedup.clone(), settings.pack_size);
     let mut copier = Copier {
         source,
         target,
@@ -109,8 +102,7 @@ fn copy_one(
         reader: TreeReader::new(source, rt),
         map,
         dedup: &dedup,
-        data: &data,
-        trees: &trees,
+        packing: &packing,
         level: settings.compression,
         blobs_added: 0,
         bytes_added: 0,
@@ -118,15 +110,8 @@ fn copy_one(
     let walked = copier.copy_tree(&snap.tree, b"");
     let (blobs_added, bytes_added) = (copier.blobs_added, copier.bytes_added);
     drop(copier);
-    // Finish the packs in progress, then wait for every upload, also after a failure, so the
-    // journal states are settled before returning.
-    let flushed = walked.as_ref().ok().map(|_| data.flush().and_then(|_| trees.flush()));
-    drop(data);
-    drop(trees);
-    let uploaded = rt.block_on(up_task).map_err(|e| anyhow!("uploader panicked: {e}"))?;
-    let upload = uploaded?;
+    let upload = packing.finish(rt, walked.is_ok())?;
     let root = walked?;
-    flushed.unwrap_or(Ok(()))?;
     map.commit()?;
     out.upload.packs += upload.packs;
     out.upload.bytes += upload.bytes;
@@ -147,8 +132,7 @@ struct Copier<'a> {
     reader: TreeReader<'a>,
     map: &'a CopyMap,
     dedup: &'a Dedup,
-    data: &'a Packer,
-    trees: &'a Packer,
+    packing: &'a Packing,
     level: i32,
     blobs_added: u64,
     bytes_added: u64,
@@ -185,7 +169,7 @@ impl Copier<'_> {
         if self.dedup.claim(&new)? {
             let sealed =
                 format::encode_blob(&self.target.key, BlobKind::Tree, &new, &bytes, self.level.max(1));
-            self.trees.add(BlobKind::Tree, new, &sealed, bytes.len())?;
+            self.packing.trees.add(BlobKind::Tree, new, &sealed, bytes.len())?;
             self.blobs_added += 1;
             self.bytes_added += bytes.len() as u64;
         }
@@ -215,7 +199,7 @@ impl Copier<'_> {
             }
         }
         let sealed = format::encode_blob(&self.target.key, BlobKind::Data, &dst, &plain, self.level);
-        self.data.add(BlobKind::Data, dst, &sealed, plain.len())?;
+        self.packing.data.add(BlobKind::Data, dst, &sealed, plain.len())?;
         self.blobs_added += 1;
         self.bytes_added += plain.len() as u64;
         Ok(dst)

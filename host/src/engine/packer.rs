@@ -1,5 +1,8 @@
 //! Packing encrypted blobs into pack files.
 //!
+//! [`Packing`] is the one way blobs reach the repository: backup, copy, prune (repacking) and
+//! repair all store through it, so every pack is written, journaled and uploaded alike.
+//!
 //! A pack is assembled in a temporary file in the state folder (so memory stays bounded
 //! whatever the pack size, and a failed upload can be retried from disk), then handed to
 //! the uploader, which records it in the journal as `uploading` with its size, hash and
@@ -14,11 +17,66 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Result, anyhow};
 
 use crate::crypto::MasterKey;
-use crate::engine::upload::Job;
+use crate::engine::upload::{self, Job, UploadStats};
 use crate::error::{IoAt, Role};
 use crate::ids::Id;
 use crate::journal::Journal;
+use crate::repo::Repository;
 use crate::repo::format::{self, BlobKind, PackEntry};
+
+/// Tree packs are small: trees are read often (ls, restore) and are few.
+pub const TREE_PACK_SIZE: u64 = 4 << 20;
+
+/// Blobs on their way to a repository: a packer for data, one for trees, and the uploader
+/// both feed.
+pub struct Packing {
+    pub data: Packer,
+    pub trees: Packer,
+    uploads: tokio::sync::mpsc::Sender<Job>,
+    task: tokio::task::JoinHandle<Result<UploadStats>>,
+}
+
+impl Packing {
+    /// Starts the uploader for `repo`; data packs of about `pack_size` bytes, tree packs at
+    /// most [`TREE_PACK_SIZE`]. `dedup` gets back each pack's claims once it is journaled.
+    pub fn start(
+        repo: &Repository,
+        rt: &tokio::runtime::Handle,
+        dedup: Arc<Dedup>,
+        pack_size: u64,
+    ) -> Packing {
+        let (uploads, task) =
+            upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), dedup, upload::QUEUE);
+        let packer = |size| Packer::new(repo.key.clone(), repo.tmp_dir(), size, uploads.clone());
+        Packing { data: packer(pack_size), trees: packer(TREE_PACK_SIZE.min(pack_size)), uploads, task }
+    }
+
+    /// The packer for blobs of `kind`.
+    pub fn packer(&self, kind: BlobKind) -> &Packer {
+        if kind == BlobKind::Tree { &self.trees } else { &self.data }
+    }
+
+    /// Waits until every pack handed over so far is uploaded and journaled as such (packs
+    /// still being filled are not: flush them first).
+    pub fn wait_uploaded(&self) -> Result<()> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        self.uploads.blocking_send(Job::Barrier(done_tx)).map_err(|_| anyhow!("the uploader stopped"))?;
+        done_rx.blocking_recv().map_err(|_| anyhow!("the uploader stopped"))
+    }
+
+    /// Finishes the packs being filled (when `flush`; not after a failure, whose partial
+    /// packs are not wanted), then waits for every upload, also after an upload failed, so
+    /// the journal's states are settled when this returns. A failed upload's error comes
+    /// first: it explains why the packers stopped.
+    pub fn finish(self, rt: &tokio::runtime::Handle, flush: bool) -> Result<UploadStats> {
+        let flushed = if flush { self.data.flush().and_then(|_| self.trees.flush()) } else { Ok(()) };
+        let Packing { data, trees, uploads, task } = self;
+        drop((data, trees, uploads));
+        let stats = rt.block_on(task).map_err(|e| anyhow!("the uploader panicked: {e}"))??;
+        flushed?;
+        Ok(stats)
+    }
+}
 
 /// Decides which blobs are new. A blob is new unless the journal knows it or another worker
 /// has claimed it in this run and not yet recorded it. The claim set only holds blobs of

@@ -28,9 +28,8 @@ use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
 use super::mark::Mark;
-use crate::engine::backup::{INDEX_ENTRIES, TREE_PACK_SIZE, upload_index, write_index};
-use crate::engine::packer::{Dedup, Packer};
-use crate::engine::upload;
+use crate::engine::backup::{INDEX_ENTRIES, upload_index, write_index};
+use crate::engine::packer::{Dedup, Packing};
 use crate::ids::Id;
 use crate::journal::ObjectKind;
 use crate::repo::Repository;
@@ -379,23 +378,15 @@ fn repack(
     plan: &Plan,
     opts: &Options,
 ) -> Result<(u64, u64, u64)> {
-    let dedup = Arc::new(Dedup::new(repo.journal.clone()));
-    let (tx, handle) = upload::spawn(rt, repo.backend.clone(), repo.journal.clone(), dedup, upload::QUEUE);
-    let data = Packer::new(repo.key.clone(), repo.tmp_dir(), opts.pack_size, tx.clone());
-    let trees = Packer::new(repo.key.clone(), repo.tmp_dir(), TREE_PACK_SIZE.min(opts.pack_size), tx);
+    let packing = Packing::start(repo, rt, Arc::new(Dedup::new(repo.journal.clone())), opts.pack_size);
     let mut downloaded = 0u64;
     let fed = (|| -> Result<()> {
         for pack in &plan.repack {
-            downloaded += copy_kept_blobs(repo, rt, mark, &pack.name, &data, &trees)?;
+            downloaded += copy_kept_blobs(repo, rt, mark, &pack.name, &packing)?;
         }
-        data.flush()?;
-        trees.flush()
+        Ok(())
     })();
-    drop(data);
-    drop(trees);
-    let uploaded = rt.block_on(handle).map_err(|e| anyhow!("the uploader failed: {e}"))?;
-    // The uploader's own error says more than "the uploader stopped".
-    let stats = uploaded?;
+    let stats = packing.finish(rt, fed.is_ok())?;
     fed?;
     Ok((stats.packs, stats.bytes, downloaded))
 }
@@ -407,8 +398,7 @@ fn copy_kept_blobs(
     rt: &tokio::runtime::Handle,
     mark: &Mark,
     pack: &str,
-    data: &Packer,
-    trees: &Packer,
+    packing: &Packing,
 ) -> Result<u64> {
     let mut stmt = mark.db.prepare_cached(
         "SELECT k.kind, k.id, k.offset, k.length, k.raw_length FROM keeper k
@@ -443,8 +433,7 @@ fn copy_kept_blobs(
                  `cairn verify --read-data` and `cairn repair`"
             )
         })?;
-        let packer = if kind == BlobKind::Tree { trees } else { data };
-        packer.add(kind, id, sealed, raw_length as usize)?;
+        packing.packer(kind).add(kind, id, sealed, raw_length as usize)?;
     }
     Ok(end - start)
 }

@@ -20,30 +20,32 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Result, anyhow, bail};
 
 use crate::crypto::KeyFile;
 use crate::engine::backup::{write_index, write_snapshot};
 use crate::engine::chunker::Chunker;
+use crate::engine::packer::{Dedup, Packing};
 use crate::engine::tree::TreeReader;
 use crate::engine::verify::{self, Affected, QUARANTINE, Subset, display_path, snapshot_damage};
 use crate::ids::Id;
 use crate::journal::{ObjectKind, State};
 use crate::plugin::ErrorKind;
 use crate::repo::Repository;
-use crate::repo::format::{
-    self, BlobKind, IndexFile, NodeKind, ObjectName, PackEntry, Snapshot, Tree, WholeObject,
-};
+use crate::repo::format::{self, BlobKind, IndexFile, NodeKind, ObjectName, Snapshot, Tree, WholeObject};
 use crate::untrusted::escape;
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Options {
     pub dry_run: bool,
     pub quarantine: bool,
     pub delete_unrecoverable: bool,
     pub purge_broken: bool,
     pub read_data: bool,
+    /// Size of the data packs it writes (the config's `pack_size`).
+    pub pack_size: u64,
 }
 
 impl Options {
@@ -66,30 +68,19 @@ pub struct Outcome {
     pub recovered_chunks: u64,
 }
 
-/// Repacks blobs during a repair: in memory, uploaded at `TARGET` bytes.
-struct RepairPacker<'a> {
-    repo: &'a Repository,
+/// Blobs a repair stores again (salvaged, read again from sources, rewritten trees), each
+/// once, through the packer and uploader backup and prune use. A dry run only counts them.
+struct Stored<'a> {
     rt: &'a tokio::runtime::Handle,
-    dry_run: bool,
-    data: Vec<u8>,
-    entries: Vec<PackEntry>,
+    packing: Option<Packing>,
     ids: HashSet<Id>,
-    packs: Vec<String>,
 }
 
-const TARGET: usize = 16 << 20;
-
-impl<'a> RepairPacker<'a> {
-    fn new(repo: &'a Repository, rt: &'a tokio::runtime::Handle, dry_run: bool) -> Self {
-        RepairPacker {
-            repo,
-            rt,
-            dry_run,
-            data: Vec::new(),
-            entries: Vec::new(),
-            ids: HashSet::new(),
-            packs: Vec::new(),
-        }
+impl<'a> Stored<'a> {
+    fn start(repo: &Repository, rt: &'a tokio::runtime::Handle, opts: Options) -> Self {
+        let packing = (!opts.dry_run)
+            .then(|| Packing::start(repo, rt, Arc::new(Dedup::new(repo.journal.clone())), opts.pack_size));
+        Stored { rt, packing, ids: HashSet::new() }
     }
 
     fn has(&self, id: &Id) -> bool {
@@ -97,36 +88,29 @@ impl<'a> RepairPacker<'a> {
     }
 
     fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_length: u32) -> Result<()> {
-        if !self.ids.insert(id) {
-            return Ok(());
-        }
-        if self.dry_run {
-            return Ok(());
-        }
-        let offset = self.data.len() as u64;
-        self.data.extend_from_slice(sealed);
-        self.entries.push(PackEntry { kind, id, offset, length: u32::try_from(sealed.len())?, raw_length });
-        if self.data.len() >= TARGET {
-            self.flush()?;
+        if self.ids.insert(id)
+            && let Some(p) = &self.packing
+        {
+            p.packer(kind).add(kind, id, sealed, raw_length as usize)?;
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
-        if self.entries.is_empty() {
-            return Ok(());
+    /// Every blob added so far is uploaded (a snapshot about to reference them may be written).
+    fn settle(&self) -> Result<()> {
+        if let Some(p) = &self.packing {
+            p.data.flush()?;
+            p.trees.flush()?;
+            p.wait_uploaded()?;
         }
-        let mut data = std::mem::take(&mut self.data);
-        let entries = std::mem::take(&mut self.entries);
-        data.extend(format::pack_trailer(&self.repo.key, &entries)?);
-        let id = Id::of_bytes(&data);
-        let name = format::pack_name(&id);
-        let journal = &self.repo.journal;
-        journal.record_uploading(&name, ObjectKind::Pack, data.len() as u64, &id, &entries)?;
-        self.rt.block_on(self.repo.backend.upload_bytes(&name, &data, false))?;
-        journal.set_state(&name, State::Uploaded)?;
-        self.packs.push(name);
         Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        match self.packing.take() {
+            Some(p) => p.finish(self.rt, true).map(|_| ()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -239,8 +223,7 @@ pub fn run(
     }
 
     // Lost chunks: salvage intact ones from damaged packs, read the rest from the sources.
-    let mut data = RepairPacker::new(repo, rt, opts.dry_run);
-    let mut trees = RepairPacker::new(repo, rt, opts.dry_run);
+    let mut again = Stored::start(repo, rt, opts);
     let damaged_packs: Vec<crate::journal::ObjectRow> = journal
         .all_objects()?
         .into_iter()
@@ -263,8 +246,7 @@ pub fn run(
             if stored.len() == e.length as usize
                 && format::decode_blob(&repo.key, e.kind, &e.id, &stored, e.raw_length as usize).is_ok()
             {
-                let target = if e.kind == BlobKind::Tree { &mut trees } else { &mut data };
-                target.add(e.kind, e.id, &stored, e.raw_length)?;
+                again.add(e.kind, e.id, &stored, e.raw_length)?;
                 out.salvaged_chunks += 1;
             }
         }
@@ -279,8 +261,7 @@ pub fn run(
     } else {
         verify::SnapshotDamage::default()
     };
-    let mut wanted: HashSet<Id> =
-        damage.lost_blobs.keys().copied().filter(|id| !data.has(id) && !trees.has(id)).collect();
+    let mut wanted: HashSet<Id> = damage.lost_blobs.keys().copied().filter(|id| !again.has(id)).collect();
     if !wanted.is_empty() {
         let chunker = Chunker::new(&repo.params.chunker);
         let mut seen_paths = HashSet::new();
@@ -316,14 +297,13 @@ pub fn run(
             }
             for (id, bytes, raw) in found {
                 if wanted.remove(&id) {
-                    data.add(BlobKind::Data, id, &bytes, raw)?;
+                    again.add(BlobKind::Data, id, &bytes, raw)?;
                     out.recovered_chunks += 1;
                 }
             }
         }
     }
-    data.flush()?;
-    trees.flush()?;
+    again.finish()?;
     if out.salvaged_chunks > 0 {
         out.actions.push(format!(
             "{} {} intact chunk(s) out of damaged packs into new packs",
@@ -340,7 +320,7 @@ pub fn run(
     }
 
     // What is still lost, snapshot by snapshot.
-    let recovered: HashSet<Id> = data.ids.union(&trees.ids).copied().collect();
+    let recovered = again.ids;
     let still = if anything_lost {
         snapshot_damage(repo, rt, &|id| {
             if recovered.contains(id) { Ok(None) } else { journal.blob_lost(id) }
@@ -360,7 +340,7 @@ pub fn run(
     out.unrecoverable.sort();
 
     if opts.purge_broken && !broken.is_empty() {
-        let mut trees = RepairPacker::new(repo, rt, opts.dry_run);
+        let mut trees = Stored::start(repo, rt, opts);
         for (snap_id, paths) in &broken {
             let Some((_, snap)) = journal.snapshots()?.into_iter().find(|(s, _)| s == snap_id) else {
                 continue;
@@ -381,7 +361,7 @@ pub fn run(
                     .push(format!("would rewrite snapshot {} without its broken files", snap_id.short()));
                 continue;
             }
-            trees.flush()?;
+            trees.settle()?;
             let mut new_snap = snap.clone();
             new_snap.tree = root;
             if !new_snap.tags.iter().any(|t| t == "repaired") {
@@ -395,6 +375,7 @@ pub fn run(
                 new_id.short()
             ));
         }
+        trees.finish()?;
         out.purged.sort();
         if !opts.dry_run {
             out.unrecoverable.clear();
@@ -593,7 +574,7 @@ fn below_a_source(path: &Path, sources: &[PathBuf]) -> bool {
 
 /// Marks a replaced object retired (still stored) or forgets it (gone).
 fn retire_or_forget(repo: &Repository, name: &str, gone: bool) -> Result<()> {
-    if gone { repo.journal.forget_object(name) } else { repo.journal.set_state(name, State::Retired) }
+    if gone { repo.journal.forget_object(name) } else { repo.journal.retire(name) }
 }
 
 /// How a foreign name (one cairn never writes) is listed: escaped, and never acted on.
@@ -667,7 +648,7 @@ fn rewrite_tree(
     id: &Id,
     prefix: &[u8],
     broken: &HashSet<Vec<u8>>,
-    trees: &mut RepairPacker<'_>,
+    trees: &mut Stored<'_>,
     dropped: &mut Vec<Vec<u8>>,
 ) -> Result<Option<Id>> {
     if broken.contains(prefix) {

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::backend::Backend;
 use crate::engine::packer::{Dedup, FinishedPack};
-use crate::journal::{Journal, ObjectKind, State};
+use crate::journal::{Journal, ObjectKind};
 
 /// Finished packs waiting for an upload slot (the channel the packers send to).
 pub const QUEUE: usize = 2;
@@ -109,7 +109,7 @@ const SHORT_WRITE_ATTEMPTS: u32 = 3;
 
 async fn upload_one(backend: &Backend, journal: &Journal, dedup: &Dedup, pack: FinishedPack) -> Result<u64> {
     // Recorded, with its size, hash and blobs, before the first byte is sent.
-    journal.record_uploading(&pack.name, ObjectKind::Pack, pack.size, &pack.id, &pack.entries)?;
+    journal.begin_upload(&pack.name, ObjectKind::Pack, pack.size, &pack.id, &pack.entries)?;
     dedup.release(pack.entries.iter().map(|e| e.id));
     let mut attempt = 1;
     loop {
@@ -119,9 +119,9 @@ async fn upload_one(backend: &Backend, journal: &Journal, dedup: &Dedup, pack: F
             found => {
                 let stored = found.map(|i| i.size.to_string()).unwrap_or_else(|| "nothing".into());
                 // Ours and wrong: remove it, through the journal's deleting state.
-                journal.set_state(&pack.name, State::Deleting)?;
+                journal.begin_discard(&pack.name)?;
                 backend.delete(std::slice::from_ref(&pack.name)).await?;
-                journal.set_state(&pack.name, State::Uploading)?;
+                journal.upload_again(&pack.name)?;
                 if attempt >= SHORT_WRITE_ATTEMPTS {
                     bail!(
                         "backend {} reported {} as stored, but holds {stored} of its {} bytes",
@@ -140,7 +140,7 @@ async fn upload_one(backend: &Backend, journal: &Journal, dedup: &Dedup, pack: F
             }
         }
     }
-    journal.set_state(&pack.name, State::Uploaded)?;
+    journal.confirm_upload(&pack.name)?;
     let _ = std::fs::remove_file(&pack.path);
     Ok(pack.size)
 }

@@ -81,9 +81,9 @@ impl Repository {
         let bytes = serde_json::to_vec_pretty(&file)?;
         let id = Id::of_bytes(&bytes);
         let name = format::key_name(&id);
-        self.journal.record_uploading(&name, ObjectKind::Key, bytes.len() as u64, &id, &[])?;
+        self.journal.begin_upload(&name, ObjectKind::Key, bytes.len() as u64, &id, &[])?;
         self.backend.upload_bytes(&name, &bytes, true).await?;
-        self.journal.set_state(&name, State::Uploaded)?;
+        self.journal.confirm_upload(&name)?;
         let opened = match try_key(&self.backend, &name, password).await {
             Ok(Some(key)) => key,
             Ok(None) => bail!("the new key file {name} does not open with its password after writing it"),

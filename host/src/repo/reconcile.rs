@@ -114,7 +114,7 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
             _ => false,
         };
         if complete {
-            journal.set_state(&obj.name, State::Uploaded)?;
+            journal.confirm_upload(&obj.name)?;
             report.kept += 1;
             report.kept_bytes += obj.size;
             continue;
@@ -137,9 +137,9 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
         }
         if remote.is_some() {
             tracing::warn!("removing partial upload {} left by an interrupted run", obj.name);
-            journal.set_state(&obj.name, State::Deleting)?;
+            journal.begin_discard(&obj.name)?;
             backend.delete(std::slice::from_ref(&obj.name)).await?;
-            journal.set_state(&obj.name, State::Uploading)?;
+            journal.upload_again(&obj.name)?;
         }
         // A pack that was finished locally but not (fully) uploaded is still in tmp/:
         // upload it rather than pack its data again.
@@ -149,7 +149,7 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
         {
             backend.upload_file(&obj.name, &local, obj.size, false).await?;
             if backend.stat(&obj.name).await?.is_some_and(|i| i.size == obj.size) {
-                journal.set_state(&obj.name, State::Uploaded)?;
+                journal.confirm_upload(&obj.name)?;
                 report.resumed += 1;
                 report.kept_bytes += obj.size;
                 continue;
@@ -169,7 +169,7 @@ pub async fn reconcile(repo: &Repository, writes: bool) -> Result<Report> {
             // objects before packs, so every pack a remaining index lists still exists). The
             // next prune plans again. (A partial upload that `repair` was deleting is not
             // whole: its deletion goes on.)
-            journal.set_state(&obj.name, State::Uploaded)?;
+            journal.cancel_delete(&obj.name)?;
             report.cancelled += 1;
             continue;
         }
