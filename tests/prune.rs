@@ -311,6 +311,46 @@ fn stats_match_independently_computed_figures() {
     let s = env.json(&["stats"]);
     assert_eq!(s["unused_bytes"], 0, "{s:#}");
     assert_eq!(s["snapshots"], 2, "{s:#}");
+
+    // Per group, what forgetting it would free: its chunks no other group needs. A third
+    // backup of the second group's sources with a copy of b.bin makes b's chunks shared.
+    write_file(&other.join("b-again.bin"), &content("b", 100_000), 0o644, 1_600_000_000);
+    env.ok(&["backup"]);
+    let s = env.json(&["stats"]);
+    let groups = s["groups"].as_array().unwrap();
+    let stored = |g: &serde_json::Value| g["stored_bytes"].as_u64().unwrap();
+    let freed = |g: &serde_json::Value| g["freed_if_forgotten"].as_u64().unwrap();
+    let (g1, g2) = (&groups[0], &groups[1]);
+    // Two groups: what only one needs is everything the other does not.
+    assert_eq!(freed(g1), stored(&s) - stored(g2), "{s:#}");
+    assert_eq!(freed(g2), stored(&s) - stored(g1), "{s:#}");
+    assert!(freed(g1) < stored(g1) && freed(g2) < stored(g2), "b's chunks are shared: {s:#}");
+    let human = env.ok(&["stats"]);
+    assert!(human.contains("only this group needs"), "{human}");
+    // Forgetting the second group and pruning everything unused frees that much of the
+    // repository folder (plus the packs' own headers).
+    let (other_group, other_freed) =
+        if g1["sources"][0] == other.to_str().unwrap() { (g1, freed(g1)) } else { (g2, freed(g2)) };
+    assert_eq!(other_group["snapshots"], 2, "{s:#}");
+    let before = pack_bytes(&env.repo);
+    let other_ids: Vec<String> = env
+        .json(&["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|snap| snap["sources"][0] == other.to_str().unwrap())
+        .map(|snap| snap["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(other_ids.len(), 2);
+    let mut args = vec!["forget"];
+    args.extend(other_ids.iter().map(String::as_str));
+    env.ok(&args);
+    env.ok(&["prune", "--max-unused", "0%"]);
+    let dropped = before - pack_bytes(&env.repo);
+    assert!(
+        dropped >= other_freed && dropped < other_freed + 4096,
+        "freed {dropped}, stats said {other_freed}"
+    );
 }
 
 /// One attempt at `forget --keep-last 3 --prune`, killed at a pause point or after a delay

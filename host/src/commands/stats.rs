@@ -31,6 +31,10 @@ pub fn run(ctx: &Ctx, group_by: Option<&str>) -> Result<()> {
     );
     for g in &s.groups {
         println!("{}: {}", g.key, figures(&g.figures));
+        println!(
+            "  only this group needs {} (freed once all its snapshots are forgotten)",
+            human_bytes(g.freed_if_forgotten)
+        );
     }
     Ok(())
 }

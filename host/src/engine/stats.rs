@@ -38,6 +38,10 @@ pub struct GroupStats {
     pub key: GroupKey,
     #[serde(flatten)]
     pub figures: Figures,
+    /// Pack bytes of the chunks and folder listings only this group's snapshots need: what
+    /// prune would free (before repack thresholds) once every snapshot of the group is
+    /// forgotten; the group's share of the repository's unused bytes to be.
+    pub freed_if_forgotten: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,17 +93,26 @@ pub fn run(repo: &Repository, rt: &tokio::runtime::Handle, group_by: GroupBy) ->
     };
     (all.unique_bytes, all.stored_bytes) = sizes("keeper k")?;
     all.dedup_ratio = ratio(all.logical_bytes, all.unique_bytes);
+    // The blobs one group alone needs (on disk, like the mark).
+    mark.db.execute_batch(
+        "CREATE TABLE solo (grp INTEGER NOT NULL, kind INTEGER NOT NULL, id BLOB NOT NULL);
+         INSERT INTO solo SELECT MIN(grp), kind, id FROM used GROUP BY kind, id HAVING COUNT(*) = 1;
+         CREATE INDEX solo_grp ON solo (grp);",
+    )?;
     let mut out = Vec::new();
     for (key, (grp, mut figures)) in groups {
         (figures.unique_bytes, figures.stored_bytes) =
             sizes(&format!("used u JOIN keeper k ON k.kind = u.kind AND k.id = u.id WHERE u.grp = {grp}"))?;
         figures.dedup_ratio = ratio(figures.logical_bytes, figures.unique_bytes);
+        let (_, freed_if_forgotten) =
+            sizes(&format!("solo s JOIN keeper k ON k.kind = s.kind AND k.id = s.id WHERE s.grp = {grp}"))?;
         out.push(GroupStats {
             host: key.host.clone(),
             sources: key.paths.clone(),
             tags: key.tags.clone(),
             key,
             figures,
+            freed_if_forgotten,
         });
     }
     let repository_bytes = repo
