@@ -121,13 +121,21 @@ fi
 if [ "$BIG_MIB" -gt 0 ]; then
   echo "== big: $BIG_MIB MiB at 256 B average chunks"
   BIG=$WORK/big-src
-  mkdir -p "$BIG"
-  for i in $(seq 1 $((BIG_MIB / 32))); do head -c 32M /dev/urandom >"$BIG/f$i.bin"; done
+  # 1 MiB files, 32 per folder: about 4096 chunks per file. (Memory follows the largest
+  # folder listing, which holds every chunk id of its files: ten 32 MiB files in one folder
+  # at 256 B chunks make a 42 MB listing, like ten 128 GiB disk images at 1 MiB chunks.)
+  big_files() { # FIRST LAST: (re)write files FIRST..LAST
+    for i in $(seq "$1" "$2"); do
+      mkdir -p "$BIG/d$((i / 32))"
+      head -c 1M /dev/urandom >"$BIG/d$((i / 32))/f$i.bin"
+    done
+  }
+  big_files 1 "$BIG_MIB"
   BCFG=$(cairn_config "$WORK/big" "$BIG")
   "$CAIRN" --config "$BCFG" init --chunk-size 256B >/dev/null
   measure big_backup_1 "$CAIRN" --config "$BCFG" backup
   # Half the files replaced: their chunks are needed only by the first snapshot.
-  for i in $(seq 1 $((BIG_MIB / 64))); do head -c 32M /dev/urandom >"$BIG/f$i.bin"; done
+  big_files 1 $((BIG_MIB / 2))
   measure big_backup_2 "$CAIRN" --config "$BCFG" backup
   "$CAIRN" --config "$BCFG" --json stats >"$OUT/big-stats.json"
   journal=$(ls "$WORK"/big/state/*/journal.sqlite)

@@ -586,11 +586,19 @@ impl Journal {
     /// its snapshot row are forgotten in one transaction (the second step of the deletion
     /// protocol, after [`Journal::begin_delete`]).
     pub fn confirm_delete(&self, name: &str) -> Result<()> {
+        self.confirm_deletes(std::slice::from_ref(&name))
+    }
+
+    /// [`Journal::confirm_delete`] for a batch the backend confirmed, in one transaction.
+    pub fn confirm_deletes<S: AsRef<str>>(&self, names: &[S]) -> Result<()> {
         let mut conn = self.conn.lock().unwrap();
         let tx = conn.transaction()?;
-        drop_object(&tx, name)?;
-        if let Some(hex) = name.strip_prefix("snapshots/") {
-            tx.execute("DELETE FROM snapshots WHERE id = ?1", [hex])?;
+        for name in names {
+            let name = name.as_ref();
+            drop_object(&tx, name)?;
+            if let Some(hex) = name.strip_prefix("snapshots/") {
+                tx.execute("DELETE FROM snapshots WHERE id = ?1", [hex])?;
+            }
         }
         tx.commit()?;
         Ok(())

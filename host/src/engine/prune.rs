@@ -148,6 +148,7 @@ pub fn plan(
     opts: &Options,
     leaving: &[Id],
 ) -> Result<(Mark, Plan)> {
+    let started = std::time::Instant::now();
     let mark = Mark::new(repo)?;
     let reader = crate::engine::tree::TreeReader::new(repo, rt);
     let mut snapshots = 0;
@@ -155,12 +156,19 @@ pub fn plan(
         if !leaving.contains(&id) {
             mark.snapshot(&reader, &id, &snap, 0)?;
             snapshots += 1;
+            tracing::trace!(
+                "prune: marked snapshot {} at {:.3}s",
+                id.short(),
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     mark.finish()?;
+    tracing::debug!("prune: marked {snapshots} snapshot(s) in {:.2}s", started.elapsed().as_secs_f64());
     let mut plan = plan_from_mark(&mark, opts)?;
     plan.snapshots = snapshots;
     plan.rewrite_indexes = indexes_listing(repo, rt, &mark, &plan)?;
+    tracing::debug!("prune: planned at {:.2}s", started.elapsed().as_secs_f64());
     Ok((mark, plan))
 }
 
@@ -336,6 +344,7 @@ pub fn execute(
         return Ok(out);
     }
     require_deletes(repo, "prune")?;
+    let started = std::time::Instant::now();
     // 1. Repack: the kept blobs of each repacked pack, into new packs.
     if !plan.repack.is_empty() {
         let (written, bytes, downloaded) = repack(repo, rt, mark, plan, opts)?;
@@ -343,6 +352,7 @@ pub fn execute(
         out.bytes_uploaded = bytes;
         out.bytes_downloaded = downloaded;
     }
+    tracing::debug!("prune: repacked in {:.2}s", started.elapsed().as_secs_f64());
     crate::testing::pause_point("prune-repacked");
     // 2. Index objects: the new packs (and any other pack no index lists yet), and every
     // pack that a rewritten index object keeps.
@@ -351,6 +361,7 @@ pub fn execute(
     // The file cache must not point at chunks about to go (the next backup would reuse
     // them without reading the file).
     repo.journal.forget_cached_files(&mark.stale_cache_rows()?)?;
+    tracing::debug!("prune: indexed at {:.2}s", started.elapsed().as_secs_f64());
     crate::testing::pause_point("prune-indexed");
     // 3. Only now: delete.
     // Index objects first: at every instant each pack a remaining index lists exists, so a
@@ -366,6 +377,7 @@ pub fn execute(
     out.packs_deleted = (plan.delete.len() + plan.repack.len()) as u64;
     out.pack_bytes_deleted = plan.delete_bytes() + plan.repack_bytes();
     out.indexes_deleted = plan.rewrite_indexes.len() as u64;
+    tracing::debug!("prune: deleted at {:.2}s", started.elapsed().as_secs_f64());
     Ok(out)
 }
 
@@ -379,63 +391,118 @@ fn repack(
     opts: &Options,
 ) -> Result<(u64, u64, u64)> {
     let packing = Packing::start(repo, rt, Arc::new(Dedup::new(repo.journal.clone())), opts.pack_size);
-    let mut downloaded = 0u64;
-    let fed = (|| -> Result<()> {
-        for pack in &plan.repack {
-            downloaded += copy_kept_blobs(repo, rt, mark, &pack.name, &packing)?;
-        }
-        Ok(())
-    })();
+    let fed = copy_kept_blobs(repo, rt, mark, plan, &packing);
     let stats = packing.finish(rt, fed.is_ok())?;
-    fed?;
+    let downloaded = fed?;
     Ok((stats.packs, stats.bytes, downloaded))
 }
 
-/// Reads one pack's kept blobs (one ranged read over their span), authenticates each, and
-/// hands it to the packer of its kind. Returns the bytes read.
+/// Kept blobs are read in pieces of at most this many bytes (one blob may be larger): a
+/// piece is read while the one before is checked and packed, so two are in memory at once.
+const PIECE: u64 = 8 << 20;
+
+/// One ranged read of a repacked pack and the kept blobs it covers.
+struct Piece {
+    pack: String,
+    start: u64,
+    end: u64,
+    /// (kind, id, offset, length, raw length)
+    blobs: Vec<(u8, Vec<u8>, u64, u32, u32)>,
+}
+
+/// Reads the kept blobs of every repacked pack (ranged reads over their span, in pieces,
+/// one read ahead on a second thread), authenticates each, and hands it to the packer of
+/// its kind. Returns the bytes read.
 fn copy_kept_blobs(
     repo: &Repository,
     rt: &tokio::runtime::Handle,
     mark: &Mark,
-    pack: &str,
+    plan: &Plan,
     packing: &Packing,
 ) -> Result<u64> {
+    std::thread::scope(|scope| -> Result<u64> {
+        let (want_tx, want_rx) = std::sync::mpsc::sync_channel::<(String, u64, u64)>(1);
+        let (got_tx, got_rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(0);
+        scope.spawn(move || {
+            for (pack, start, len) in want_rx {
+                let read = rt.block_on(repo.backend.read(&pack, start, len)).map_err(anyhow::Error::from);
+                if got_tx.send(read).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut downloaded = 0u64;
+        let mut waiting: std::collections::VecDeque<Piece> = std::collections::VecDeque::new();
+        let mut take = |piece: Piece| -> Result<()> {
+            let span = got_rx.recv().map_err(|_| anyhow!("the pack reader stopped"))??;
+            downloaded += span.len() as u64;
+            pack_piece(repo, &piece, &span, packing)
+        };
+        for pack in &plan.repack {
+            for piece in pieces_of(mark, &pack.name)? {
+                want_tx.send((piece.pack.clone(), piece.start, piece.end - piece.start))?;
+                waiting.push_back(piece);
+                if waiting.len() > 1 {
+                    take(waiting.pop_front().expect("two are waiting"))?;
+                }
+            }
+        }
+        drop(want_tx);
+        while let Some(piece) = waiting.pop_front() {
+            take(piece)?;
+        }
+        Ok(downloaded)
+    })
+}
+
+/// The kept blobs of `pack`, in offset order, cut into pieces of at most [`PIECE`] bytes.
+fn pieces_of(mark: &Mark, pack: &str) -> Result<Vec<Piece>> {
     let mut stmt = mark.db.prepare_cached(
         "SELECT k.kind, k.id, k.offset, k.length, k.raw_length FROM keeper k
          WHERE k.pack = (SELECT oid FROM packs WHERE name = ?1) ORDER BY k.offset",
     )?;
-    let blobs = stmt
-        .query_map([pack], |r| {
-            Ok((
-                r.get::<_, u8>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, i64>(2)? as u64,
-                r.get::<_, u32>(3)?,
-                r.get::<_, u32>(4)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let (Some(first), Some(last)) = (blobs.first(), blobs.last()) else { return Ok(0) };
-    let start = first.2;
-    let end = last.2 + last.3 as u64;
-    let span = rt.block_on(repo.backend.read(pack, start, end - start))?;
-    if span.len() as u64 != end - start {
+    let mut rows = stmt.query([pack])?;
+    let mut pieces: Vec<Piece> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let blob = (
+            r.get::<_, u8>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, i64>(2)? as u64,
+            r.get::<_, u32>(3)?,
+            r.get::<_, u32>(4)?,
+        );
+        let end = blob.2 + blob.3 as u64;
+        match pieces.last_mut() {
+            Some(p) if end - p.start <= PIECE => {
+                p.end = end;
+                p.blobs.push(blob);
+            }
+            _ => pieces.push(Piece { pack: pack.to_string(), start: blob.2, end, blobs: vec![blob] }),
+        }
+    }
+    Ok(pieces)
+}
+
+/// Authenticates each blob of a piece read back and hands it to the packer of its kind.
+fn pack_piece(repo: &Repository, piece: &Piece, span: &[u8], packing: &Packing) -> Result<()> {
+    let pack = &piece.pack;
+    if span.len() as u64 != piece.end - piece.start {
         bail!("pack {pack} is shorter than the journal says; prune deleted nothing: run `cairn verify`");
     }
-    for (kind, id, offset, length, raw_length) in blobs {
-        let kind = BlobKind::from_u8(kind).ok_or_else(|| anyhow!("bad blob kind {kind} in the journal"))?;
-        let id = Id::from_slice(&id).ok_or_else(|| anyhow!("bad blob id in the journal"))?;
-        let at = (offset - start) as usize;
-        let sealed = &span[at..at + length as usize];
-        format::decode_blob(&repo.key, kind, &id, sealed, raw_length as usize).map_err(|e| {
+    for (kind, id, offset, length, raw_length) in &piece.blobs {
+        let kind = BlobKind::from_u8(*kind).ok_or_else(|| anyhow!("bad blob kind {kind} in the journal"))?;
+        let id = Id::from_slice(id).ok_or_else(|| anyhow!("bad blob id in the journal"))?;
+        let at = (offset - piece.start) as usize;
+        let sealed = &span[at..at + *length as usize];
+        format::decode_blob(&repo.key, kind, &id, sealed, *raw_length as usize).map_err(|e| {
             anyhow!(
                 "{e} in pack {pack}: it is needed and would be copied; prune deleted nothing: run \
                  `cairn verify --read-data` and `cairn repair`"
             )
         })?;
-        packing.packer(kind).add(kind, id, sealed, raw_length as usize)?;
+        packing.packer(kind).add(kind, id, sealed, *raw_length as usize)?;
     }
-    Ok(end - start)
+    Ok(())
 }
 
 /// Writes new index objects listing every pack the given index objects list and the plan

@@ -35,9 +35,11 @@ pub struct TreeReader<'a> {
     packs: std::cell::RefCell<std::collections::VecDeque<(Id, std::rc::Rc<Vec<u8>>)>>,
 }
 
-/// Tree packs up to this size are fetched whole; at most this many are kept.
-const WHOLE_PACK_MAX: u64 = 16 << 20;
-const CACHED_PACKS: usize = 4;
+/// Tree packs up to this size are fetched whole (backups write them up to 4 MiB, plus one
+/// tree); the packs kept take at most `CACHED_BYTES`, so memory stays bounded whatever the
+/// repository's size.
+const WHOLE_PACK_MAX: u64 = 8 << 20;
+const CACHED_BYTES: usize = 12 << 20;
 
 impl<'a> TreeReader<'a> {
     pub fn new(repo: &'a Repository, rt: &'a tokio::runtime::Handle) -> TreeReader<'a> {
@@ -100,7 +102,9 @@ impl<'a> TreeReader<'a> {
         }
         let bytes = std::rc::Rc::new(self.rt.block_on(self.repo.backend.read(name, 0, obj.size))?);
         let mut packs = self.packs.borrow_mut();
-        if packs.len() >= CACHED_PACKS {
+        while !packs.is_empty()
+            && packs.iter().map(|(_, b)| b.len()).sum::<usize>() + bytes.len() > CACHED_BYTES
+        {
             packs.pop_front();
         }
         packs.push_back((*pack, bytes.clone()));

@@ -495,9 +495,7 @@ impl Repository {
         for batch in objects.chunks(256) {
             let names: Vec<String> = batch.iter().map(|(n, _)| n.clone()).collect();
             self.backend.delete(&names).await?;
-            for name in &names {
-                self.journal.confirm_delete(name)?;
-            }
+            self.journal.confirm_deletes(&names)?;
         }
         Ok(())
     }
