@@ -58,7 +58,7 @@ impl Mark {
             "PRAGMA journal_mode = OFF;
              PRAGMA synchronous = OFF;
              PRAGMA temp_store = FILE;
-             PRAGMA cache_size = -16000;
+             PRAGMA cache_size = -8000;
              CREATE TABLE used (grp INTEGER NOT NULL, kind INTEGER NOT NULL, id BLOB NOT NULL,
                 PRIMARY KEY (grp, kind, id)) WITHOUT ROWID;
              CREATE TABLE seen (grp INTEGER NOT NULL, id BLOB NOT NULL, PRIMARY KEY (grp, id)) WITHOUT ROWID;

@@ -180,11 +180,15 @@ pub fn plan_from_mark(mark: &Mark, opts: &Options) -> Result<Plan> {
          DROP TABLE IF EXISTS keeper;
          CREATE TABLE packs AS
            SELECT o.oid AS oid, o.name AS name, o.state AS state, o.size AS size,
-             (SELECT COALESCE(SUM(b.length), 0) FROM j.blobs b WHERE b.pack = o.oid) AS blob_bytes,
-             (SELECT COALESCE(SUM(b.length), 0) FROM j.blobs b WHERE b.pack = o.oid
-                AND EXISTS (SELECT 1 FROM needed n WHERE n.kind = b.kind AND n.id = b.id)) AS used_any,
-             0 AS used
-           FROM j.objects o WHERE o.kind = 'pack';
+             COALESCE(s.blob_bytes, 0) AS blob_bytes, COALESCE(s.used_any, 0) AS used_any, 0 AS used
+           FROM j.objects o LEFT JOIN (
+             -- One pass over the blobs (in their own order), not two lookups per pack.
+             SELECT b.pack AS pack, SUM(b.length) AS blob_bytes,
+               SUM(CASE WHEN n.id IS NULL THEN 0 ELSE b.length END) AS used_any
+             FROM j.blobs b LEFT JOIN needed n ON n.kind = b.kind AND n.id = b.id
+             GROUP BY b.pack) s ON s.pack = o.oid
+           WHERE o.kind = 'pack';
+         CREATE UNIQUE INDEX packs_oid ON packs (oid);
          CREATE TABLE keeper (kind INTEGER NOT NULL, id BLOB NOT NULL, pack INTEGER NOT NULL,
             offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_length INTEGER NOT NULL,
             PRIMARY KEY (kind, id)) WITHOUT ROWID;
@@ -399,7 +403,7 @@ fn repack(
 
 /// Kept blobs are read in pieces of at most this many bytes (one blob may be larger): a
 /// piece is read while the one before is checked and packed, so two are in memory at once.
-const PIECE: u64 = 8 << 20;
+const PIECE: u64 = 4 << 20;
 
 /// One ranged read of a repacked pack and the kept blobs it covers.
 struct Piece {
