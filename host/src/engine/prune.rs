@@ -265,12 +265,8 @@ pub fn plan_from_mark(mark: &Mark, opts: &Options) -> Result<Plan> {
             break;
         }
         budget -= pack.size;
-        let (first, end, blobs): (Option<i64>, Option<i64>, i64) = db.query_row(
-            "SELECT MIN(offset), MAX(offset + length), COUNT(*) FROM keeper WHERE pack = ?1",
-            [oid],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        plan.download_bytes += (end.unwrap_or(0) - first.unwrap_or(0)) as u64;
+        let blobs: i64 = db.query_row("SELECT COUNT(*) FROM keeper WHERE pack = ?1", [oid], |r| r.get(0))?;
+        plan.download_bytes += pieces_of(mark, &pack.name)?.iter().map(|p| p.end - p.start).sum::<u64>();
         // Each entry costs about 45 bytes in a header, before compression.
         plan.upload_bytes += pack.used + 45 * blobs as u64;
         plan.repack.push(pack);
@@ -404,6 +400,9 @@ fn repack(
 /// Kept blobs are read in pieces of at most this many bytes (one blob may be larger): a
 /// piece is read while the one before is checked and packed, so two are in memory at once.
 const PIECE: u64 = 4 << 20;
+/// Unneeded bytes between two kept blobs that are read through rather than skipped by
+/// starting a new piece (a read costs about as much as copying this much).
+const GAP: u64 = 256 << 10;
 
 /// One ranged read of a repacked pack and the kept blobs it covers.
 struct Piece {
@@ -459,7 +458,8 @@ fn copy_kept_blobs(
     })
 }
 
-/// The kept blobs of `pack`, in offset order, cut into pieces of at most [`PIECE`] bytes.
+/// The kept blobs of `pack`, in offset order, cut into pieces of at most [`PIECE`] bytes,
+/// and wherever more than [`GAP`] unneeded bytes lie between two of them.
 fn pieces_of(mark: &Mark, pack: &str) -> Result<Vec<Piece>> {
     let mut stmt = mark.db.prepare_cached(
         "SELECT k.kind, k.id, k.offset, k.length, k.raw_length FROM keeper k
@@ -477,7 +477,7 @@ fn pieces_of(mark: &Mark, pack: &str) -> Result<Vec<Piece>> {
         );
         let end = blob.2 + blob.3 as u64;
         match pieces.last_mut() {
-            Some(p) if end - p.start <= PIECE => {
+            Some(p) if end - p.start <= PIECE && blob.2.saturating_sub(p.end) <= GAP => {
                 p.end = end;
                 p.blobs.push(blob);
             }
