@@ -20,7 +20,7 @@ use wasmtime::component::{Component, Linker, ResourceAny};
 use super::bindings::cairn::storage::types::Error as WitError;
 use super::bindings::{StorageBackend, StorageBackendPre};
 use super::runtime::Runtime;
-use super::sandbox::{HostState, Sandbox};
+use super::sandbox::{HostState, MEMORY_LIMIT_REACHED, Sandbox};
 use super::{BackendError, Capabilities, ErrorKind, ObjectInfo, PluginInfo, Secrets};
 
 /// The most one call may copy out of a plugin: a bit over the largest `read` piece the host
@@ -240,13 +240,10 @@ impl PluginPool {
 
     /// A new instance, started and opened.
     async fn fresh(&self) -> Result<Instance, BackendError> {
-        let mut inst =
-            Instance::new(self.runtime.engine(), &self.pre, &self.sandbox, self.memory_in_use.clone())
-                .await
-                .map_err(|e| {
-                    let kind = ErrorKind::Other(format!("{e:#}")).cleaned(&self.secrets);
-                    self.error("instantiate", None, kind)
-                })?;
+        let mut inst = self.instantiate().await.map_err(|e| {
+            let kind = ErrorKind::Other(format!("{e:#}")).cleaned(&self.secrets);
+            self.error("instantiate", None, kind)
+        })?;
         inst.open(&self.name, &self.options, &self.sandbox, &self.secrets).await.map_err(|e| {
             match e.downcast::<BackendError>() {
                 Ok(be) => with_grants_hint(be, &self.sandbox),
@@ -257,6 +254,36 @@ impl PluginPool {
             }
         })?;
         Ok(inst)
+    }
+
+    /// Instantiates, waiting (up to the call timeout) while the plugin's memory cap, shared by
+    /// its instances, is held by others: one past its share is retired when its call ends, so
+    /// memory comes back. A start that fails for another reason fails at once.
+    async fn instantiate(&self) -> Result<Instance> {
+        let deadline = tokio::time::Instant::now() + self.sandbox.call_timeout;
+        loop {
+            let e = match Instance::new(
+                self.runtime.engine(),
+                &self.pre,
+                &self.sandbox,
+                self.memory_in_use.clone(),
+            )
+            .await
+            {
+                Ok(inst) => return Ok(inst),
+                Err(e) => e,
+            };
+            let held = self.memory_in_use.load(std::sync::atomic::Ordering::SeqCst);
+            if held == 0 || !format!("{e:#}").contains(MEMORY_LIMIT_REACHED) {
+                return Err(e);
+            }
+            while self.memory_in_use.load(std::sync::atomic::Ordering::SeqCst) >= held {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
     }
 
     /// Whether an instance is due for retirement: it has grown past `retire_above` or served
