@@ -224,13 +224,12 @@ pub fn plan_from_mark(mark: &Mark, opts: &Options) -> Result<Plan> {
     let mut plan = Plan { needed_blobs: mark.count("SELECT COUNT(*) FROM needed")?, ..Plan::default() };
     let mut candidates = Vec::new();
     {
-        let mut stmt =
-            db.prepare("SELECT oid, name, state, size, blob_bytes, used FROM packs ORDER BY name")?;
+        let mut stmt = db.prepare("SELECT name, state, size, blob_bytes, used FROM packs ORDER BY name")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let (oid, name, state): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let (name, state): (String, String) = (r.get(0)?, r.get(1)?);
             let (size, blob_bytes, used) =
-                (r.get::<_, i64>(3)? as u64, r.get::<_, i64>(4)? as u64, r.get::<_, i64>(5)? as u64);
+                (r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64, r.get::<_, i64>(4)? as u64);
             plan.packs += 1;
             plan.pack_bytes += size;
             match state.as_str() {
@@ -252,23 +251,23 @@ pub fn plan_from_mark(mark: &Mark, opts: &Options) -> Result<Plan> {
                 plan.unused_bytes += blob_bytes.saturating_sub(used);
                 let unused = blob_bytes.saturating_sub(used) as f64 / blob_bytes.max(1) as f64;
                 if unused > opts.max_unused {
-                    candidates.push((unused, oid, pack));
+                    candidates.push((unused, pack));
                 }
             }
         }
     }
     // Most unused first, as long as the repack budget allows.
-    candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.name.cmp(&b.2.name)));
+    candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.name.cmp(&b.1.name)));
     let mut budget = opts.max_repack.unwrap_or(u64::MAX);
-    for (_, oid, pack) in candidates {
+    for (_, pack) in candidates {
         if pack.size > budget {
             break;
         }
         budget -= pack.size;
-        let blobs: i64 = db.query_row("SELECT COUNT(*) FROM keeper WHERE pack = ?1", [oid], |r| r.get(0))?;
-        plan.download_bytes += pieces_of(mark, &pack.name)?.iter().map(|p| p.end - p.start).sum::<u64>();
+        let pieces = pieces_of(mark, &pack.name)?;
+        plan.download_bytes += pieces.iter().map(|p| p.end - p.start).sum::<u64>();
         // Each entry costs about 45 bytes in a header, before compression.
-        plan.upload_bytes += pack.used + 45 * blobs as u64;
+        plan.upload_bytes += pack.used + 45 * pieces.iter().map(|p| p.blobs.len() as u64).sum::<u64>();
         plan.repack.push(pack);
     }
     if !plan.repack.is_empty() {
