@@ -3,29 +3,32 @@
 #
 # 1. History: ROUNDS backups of a copy of DATASET, each round after a churn (mutate.py with
 #    the round as seed, and one 32 MiB random file replaced), backed up by cairn and by
-#    restic at the same states. Then `forget --keep-last 3 --prune` with each: wall time and
-#    peak RSS (/usr/bin/time -v), and, in a second identical run on a copy of the history,
-#    the bytes read from the repository folder (bench/strace_reads.py: read/pread64 calls
-#    on files under the repository, distinct byte ranges).
+#    restic at the same states. Then `forget --keep-last 3 --prune` with each, REPEAT times
+#    on fresh copies of the histories (synced first, alternating which tool goes first):
+#    wall time and peak RSS (/usr/bin/time -v), medians compared; and, in one more run on
+#    a copy, the bytes read from the repository folder (bench/strace_reads.py: read/pread64
+#    calls on files under the repository, distinct byte ranges).
 # 2. Big: a cairn repository with >= 1M chunks (`init --chunk-size 256B`, BIG_MIB of random
 #    data, then BIG_MIB/2 of it replaced and backed up again), `forget --keep-last 1 --prune`
 #    with peak RSS measured: memory stays bounded because the mark and the plan live on disk.
 #
-# usage: bench/prune.sh [-d DATASET] [-r ROUNDS] [-b BIG_MIB] [-o OUT]
+# usage: bench/prune.sh [-d DATASET] [-r ROUNDS] [-n REPEAT] [-b BIG_MIB] [-o OUT]
 #   DATASET default /tmp/bench/datasets/ds-1g (../shared/bench/gen_dataset.py makes it);
-#   ROUNDS default 10 (-r 0 skips part 1); BIG_MIB default 320 (-b 0 skips part 2).
+#   ROUNDS default 10 (-r 0 skips part 1); REPEAT default 4; BIG_MIB default 320 (-b 0
+#   skips part 2).
 # Needs: restic, strace, /usr/bin/time, python3. Uses a release build of cairn (or $CAIRN).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
 DS=/tmp/bench/datasets/ds-1g
 ROUNDS=10
+REPEAT=4
 BIG_MIB=320
 OUT=""
-while getopts "d:r:b:o:" o; do
+while getopts "d:r:n:b:o:" o; do
   case $o in
-    d) DS=$OPTARG;; r) ROUNDS=$OPTARG;; b) BIG_MIB=$OPTARG;; o) OUT=$OPTARG;;
-    *) sed -n 2,18p "$0"; exit 2;;
+    d) DS=$OPTARG;; r) ROUNDS=$OPTARG;; n) REPEAT=$OPTARG;; b) BIG_MIB=$OPTARG;; o) OUT=$OPTARG;;
+    *) sed -n 2,21p "$0"; exit 2;;
   esac
 done
 for t in restic strace /usr/bin/time python3; do
@@ -33,7 +36,15 @@ for t in restic strace /usr/bin/time python3; do
 done
 WORK=${WORK:-/tmp/bench/prune-work}
 OUT=${OUT:-/tmp/bench/results/prune-$(date +%Y%m%d-%H%M%S)}
-rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
+# REUSE_HISTORY=1 keeps the histories of part 1 in $WORK and measures them again (to
+# compare builds of cairn on the same history); otherwise $WORK starts empty.
+REUSE=${REUSE_HISTORY:-0}
+if [ "$REUSE" = 1 ] && [ -d "$WORK/cairn-history" ] && [ -d "$WORK/restic-history" ]; then
+  mkdir -p "$OUT"
+else
+  REUSE=0
+  rm -rf "$WORK"; mkdir -p "$WORK" "$OUT"
+fi
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ -z "${CAIRN:-}" ]; then
   (cd "$ROOT" && cargo build --release --quiet -p cairn)
@@ -81,12 +92,14 @@ EOF
 }
 
 if [ "$ROUNDS" -gt 0 ]; then
-echo "== history: $ROUNDS backups of $(du -sh "$DS" | cut -f1) with churn"
 SRC=$WORK/src
+CFG=$WORK/cairn/cairn.toml
+export RESTIC_REPOSITORY=$WORK/restic/repo
+if [ "$REUSE" = 0 ]; then
+echo "== history: $ROUNDS backups of $(du -sh "$DS" | cut -f1) with churn"
 cp -a "$DS" "$SRC"
 CFG=$(cairn_config "$WORK/cairn" "$SRC")
 "$CAIRN" --config "$CFG" init >/dev/null
-export RESTIC_REPOSITORY=$WORK/restic/repo
 restic init >/dev/null
 for r in $(seq 1 "$ROUNDS"); do
   if [ "$r" -gt 1 ]; then
@@ -100,22 +113,60 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 du -sb "$WORK/cairn/repo" "$RESTIC_REPOSITORY" | tee "$OUT/sizes-before.txt"
 
-# A copy of each history for the strace run (same work, traced).
-cp -a "$WORK/cairn" "$WORK/cairn-traced"
-cp -a "$WORK/restic" "$WORK/restic-traced"
-sed -i "s#$WORK/cairn/#$WORK/cairn-traced/#g" "$WORK/cairn-traced/cairn.toml"
-
-echo "== forget --keep-last 3 --prune"
+# Each measured run starts from its own copy of the history, with nothing left to write
+# back (a copy still being flushed would slow whichever tool runs first); the pairs
+# alternate which tool goes first (an even REPEAT puts each first equally often), and the
+# medians are compared.
+mv "$WORK/cairn" "$WORK/cairn-history"
+mv "$WORK/restic" "$WORK/restic-history"
+else
+  echo "== the history kept in $WORK (REUSE_HISTORY=1)"
+fi
+fresh() { # a fresh copy of both histories at their usual paths
+  rm -rf "$WORK/cairn" "$WORK/restic"
+  cp -a "$WORK/cairn-history" "$WORK/cairn"
+  cp -a "$WORK/restic-history" "$WORK/restic"
+  settle
+}
+settle() { # nothing left to write back, here or below the virtual disk
+  sync
+  sleep 5
+}
+echo "== forget --keep-last 3 --prune ($REPEAT pairs)"
+fresh
 "$CAIRN" --config "$CFG" --json forget --keep-last 3 --prune --dry-run >"$OUT/cairn-plan.json"
-measure cairn_forget_prune "$CAIRN" --config "$CFG" --json forget --keep-last 3 --prune
-measure restic_forget_prune restic forget --keep-last 3 --prune
-reads cairn_forget_prune "$WORK/cairn-traced/repo" \
-  "$CAIRN" --config "$WORK/cairn-traced/cairn.toml" forget --keep-last 3 --prune
-RESTIC_REPOSITORY=$WORK/restic-traced/repo reads restic_forget_prune "$WORK/restic-traced/repo" \
-  restic -r "$WORK/restic-traced/repo" forget --keep-last 3 --prune
-du -sb "$WORK/cairn/repo" "$RESTIC_REPOSITORY" | tee "$OUT/sizes-after.txt"
+for i in $(seq 1 "$REPEAT"); do
+  fresh
+  if [ $((i % 2)) -eq 1 ]; then
+    measure cairn_forget_prune_$i "$CAIRN" --config "$CFG" --json forget --keep-last 3 --prune
+    settle
+    measure restic_forget_prune_$i restic forget --keep-last 3 --prune
+  else
+    measure restic_forget_prune_$i restic forget --keep-last 3 --prune
+    settle
+    measure cairn_forget_prune_$i "$CAIRN" --config "$CFG" --json forget --keep-last 3 --prune
+  fi
+  du -sb "$WORK/cairn/repo" "$RESTIC_REPOSITORY" >"$OUT/sizes-after.txt"
+done
+python3 - "$OUT/results.tsv" <<'PY' | tee "$OUT/summary.txt"
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]) if "_forget_prune_" in l]
+def med(tool, col):
+    return statistics.median(float(r[col]) for r in rows if r[0].startswith(tool + "_forget_prune_"))
+c, r = med("cairn", 1), med("restic", 1)
+print(f"  median wall: cairn {c:.2f} s, restic {r:.2f} s, ratio {c / r:.2f}")
+print(f"  median peak RSS: cairn {med('cairn', 2) / 1024:.0f} MiB, restic {med('restic', 2) / 1024:.0f} MiB")
+PY
+cat "$OUT/sizes-after.txt"
 "$CAIRN" --config "$CFG" verify --read-data >/dev/null && echo "  cairn verify --read-data: clean"
-rm -rf "$WORK/cairn-traced" "$WORK/restic-traced" "$WORK/restic" "$SRC"
+
+# Bytes read from the repository folder (strace; a separate run, on one more copy).
+fresh
+reads cairn_forget_prune "$WORK/cairn/repo" \
+  "$CAIRN" --config "$CFG" forget --keep-last 3 --prune
+reads restic_forget_prune "$RESTIC_REPOSITORY" restic forget --keep-last 3 --prune
+rm -rf "$WORK/restic" "$SRC"
+[ "${REUSE_HISTORY:-0}" = 1 ] || rm -rf "$WORK/cairn-history" "$WORK/restic-history"
 fi
 
 if [ "$BIG_MIB" -gt 0 ]; then

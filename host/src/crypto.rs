@@ -7,6 +7,7 @@
 //! random nonce; the associated data binds it to its role (and, for blobs, to its id).
 
 use anyhow::{Result, anyhow};
+use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,34 @@ impl MasterKey {
             )
             .map_err(|_| AuthError)?;
         Ok(buf)
+    }
+
+    /// [`MasterKey::open`] into a buffer the caller reuses (it grows to the largest
+    /// plaintext and is never shrunk): no allocation per call. Returns the plaintext.
+    pub fn open_into<'a>(
+        &self,
+        aad: &[u8],
+        sealed: &[u8],
+        out: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], AuthError> {
+        if sealed.len() < OVERHEAD {
+            return Err(AuthError);
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        if out.len() < ct.len() {
+            out.resize(ct.len(), 0);
+        }
+        let dst = &mut out[..ct.len()];
+        self.cipher
+            .decrypt_inout_detached(
+                &XNonce::try_from(nonce).unwrap(),
+                aad,
+                InOutBuf::new(ct, dst).expect("same length"),
+                &Tag::try_from(tag).unwrap(),
+            )
+            .map_err(|_| AuthError)?;
+        Ok(&out[..ct.len()])
     }
 }
 

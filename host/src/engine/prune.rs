@@ -409,12 +409,17 @@ struct Piece {
     start: u64,
     end: u64,
     /// (kind, id, offset, length, raw length)
-    blobs: Vec<(u8, Vec<u8>, u64, u32, u32)>,
+    blobs: Vec<(BlobKind, Id, u64, u32, u32)>,
 }
 
-/// Reads the kept blobs of every repacked pack (ranged reads over their span, in pieces,
-/// one read ahead on a second thread), authenticates each, and hands it to the packer of
-/// its kind. Returns the bytes read.
+/// Threads that read and authenticate pieces while this one packs: authenticating (decrypt,
+/// decompress, hash) costs more than reading, so two keep the packer fed.
+const READERS: usize = 2;
+
+/// Reads the kept blobs of every repacked pack (ranged reads over their span, in pieces)
+/// and hands each to the packer of its kind. [`READERS`] threads read and authenticate the
+/// next pieces while this one packs; at most `READERS + 1` pieces are in memory. Returns the
+/// bytes read.
 fn copy_kept_blobs(
     repo: &Repository,
     rt: &tokio::runtime::Handle,
@@ -423,35 +428,51 @@ fn copy_kept_blobs(
     packing: &Packing,
 ) -> Result<u64> {
     std::thread::scope(|scope| -> Result<u64> {
-        let (want_tx, want_rx) = std::sync::mpsc::sync_channel::<(String, u64, u64)>(1);
-        let (got_tx, got_rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(0);
-        scope.spawn(move || {
-            for (pack, start, len) in want_rx {
-                let read = rt.block_on(repo.backend.read(&pack, start, len)).map_err(anyhow::Error::from);
-                if got_tx.send(read).is_err() {
-                    break;
+        let (want_tx, want_rx) = crossbeam_channel::bounded::<Piece>(1);
+        let (got_tx, got_rx) = crossbeam_channel::bounded::<Result<(Piece, Vec<u8>)>>(0);
+        for _ in 0..READERS {
+            let (want_rx, got_tx) = (want_rx.clone(), got_tx.clone());
+            scope.spawn(move || {
+                for piece in want_rx {
+                    let got = read_piece(repo, rt, &piece).map(|span| (piece, span));
+                    if got_tx.send(got).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
+        drop((want_rx, got_tx));
         let mut downloaded = 0u64;
-        let mut waiting: std::collections::VecDeque<Piece> = std::collections::VecDeque::new();
-        let mut take = |piece: Piece| -> Result<()> {
-            let span = got_rx.recv().map_err(|_| anyhow!("the pack reader stopped"))??;
+        let mut take = || -> Result<()> {
+            let (piece, span) = got_rx.recv().map_err(|_| anyhow!("the pack readers stopped"))??;
             downloaded += span.len() as u64;
-            pack_piece(repo, &piece, &span, packing)
+            for (kind, id, offset, length, raw_length) in &piece.blobs {
+                let at = (offset - piece.start) as usize;
+                packing.packer(*kind).add(
+                    *kind,
+                    *id,
+                    &span[at..at + *length as usize],
+                    *raw_length as usize,
+                )?;
+            }
+            Ok(())
         };
+        // At most READERS pieces are asked for and not taken: a reader or the one free slot
+        // of `want` always has room, so sending never waits on a reader that waits on us.
+        let mut in_flight = 0;
         for pack in &plan.repack {
             for piece in pieces_of(mark, &pack.name)? {
-                want_tx.send((piece.pack.clone(), piece.start, piece.end - piece.start))?;
-                waiting.push_back(piece);
-                if waiting.len() > 1 {
-                    take(waiting.pop_front().expect("two are waiting"))?;
+                if in_flight == READERS {
+                    take()?;
+                    in_flight -= 1;
                 }
+                want_tx.send(piece).map_err(|_| anyhow!("the pack readers stopped"))?;
+                in_flight += 1;
             }
         }
         drop(want_tx);
-        while let Some(piece) = waiting.pop_front() {
-            take(piece)?;
+        for _ in 0..in_flight {
+            take()?;
         }
         Ok(downloaded)
     })
@@ -467,9 +488,11 @@ fn pieces_of(mark: &Mark, pack: &str) -> Result<Vec<Piece>> {
     let mut rows = stmt.query([pack])?;
     let mut pieces: Vec<Piece> = Vec::new();
     while let Some(r) = rows.next()? {
+        let kind: u8 = r.get(0)?;
+        let id: Vec<u8> = r.get(1)?;
         let blob = (
-            r.get::<_, u8>(0)?,
-            r.get::<_, Vec<u8>>(1)?,
+            BlobKind::from_u8(kind).ok_or_else(|| anyhow!("bad blob kind {kind} in the journal"))?,
+            Id::from_slice(&id).ok_or_else(|| anyhow!("bad blob id in the journal"))?,
             r.get::<_, i64>(2)? as u64,
             r.get::<_, u32>(3)?,
             r.get::<_, u32>(4)?,
@@ -486,26 +509,25 @@ fn pieces_of(mark: &Mark, pack: &str) -> Result<Vec<Piece>> {
     Ok(pieces)
 }
 
-/// Authenticates each blob of a piece read back and hands it to the packer of its kind.
-fn pack_piece(repo: &Repository, piece: &Piece, span: &[u8], packing: &Packing) -> Result<()> {
+/// Reads one piece and authenticates each of its blobs (a needed blob that does not open
+/// stops prune before anything is deleted).
+fn read_piece(repo: &Repository, rt: &tokio::runtime::Handle, piece: &Piece) -> Result<Vec<u8>> {
     let pack = &piece.pack;
+    let span = rt.block_on(repo.backend.read(pack, piece.start, piece.end - piece.start))?;
     if span.len() as u64 != piece.end - piece.start {
         bail!("pack {pack} is shorter than the journal says; prune deleted nothing: run `cairn verify`");
     }
     for (kind, id, offset, length, raw_length) in &piece.blobs {
-        let kind = BlobKind::from_u8(*kind).ok_or_else(|| anyhow!("bad blob kind {kind} in the journal"))?;
-        let id = Id::from_slice(id).ok_or_else(|| anyhow!("bad blob id in the journal"))?;
         let at = (offset - piece.start) as usize;
         let sealed = &span[at..at + *length as usize];
-        format::decode_blob(&repo.key, kind, &id, sealed, *raw_length as usize).map_err(|e| {
+        format::check_blob(&repo.key, *kind, id, sealed, *raw_length as usize).map_err(|e| {
             anyhow!(
                 "{e} in pack {pack}: it is needed and would be copied; prune deleted nothing: run \
                  `cairn verify --read-data` and `cairn repair`"
             )
         })?;
-        packing.packer(kind).add(kind, id, sealed, *raw_length as usize)?;
     }
-    Ok(())
+    Ok(span)
 }
 
 /// Writes new index objects listing every pack the given index objects list and the plan

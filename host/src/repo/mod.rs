@@ -492,12 +492,36 @@ impl Repository {
     pub async fn delete_objects(&self, objects: &[(String, ObjectKind)]) -> Result<()> {
         self.journal.begin_deletes(objects)?;
         crate::testing::pause_point("delete-journaled");
-        for batch in objects.chunks(256) {
+        // Batches run side by side on the runtime's threads, as many as the backend takes
+        // at once: deleting a large file costs the storage time (freeing its blocks), and a
+        // few deletions at once overlap it. Every batch is waited for, also after one fails,
+        // so no call is cut off half way; the first error is returned.
+        let lanes = self.backend.concurrency();
+        let per = objects.len().div_ceil(lanes).clamp(1, 256);
+        let mut running = tokio::task::JoinSet::new();
+        let mut first_error = None;
+        for batch in objects.chunks(per) {
+            if running.len() >= lanes
+                && let Some(Err(e)) = running.join_next().await.map(flatten_join)
+            {
+                first_error.get_or_insert(e);
+            }
+            if first_error.is_some() {
+                break;
+            }
             let names: Vec<String> = batch.iter().map(|(n, _)| n.clone()).collect();
-            self.backend.delete(&names).await?;
-            self.journal.confirm_deletes(&names)?;
+            let (backend, journal) = (self.backend.clone(), self.journal.clone());
+            running.spawn(async move {
+                backend.delete(&names).await?;
+                journal.confirm_deletes(&names)
+            });
         }
-        Ok(())
+        while let Some(done) = running.join_next().await {
+            if let Err(e) = flatten_join(done) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Deletes snapshot objects (see [`Repository::delete_objects`]).
@@ -510,6 +534,11 @@ impl Repository {
     pub fn tmp_dir(&self) -> PathBuf {
         self.dir.join("tmp")
     }
+}
+
+/// A spawned task's result, with a panic as an error.
+fn flatten_join(done: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    done.map_err(|e| anyhow!("a delete task failed: {e}"))?
 }
 
 /// Whether this machine must build its journal before using the repository: it has none,
