@@ -4,10 +4,10 @@
 # 1. History: ROUNDS backups of a copy of DATASET, each round after a churn (mutate.py with
 #    the round as seed, and one 32 MiB random file replaced), backed up by cairn and by
 #    restic at the same states. Then `forget --keep-last 3 --prune` with each, REPEAT times
-#    on fresh copies of the histories (synced first, alternating which tool goes first):
-#    wall time and peak RSS (/usr/bin/time -v), medians compared; and, in one more run on
-#    a copy, the bytes read from the repository folder (bench/strace_reads.py: read/pread64
-#    calls on files under the repository, distinct byte ranges).
+#    on copies of the histories made before the first measurement (alternating which tool
+#    goes first): wall time and peak RSS (/usr/bin/time -v), medians compared; and, in one
+#    more run on a copy, the bytes read from the repository folder (bench/strace_reads.py:
+#    read/pread64 calls on files under the repository, distinct byte ranges).
 # 2. Big: a cairn repository with >= 1M chunks (`init --chunk-size 256B`, BIG_MIB of random
 #    data, then BIG_MIB/2 of it replaced and backed up again), `forget --keep-last 1 --prune`
 #    with peak RSS measured: memory stays bounded because the mark and the plan live on disk.
@@ -113,40 +113,47 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 du -sb "$WORK/cairn/repo" "$RESTIC_REPOSITORY" | tee "$OUT/sizes-before.txt"
 
-# Each measured run starts from its own copy of the history, with nothing left to write
-# back (a copy still being flushed would slow whichever tool runs first); the pairs
-# alternate which tool goes first (an even REPEAT puts each first equally often), and the
-# medians are compared.
+# Each measured run gets its own copy of both histories, all made (and synced) before the
+# first is measured: nothing is deleted between measurements but what the tools delete
+# (freeing gigabytes of page cache in this VM makes the next writes slow for seconds, so a
+# copy made just before would slow whichever tool runs first). The pairs alternate which
+# tool goes first (an even REPEAT puts each first equally often); medians are compared.
 mv "$WORK/cairn" "$WORK/cairn-history"
 mv "$WORK/restic" "$WORK/restic-history"
 else
   echo "== the history kept in $WORK (REUSE_HISTORY=1)"
 fi
-fresh() { # a fresh copy of both histories at their usual paths
-  rm -rf "$WORK/cairn" "$WORK/restic"
-  cp -a "$WORK/cairn-history" "$WORK/cairn"
-  cp -a "$WORK/restic-history" "$WORK/restic"
-  settle
-}
-settle() { # nothing left to write back, here or below the virtual disk
+rm -rf "$WORK"/run-*
+for i in $(seq 1 "$REPEAT") traced; do
+  cp -a "$WORK/cairn-history" "$WORK/run-$i-cairn"
+  cp -a "$WORK/restic-history" "$WORK/run-$i-restic"
+  sed -i "s#$WORK/cairn/#$WORK/run-$i-cairn/#g" "$WORK/run-$i-cairn/cairn.toml"
+done
+settle() { # nothing left to write back
   sync
   sleep 5
 }
+settle
+cairn_run() { # NAME I: forget --keep-last 3 --prune on copy I, measured
+  measure "$1" "$CAIRN" --config "$WORK/run-$2-cairn/cairn.toml" --json forget --keep-last 3 --prune
+}
+restic_run() {
+  measure "$1" restic -r "$WORK/run-$2-restic/repo" forget --keep-last 3 --prune
+}
 echo "== forget --keep-last 3 --prune ($REPEAT pairs)"
-fresh
-"$CAIRN" --config "$CFG" --json forget --keep-last 3 --prune --dry-run >"$OUT/cairn-plan.json"
+"$CAIRN" --config "$WORK/run-1-cairn/cairn.toml" --json forget --keep-last 3 --prune --dry-run \
+  >"$OUT/cairn-plan.json"
 for i in $(seq 1 "$REPEAT"); do
-  fresh
   if [ $((i % 2)) -eq 1 ]; then
-    measure cairn_forget_prune_$i "$CAIRN" --config "$CFG" --json forget --keep-last 3 --prune
+    cairn_run cairn_forget_prune_$i "$i"
     settle
-    measure restic_forget_prune_$i restic forget --keep-last 3 --prune
+    restic_run restic_forget_prune_$i "$i"
   else
-    measure restic_forget_prune_$i restic forget --keep-last 3 --prune
+    restic_run restic_forget_prune_$i "$i"
     settle
-    measure cairn_forget_prune_$i "$CAIRN" --config "$CFG" --json forget --keep-last 3 --prune
+    cairn_run cairn_forget_prune_$i "$i"
   fi
-  du -sb "$WORK/cairn/repo" "$RESTIC_REPOSITORY" >"$OUT/sizes-after.txt"
+  settle
 done
 python3 - "$OUT/results.tsv" <<'PY' | tee "$OUT/summary.txt"
 import statistics, sys
@@ -157,15 +164,16 @@ c, r = med("cairn", 1), med("restic", 1)
 print(f"  median wall: cairn {c:.2f} s, restic {r:.2f} s, ratio {c / r:.2f}")
 print(f"  median peak RSS: cairn {med('cairn', 2) / 1024:.0f} MiB, restic {med('restic', 2) / 1024:.0f} MiB")
 PY
-cat "$OUT/sizes-after.txt"
-"$CAIRN" --config "$CFG" verify --read-data >/dev/null && echo "  cairn verify --read-data: clean"
+du -sb "$WORK/run-1-cairn/repo" "$WORK/run-1-restic/repo" | tee "$OUT/sizes-after.txt"
+"$CAIRN" --config "$WORK/run-1-cairn/cairn.toml" verify --read-data >/dev/null &&
+  echo "  cairn verify --read-data: clean"
 
 # Bytes read from the repository folder (strace; a separate run, on one more copy).
-fresh
-reads cairn_forget_prune "$WORK/cairn/repo" \
-  "$CAIRN" --config "$CFG" forget --keep-last 3 --prune
-reads restic_forget_prune "$RESTIC_REPOSITORY" restic forget --keep-last 3 --prune
-rm -rf "$WORK/restic" "$SRC"
+reads cairn_forget_prune "$WORK/run-traced-cairn/repo" \
+  "$CAIRN" --config "$WORK/run-traced-cairn/cairn.toml" forget --keep-last 3 --prune
+reads restic_forget_prune "$WORK/run-traced-restic/repo" \
+  restic -r "$WORK/run-traced-restic/repo" forget --keep-last 3 --prune
+rm -rf "$WORK"/run-* "$SRC"
 [ "${REUSE_HISTORY:-0}" = 1 ] || rm -rf "$WORK/cairn-history" "$WORK/restic-history"
 fi
 
