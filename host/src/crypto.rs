@@ -87,20 +87,8 @@ impl MasterKey {
     }
 
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
-        if sealed.len() < OVERHEAD {
-            return Err(AuthError);
-        }
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let mut buf = ct.to_vec();
-        self.cipher
-            .decrypt_inout_detached(
-                &XNonce::try_from(nonce).unwrap(),
-                aad,
-                buf.as_mut_slice().into(),
-                &Tag::try_from(tag).unwrap(),
-            )
-            .map_err(|_| AuthError)?;
+        let mut buf = Vec::new();
+        self.open_into(aad, sealed, &mut buf)?;
         Ok(buf)
     }
 

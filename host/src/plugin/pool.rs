@@ -20,7 +20,7 @@ use wasmtime::component::{Component, Linker, ResourceAny};
 use super::bindings::cairn::storage::types::Error as WitError;
 use super::bindings::{StorageBackend, StorageBackendPre};
 use super::runtime::Runtime;
-use super::sandbox::{HostState, MEMORY_LIMIT_REACHED, Sandbox};
+use super::sandbox::{HostState, Sandbox};
 use super::{BackendError, Capabilities, ErrorKind, ObjectInfo, PluginInfo, Secrets};
 
 /// The most one call may copy out of a plugin: a bit over the largest `read` piece the host
@@ -262,7 +262,7 @@ impl PluginPool {
     async fn instantiate(&self) -> Result<Instance> {
         let deadline = tokio::time::Instant::now() + self.sandbox.call_timeout;
         loop {
-            let e = match Instance::new(
+            let failed = match Instance::start(
                 self.runtime.engine(),
                 &self.pre,
                 &self.sandbox,
@@ -271,15 +271,15 @@ impl PluginPool {
             .await
             {
                 Ok(inst) => return Ok(inst),
-                Err(e) => e,
+                Err(failed) => failed,
             };
             let held = self.memory_in_use.load(std::sync::atomic::Ordering::SeqCst);
-            if held == 0 || !format!("{e:#}").contains(MEMORY_LIMIT_REACHED) {
-                return Err(e);
+            if held == 0 || !failed.memory_cap {
+                return Err(failed.error);
             }
             while self.memory_in_use.load(std::sync::atomic::Ordering::SeqCst) >= held {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(e);
+                    return Err(failed.error);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
@@ -427,10 +427,23 @@ impl Instance {
         sandbox: &Sandbox,
         memory_in_use: Arc<AtomicUsize>,
     ) -> Result<Instance> {
-        let mut store = sandbox.new_store(engine, memory_in_use)?;
+        Self::start(engine, pre, sandbox, memory_in_use).await.map_err(|failed| failed.error)
+    }
+
+    /// [`Instance::new`], saying whether a failure was the memory cap refusing to grow.
+    async fn start(
+        engine: &wasmtime::Engine,
+        pre: &StorageBackendPre<HostState>,
+        sandbox: &Sandbox,
+        memory_in_use: Arc<AtomicUsize>,
+    ) -> Result<Instance, StartFailed> {
+        let other = |error| StartFailed { error, memory_cap: false };
+        let mut store = sandbox.new_store(engine, memory_in_use).map_err(other)?;
         store.set_hostcall_fuel(MAX_CALL_COPY);
-        let bindings = pre.instantiate_async(&mut store).await?;
-        Ok(Instance { store, bindings, calls: 0, uploads: 0, in_call: false })
+        match pre.instantiate_async(&mut store).await {
+            Ok(bindings) => Ok(Instance { store, bindings, calls: 0, uploads: 0, in_call: false }),
+            Err(e) => Err(StartFailed { error: e.into(), memory_cap: store.data().limiter.exceeded }),
+        }
     }
 
     async fn open(
@@ -445,6 +458,13 @@ impl Instance {
         let r = tokio::time::timeout(timeout, g.call_open(&mut self.store, options)).await;
         Ok(settle(name, &mut self.store, "open", None, (timeout, sandbox.memory_bytes), secrets, r)?)
     }
+}
+
+/// Why an instance did not start.
+struct StartFailed {
+    error: anyhow::Error,
+    /// The memory cap refused to grow a memory (the cap is shared with other instances).
+    memory_cap: bool,
 }
 
 /// Turns the outcome of one guest call into a result, explaining traps and deadlines. What

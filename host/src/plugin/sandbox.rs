@@ -65,9 +65,6 @@ pub struct MemoryCap {
     in_use: Arc<AtomicUsize>,
 }
 
-/// How the limiter's refusal begins (the pool recognises it when an instance cannot start).
-pub const MEMORY_LIMIT_REACHED: &str = "memory limit";
-
 impl MemoryCap {
     /// Bytes this instance's memories hold.
     pub fn held(&self) -> usize {
@@ -94,7 +91,7 @@ impl ResourceLimiter for MemoryCap {
         if desired > self.max_bytes || total > self.max_bytes {
             self.in_use.fetch_sub(grow, Ordering::SeqCst);
             self.exceeded = true;
-            return Err(wasmtime::format_err!("{MEMORY_LIMIT_REACHED} of {} bytes reached", self.max_bytes));
+            return Err(wasmtime::format_err!("memory limit of {} bytes reached", self.max_bytes));
         }
         self.held += grow;
         Ok(true)
